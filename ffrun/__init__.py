@@ -1,0 +1,41 @@
+"""ffrun: Forward-Forward experiments declared in Hydra YAML, trained on TensorFlow."""
+import os
+
+# Before TensorFlow is imported anywhere: keep its C++ start-up chatter off the console.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _import_tensorflow_quietly() -> None:
+    """TF 2.21 prints a oneDNN banner and CUDA probing lines straight to fd 2 whatever
+    TF_CPP_MIN_LOG_LEVEL says. Park fd 2 in a temp file while TF loads and finds its devices;
+    replay it if anything fails, so real errors are never hidden. FFRUN_TF_VERBOSE=1 skips this."""
+    if os.environ.get("FFRUN_TF_VERBOSE"):
+        return
+    import sys
+    import tempfile
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as parked:
+        os.dup2(parked.fileno(), 2)
+        try:
+            import tensorflow as tf
+            tf.config.list_physical_devices()
+        except BaseException:
+            os.dup2(saved, 2)
+            parked.seek(0)
+            sys.stderr.write(parked.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+_import_tensorflow_quietly()
+
+from ffrun.layers import (BaseFFLayer, FFDense, FFGoodness, FFOverlay, FFPreNorm,  # noqa: E402
+                          FFSoftmax, Task)
+from ffrun.training import FFData, TaskEntry, TrainMgr  # noqa: E402
+
+__all__ = ["BaseFFLayer", "FFDense", "FFGoodness", "FFOverlay", "FFPreNorm", "FFSoftmax", "Task",
+           "FFData", "TaskEntry", "TrainMgr"]
+__version__ = "0.1.0"

@@ -1,0 +1,17 @@
+"""Errors that mean "the user's input is wrong": the CLI prints them as one line and exits non-zero."""
+
+
+class FFRunError(Exception):
+    """Base class: a problem the user can fix, reported in one line without a traceback."""
+
+
+class ConfigError(FFRunError):
+    """A config value is missing, ill-typed or contradicts another one."""
+
+
+class DataError(FFRunError):
+    """A data file is missing or malformed."""
+
+
+class CheckpointError(FFRunError):
+    """A checkpoint is missing, corrupt, or does not match the configured network."""

@@ -1,0 +1,357 @@
+"""Forward-Forward layers.
+
+There is no Model: a network is a dict of these layers plus a sequence function that wires them.
+Each layer wraps a Keras layer (composition, not inheritance), owns its optimizer and metrics, and
+does one task per call of ``ff_do_task(x, y)``; the task is set from outside (by ``TrainMgr``)
+before a graph is traced, so every compiled graph bakes in one task per layer.
+"""
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from ffrun import losses
+
+
+class Task(enum.Enum):
+    TRANSFORM = "transform"      # plain forward
+    TRAIN_POS = "train_pos"      # forward, positive loss, one step on this layer's weights
+    TRAIN_NEG = "train_neg"      # forward, negative loss, one step on this layer's weights
+    TRAIN_PAIR = "train_pair"    # batch = [positives; negatives] (equal halves), one step on both
+    EVAL = "eval"                # forward and update this layer's metrics
+    EVAL_DUPED = "eval_duped"    # each sample arrives once per candidate label (sample-major)
+
+
+TRAIN_TASKS = (Task.TRAIN_POS, Task.TRAIN_NEG, Task.TRAIN_PAIR)
+
+
+def _halves(x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    n = tf.shape(x)[0] // 2
+    return x[:n], x[n:]
+
+
+class BaseFFLayer:
+    """A Keras layer plus the five FF tasks. Subclasses override the task methods they need;
+    by default every task is a plain forward pass."""
+
+    #: the training tasks in which this layer changes its weights
+    trains_on: frozenset[Task] = frozenset()
+
+    def __init__(self, layer: keras.layers.Layer | None, name: str,
+                 optimizer: keras.optimizers.Optimizer | None = None, l2: float = 0.0):
+        self.name = name
+        self.layer = layer
+        self.optimizer = optimizer
+        self.l2 = float(l2)
+        self.task = Task.TRANSFORM
+        self.positive = True          # whether the data of an EVAL pass is positive
+        self.metrics: dict[str, keras.metrics.Metric] = {}
+
+    # --- task plumbing -----------------------------------------------------------------
+    def set_task(self, task: Task, positive: bool = True) -> None:
+        self.task = task
+        self.positive = positive
+
+    def ff_do_task(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        method = {
+            Task.TRANSFORM: self.transform,
+            Task.TRAIN_POS: self.train_pos,
+            Task.TRAIN_NEG: self.train_neg,
+            Task.TRAIN_PAIR: self.train_pair,
+            Task.EVAL: self.evaluate,
+            Task.EVAL_DUPED: self.evaluate_duped,
+        }[self.task]
+        return method(x, y)
+
+    def transform(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        return self.layer(x) if self.layer is not None else x
+
+    def train_pos(self, x, y):
+        return self.transform(x, y)
+
+    def train_neg(self, x, y):
+        return self.transform(x, y)
+
+    def train_pair(self, x, y):
+        return self.transform(x, y)
+
+    def evaluate(self, x, y):
+        return self.transform(x, y)
+
+    def evaluate_duped(self, x, y):
+        return self.transform(x, y)
+
+    # --- weights and optimizer ---------------------------------------------------------
+    @property
+    def trainable_variables(self) -> list[tf.Variable]:
+        return list(self.layer.trainable_variables) if self.layer is not None else []
+
+    def build_optimizer(self) -> None:
+        """Create the optimizer's slots eagerly: variables cannot be created inside a graph."""
+        if self.optimizer is not None and self.trainable_variables:
+            self.optimizer.build(self.trainable_variables)
+
+    def _step(self, tape: tf.GradientTape, loss: tf.Tensor) -> None:
+        grads = tape.gradient(loss, self.trainable_variables)
+        self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
+
+    def _l2_penalty(self) -> tf.Tensor | float:
+        # Coupled weight decay (grad += l2 * w), as torch.optim.SGD(weight_decay=...) does.
+        if not self.l2:
+            return 0.0
+        return 0.5 * self.l2 * tf.add_n([tf.reduce_sum(tf.square(v)) for v in self.trainable_variables])
+
+    # --- metrics -----------------------------------------------------------------------
+    def reset_metrics(self) -> None:
+        for m in self.metrics.values():
+            m.reset_state()
+
+    def metric_results(self) -> dict[str, float]:
+        """Metrics that saw data since the last reset (others are absent, not zero)."""
+        out = {}
+        for key, m in self.metrics.items():
+            seen = m.has_data() if hasattr(m, "has_data") else float(m.count.numpy()) > 0
+            if seen:
+                out[key] = float(m.result().numpy())
+        return out
+
+    def metric_variables(self) -> list[tf.Variable]:
+        return [v for m in self.metrics.values() for v in m.variables]
+
+
+class FFDense(BaseFFLayer):
+    """Dense + ReLU trained by the FF objective on its own goodness.
+
+    ``routing`` (classes x units, 0/1) restricts the goodness of a sample to the units its label
+    selects; ``neg_routing="complement"`` makes negatives use the other units (unsup splitting).
+    ``peer_norm`` > 0 adds Hinton's peer-normalization term on positive activity.
+    """
+
+    trains_on = frozenset(TRAIN_TASKS)
+
+    def __init__(self, units: int, th_pos: float = 0.1, th_neg: float = 0.1,
+                 optimizer: keras.optimizers.Optimizer | None = None, *, name: str = "ffdense",
+                 goodness: str = "sum", activation: str = "relu",
+                 kernel_initializer: Any = "glorot_uniform", routing: Any = None,
+                 neg_routing: str = "same", peer_norm: float = 0.0, peer_momentum: float = 0.9,
+                 l2: float = 0.0, dtype: Any = None):
+        if goodness not in losses.GOODNESS_REDUCTIONS:
+            raise ValueError(f"goodness must be one of {losses.GOODNESS_REDUCTIONS}, got {goodness!r}")
+        if neg_routing not in ("same", "complement"):
+            raise ValueError(f"neg_routing must be 'same' or 'complement', got {neg_routing!r}")
+        dense = keras.layers.Dense(units, activation=activation, kernel_initializer=kernel_initializer,
+                                   bias_initializer="zeros", name=name, dtype=dtype)
+        super().__init__(dense, name, optimizer or keras.optimizers.Adam(1e-4), l2=l2)
+        self.units = units
+        self.th_pos = float(th_pos)
+        self.th_neg = float(th_neg)
+        self.reduction = goodness
+        self.routing = None if routing is None else tf.constant(routing, tf.float32)
+        self.neg_routing = neg_routing
+        self.peer_norm = float(peer_norm)
+        self.peer_momentum = float(peer_momentum)
+        self.running_mean = tf.Variable(tf.zeros([units]), trainable=False, name=f"{name}_peer_mean") \
+            if self.peer_norm else None
+        self.metrics = {
+            "loss_pos": keras.metrics.Mean(name="loss_pos"),
+            "loss_neg": keras.metrics.Mean(name="loss_neg"),
+            "val_loss_pos": keras.metrics.Mean(name="val_loss_pos"),
+            "val_loss_neg": keras.metrics.Mean(name="val_loss_neg"),
+            "goodness_pos": keras.metrics.Mean(name="goodness_pos"),
+            "goodness_neg": keras.metrics.Mean(name="goodness_neg"),
+            "separation": losses.GoodnessSeparation(name="separation"),
+        }
+
+    def _mask(self, y: tf.Tensor, positive: bool) -> tf.Tensor | None:
+        if self.routing is None:
+            return None
+        mask = tf.gather(self.routing, y)
+        if not positive and self.neg_routing == "complement":
+            mask = 1.0 - mask
+        return mask
+
+    def _goodness(self, h, y, positive: bool):
+        return losses.goodness(h, self.reduction, self._mask(y, positive))
+
+    def _peer_loss(self, h_pos):
+        if not self.peer_norm:
+            return 0.0
+        mean_activity = tf.reduce_mean(tf.cast(h_pos, tf.float32), axis=0)
+        running = self.peer_momentum * self.running_mean + (1.0 - self.peer_momentum) * mean_activity
+        self.running_mean.assign(tf.stop_gradient(running))
+        return self.peer_norm * losses.peer_normalization_loss(running)
+
+    def train_pos(self, x, y):
+        with tf.GradientTape() as tape:
+            h = self.layer(x)
+            loss = losses.positive_loss(self._goodness(h, y, True), self.th_pos)
+            total = loss + self._peer_loss(h) + self._l2_penalty()
+        self._step(tape, total)
+        self.metrics["loss_pos"].update_state(loss)
+        return h
+
+    def train_neg(self, x, y):
+        with tf.GradientTape() as tape:
+            h = self.layer(x)
+            loss = losses.negative_loss(self._goodness(h, y, False), self.th_neg)
+            total = loss + self._l2_penalty()
+        self._step(tape, total)
+        self.metrics["loss_neg"].update_state(loss)
+        return h
+
+    def train_pair(self, x, y):
+        y_pos, y_neg = _halves(y)
+        with tf.GradientTape() as tape:
+            h = self.layer(x)
+            h_pos, h_neg = _halves(h)
+            loss_pos = losses.positive_loss(self._goodness(h_pos, y_pos, True), self.th_pos)
+            loss_neg = losses.negative_loss(self._goodness(h_neg, y_neg, False), self.th_neg)
+            # The mean BCE over the concatenated batch, as in Hinton's code.
+            total = 0.5 * (loss_pos + loss_neg) + self._peer_loss(h_pos) + self._l2_penalty()
+        self._step(tape, total)
+        self.metrics["loss_pos"].update_state(loss_pos)
+        self.metrics["loss_neg"].update_state(loss_neg)
+        return h
+
+    def evaluate(self, x, y):
+        h = self.layer(x)
+        g = self._goodness(h, y, self.positive)
+        suffix = "pos" if self.positive else "neg"
+        th = self.th_pos if self.positive else self.th_neg
+        loss = (losses.positive_loss if self.positive else losses.negative_loss)(g, th)
+        self.metrics[f"val_loss_{suffix}"].update_state(loss, sample_weight=tf.cast(tf.shape(g)[0], tf.float32))
+        self.metrics[f"goodness_{suffix}"].update_state(g)
+        self.metrics["separation"].update_state(g, positive=self.positive)
+        return h
+
+
+class FFPreNorm(BaseFFLayer):
+    """Divides each sample by its length, so the next layer cannot read this layer's goodness.
+
+    ``kind="l2"``: x / (||x|| + eps) (the seed); ``kind="rms"``: x / (sqrt(mean x^2) + eps) (the paper).
+    """
+
+    KINDS = ("l2", "rms")
+
+    def __init__(self, kind: str = "l2", eps: float = 1e-7, *, name: str = "prenorm"):
+        if kind not in self.KINDS:
+            raise ValueError(f"norm must be one of {self.KINDS}, got {kind!r}")
+        super().__init__(None, name)
+        self.kind = kind
+        self.eps = eps
+
+    def transform(self, x, y):
+        x = tf.cast(x, tf.float32)
+        sq = tf.reduce_sum(tf.square(x), -1, keepdims=True) if self.kind == "l2" \
+            else tf.reduce_mean(tf.square(x), -1, keepdims=True)
+        return x / (tf.sqrt(sq) + self.eps)
+
+
+class FFOverlay(BaseFFLayer):
+    """Writes the label into the image.
+
+    ``mode="add"`` (the seed): +value at pixel index y of the flattened image.
+    ``mode="replace"`` (the paper): the first ``num_classes`` pixels become one-hot(y) * value.
+    A label of -1 is the neutral label: 1/num_classes in each of the first ``num_classes`` pixels.
+    Under EVAL_DUPED each sample is replicated once per class, sample-major (rows i*C..i*C+C-1 are
+    sample i with labels 0..C-1).
+    """
+
+    MODES = ("add", "replace")
+
+    def __init__(self, num_classes: int, mode: str = "add", value: float = 1.0, *, name: str = "overlay"):
+        if mode not in self.MODES:
+            raise ValueError(f"overlay mode must be one of {self.MODES}, got {mode!r}")
+        super().__init__(None, name)
+        self.num_classes = num_classes
+        self.mode = mode
+        self.value = float(value)
+
+    def overlay(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        c = self.num_classes
+        y = tf.cast(y, tf.int32)
+        neutral = tf.cast(tf.equal(y, -1), x.dtype)[:, None]
+        onehot = tf.one_hot(y, c, dtype=x.dtype) * self.value + neutral * (1.0 / c)
+        if self.mode == "replace":
+            return tf.concat([onehot, x[:, c:]], axis=1)
+        pad = tf.zeros([tf.shape(x)[0], tf.shape(x)[1] - c], x.dtype)
+        return x + tf.concat([onehot, pad], axis=1)
+
+    def transform(self, x, y):
+        return self.overlay(x, y)
+
+    def evaluate_duped(self, x, y):
+        c = self.num_classes
+        n = tf.shape(x)[0]
+        return self.overlay(tf.repeat(x, c, axis=0), tf.tile(tf.range(c), [n]))
+
+
+class FFGoodness(BaseFFLayer):
+    """Predicts the label whose overlay gives the largest goodness (sum of squares of its input).
+
+    Under EVAL_DUPED its input has one row per (sample, label), sample-major; ``y`` holds the true
+    label of each sample once. Other tasks pass the input through."""
+
+    def __init__(self, num_classes: int, *, name: str = "goodness"):
+        super().__init__(None, name)
+        self.num_classes = num_classes
+        self.metrics = {"acc": keras.metrics.Accuracy(name="acc")}
+
+    def predict_duped(self, x: tf.Tensor) -> tf.Tensor:
+        g = losses.goodness(x, "sum")
+        return tf.argmax(tf.reshape(g, [-1, self.num_classes]), axis=1, output_type=tf.int32)
+
+    def evaluate_duped(self, x, y):
+        self.metrics["acc"].update_state(tf.cast(y, tf.int32), self.predict_duped(x))
+        return x
+
+
+class FFSoftmax(BaseFFLayer):
+    """A linear softmax readout trained by ordinary gradient descent on its (stopped) input.
+
+    Trains during TRAIN_POS (and on the positive half of TRAIN_PAIR); tracks accuracy during EVAL
+    on positive data."""
+
+    trains_on = frozenset({Task.TRAIN_POS, Task.TRAIN_PAIR})
+
+    def __init__(self, num_classes: int, optimizer: keras.optimizers.Optimizer | None = None, *,
+                 name: str = "softmax", use_bias: bool = True, kernel_initializer: Any = "glorot_uniform",
+                 l2: float = 0.0, dtype: Any = None):
+        dense = keras.layers.Dense(num_classes, use_bias=use_bias, kernel_initializer=kernel_initializer,
+                                   name=name, dtype=dtype)
+        super().__init__(dense, name, optimizer or keras.optimizers.Adam(1e-3), l2=l2)
+        self.num_classes = num_classes
+        self.metrics = {
+            "loss": keras.metrics.Mean(name="loss"),
+            "acc": keras.metrics.SparseCategoricalAccuracy(name="acc"),
+        }
+
+    def logits(self, x):
+        return tf.cast(self.layer(tf.stop_gradient(x)), tf.float32)
+
+    def train_pos(self, x, y):
+        with tf.GradientTape() as tape:
+            logits = self.logits(x)
+            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+                labels=tf.cast(y, tf.int32), logits=logits))
+            total = loss + self._l2_penalty()
+        self._step(tape, total)
+        self.metrics["loss"].update_state(loss)
+        return logits
+
+    def train_pair(self, x, y):
+        x_pos, _ = _halves(x)
+        y_pos, _ = _halves(y)
+        return self.train_pos(x_pos, y_pos)
+
+    def evaluate(self, x, y):
+        logits = self.logits(x)
+        if self.positive:
+            self.metrics["acc"].update_state(y, logits)
+        return logits
+
+    def transform(self, x, y):
+        return self.logits(x)

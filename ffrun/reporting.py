@@ -1,0 +1,182 @@
+"""What a run shows and leaves behind: progress bar, metrics.csv, results.json, curves.png, tables.
+
+One rich Console serves the log handler, the progress bar and the tables (two consoles garble the
+bar). Without a terminal (CI, pipes) there is no live bar, only plain log lines.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import resource
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+log = logging.getLogger("ffrun")
+
+
+def make_console() -> Console:
+    return Console(stderr=False)
+
+
+def route_logging_to(console: Console) -> None:
+    """Send console log lines through ``console`` (so they print above the live bar); the file
+    handler Hydra set up stays as it is."""
+    if not console.is_interactive:
+        return
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
+            root.removeHandler(h)
+    root.addHandler(RichHandler(console=console, show_path=False, markup=False, rich_tracebacks=False))
+
+
+class RichProgress:
+    """A live bar over epochs and one over the batches of the current pass (TrainMgr's ProgressHook)."""
+
+    def __init__(self, console: Console, total_epochs: int):
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+            console=console, transient=False)
+        self.epochs = self.progress.add_task("epochs", total=total_epochs, stats="")
+        self.batches = self.progress.add_task("pass", total=1, stats="")
+
+    def __enter__(self):
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.stop()
+
+    def start_pass(self, label: str, batches: int) -> None:
+        self.progress.reset(self.batches, total=batches, description=label, stats="")
+
+    def advance(self, batches_done: int) -> None:
+        self.progress.update(self.batches, completed=batches_done)
+
+    def end_pass(self) -> None:
+        pass
+
+    def end_epoch(self, epoch: int, stats: str) -> None:
+        self.progress.update(self.epochs, completed=epoch, stats=stats)
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process (Linux reports KiB)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
+
+
+class MetricsCSV:
+    """metrics.csv: one row per epoch, flushed at once so a crash keeps every finished epoch."""
+
+    def __init__(self, path: Path, columns: Sequence[str], append: bool = False):
+        self.path = path
+        self.columns = list(columns)
+        exists = append and path.exists()
+        self._file = open(path, "a" if exists else "w", newline="")
+        self._writer = csv.DictWriter(self._file, fieldnames=self.columns, restval="", extrasaction="ignore")
+        if not exists:
+            self._writer.writeheader()
+            self._file.flush()
+
+    def write(self, row: Mapping[str, float]) -> None:
+        self._writer.writerow({k: _fmt(v) for k, v in row.items()})
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _fmt(v):
+    return f"{v:.6g}" if isinstance(v, float) else v
+
+
+def read_metrics(path: Path) -> list[dict[str, float]]:
+    rows = []
+    with open(path, newline="") as f:
+        for raw in csv.DictReader(f):
+            rows.append({k: float(v) for k, v in raw.items() if v not in ("", None)})
+    return rows
+
+
+def write_json(path: Path, data: Mapping) -> None:
+    """Write atomically: a crash mid-write never leaves half a results.json."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+    os.replace(tmp, path)
+
+
+def _json_default(o):
+    if hasattr(o, "item"):
+        return o.item()
+    raise TypeError(type(o).__name__)
+
+
+def accuracy_keys(rows: Iterable[Mapping[str, float]]) -> list[str]:
+    keys = []
+    for row in rows:
+        for k in row:
+            if k.endswith("/acc") and not k.startswith("test/") and k not in keys:
+                keys.append(k)
+    return keys
+
+
+def plot_curves(rows: Sequence[Mapping[str, float]], path: Path, title: str = "") -> None:
+    """curves.png: accuracy, per-layer losses, goodness and pos/neg separation against epochs."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8), constrained_layout=True)
+    ax_acc, ax_loss, ax_good, ax_sep = axes.ravel()
+
+    def series(key):
+        pts = [(r["epoch"], r[key]) for r in rows if key in r and math.isfinite(r[key])]
+        return zip(*pts) if pts else ((), ())
+
+    for key in accuracy_keys(rows):
+        ax_acc.plot(*series(key), label=key.replace("/acc", ""))
+    ax_acc.set(title="readout accuracy (evaluation set)", xlabel="epoch", ylabel="accuracy")
+    layers = sorted({k.split("/")[0] for r in rows for k in r if k.endswith("/loss_pos")})
+    for i, name in enumerate(layers):
+        color = f"C{i}"
+        ax_loss.plot(*series(f"{name}/loss_pos"), color=color, label=f"{name} pos")
+        ax_loss.plot(*series(f"{name}/loss_neg"), color=color, linestyle="--", label=f"{name} neg")
+        ax_good.plot(*series(f"{name}/goodness_pos"), color=color, label=f"{name} pos")
+        ax_good.plot(*series(f"{name}/goodness_neg"), color=color, linestyle="--", label=f"{name} neg")
+        ax_sep.plot(*series(f"{name}/separation"), color=color, label=name)
+    ax_loss.set(title="FF training loss (solid: positive, dashed: negative)", xlabel="epoch", yscale="log")
+    ax_good.set(title="mean goodness on evaluation data", xlabel="epoch", yscale="log")
+    ax_sep.set(title="pos/neg separation P(G+ > G-)", xlabel="epoch", ylim=(None, 1.0))
+    for ax in axes.ravel():
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def results_table(results: Mapping) -> Table:
+    table = Table(title=f"ffrun results — {results.get('status', '?')} "
+                        f"(final/best on the {results.get('val_set')} set)")
+    table.add_column("readout")
+    for col in ("final", "best", "epoch", "test@final", "test@best"):
+        table.add_column(col, justify="right")
+    pct = lambda v: "-" if v is None else f"{100 * v:.2f}%"
+    for name, r in results.get("readouts", {}).items():
+        table.add_row(name.removesuffix("/acc"), pct(r.get("final")), pct(r.get("best")), str(r.get("best_epoch", "-")),
+                      pct(r.get("test_final")), pct(r.get("test_at_best")))
+    table.caption = (f"{results.get('epochs', 0)} epochs, {results.get('wall_seconds', 0):.1f} s, "
+                     f"{results.get('mean_epoch_seconds') or 0:.2f} s/epoch, "
+                     f"{results.get('samples_per_s') or 0:.0f} samples/s, peak {results.get('peak_memory_mb')} MB")
+    return table

@@ -1,0 +1,166 @@
+"""One training run, top to bottom: build, train epoch by epoch, test, write the outputs."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import keras
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+
+from ffrun import reporting
+from ffrun.builder import Run, build_run
+from ffrun.errors import ConfigError
+from ffrun.training import EpochResult, NonFiniteLoss, TrainMgr
+
+log = logging.getLogger("ffrun")
+
+
+def lr_multiplier(cfg: DictConfig, total_epochs: int) -> Callable[[int], float] | None:
+    """``constant``, or ``linear_cooldown``: constant for the first half of training, then decayed
+    linearly to about zero (the paper; lr * 2 * (1 + E - e) / E with e counted from 0)."""
+    if cfg.lr_schedule == "constant":
+        return None
+    if cfg.lr_schedule == "linear_cooldown":
+        def mult(epoch: int) -> float:
+            e = epoch - 1
+            return 1.0 if e <= total_epochs // 2 else 2.0 * (1 + total_epochs - e) / total_epochs
+        return mult
+    raise ConfigError(f"lr_schedule must be constant or linear_cooldown, got {cfg.lr_schedule!r}")
+
+
+class BestTracker:
+    """Tracks every readout's accuracy and keeps the weights of the primary readout's best epoch."""
+
+    def __init__(self, keys: list[str], primary: str, layers: dict):
+        self.keys, self.primary, self.layers = keys, primary, layers
+        self.best = {k: (-1.0, 0) for k in keys}
+        self.final: dict[str, float] = {}
+        self.snapshot: dict[str, list[np.ndarray]] | None = None
+
+    def update(self, row: dict[str, float]) -> None:
+        for k in self.keys:
+            if k in row:
+                self.final[k] = row[k]
+                if row[k] > self.best[k][0]:
+                    self.best[k] = (row[k], int(row["epoch"]))
+                    if k == self.primary:
+                        self.snapshot = {n: [w.numpy() for w in l.layer.weights]
+                                         for n, l in self.layers.items() if l.layer is not None}
+
+    def restore_best(self) -> None:
+        for name, weights in (self.snapshot or {}).items():
+            for var, value in zip(self.layers[name].layer.weights, weights):
+                var.assign(value)
+
+
+def _epoch_line(result: EpochResult, total: int, acc_keys: list[str], ff_names) -> str:
+    m = result.metrics
+    parts = [f"epoch {result.epoch}/{total}", f"{result.seconds:.1f}s"]
+    parts += [f"{k.split('/')[0]} acc {m[k]:.4f}" for k in acc_keys if k in m]
+    losses = [m[f"{n}/loss_{s}"] for n in ff_names for s in ("pos", "neg") if f"{n}/loss_{s}" in m]
+    if losses:
+        parts.append(f"ff loss {sum(losses) / len(losses):.4f}")
+    seps = [m[f"{n}/separation"] for n in ff_names if f"{n}/separation" in m]
+    if seps:
+        parts.append(f"sep {min(seps):.3f}-{max(seps):.3f}")
+    return "  ".join(parts)
+
+
+def train(cfg: DictConfig, run_dir: Path, console: Console | None = None,
+          overrides: list[str] | None = None) -> dict[str, Any]:
+    """Train the configured FF network; write metrics.csv, results.json and curves.png to run_dir."""
+    console = console or reporting.make_console()
+    keras.backend.clear_session()        # multirun jobs share a process: no names or graphs leak
+    keras.utils.set_random_seed(int(cfg.seed))
+    t_start = time.perf_counter()
+
+    run: Run = build_run(cfg)
+    layers, plan = run.network.layers, run.plan
+    total_epochs = sum(e for _, e in run.schedule)
+    ff_epochs = run.schedule[0][1] if run.schedule else 0
+    interactive = console.is_interactive and bool(cfg.progress)
+    progress = reporting.RichProgress(console, total_epochs) if interactive else None
+    mgr = TrainMgr(layers, run.network.seq, plan.train + plan.val, batch_size=int(cfg.batch_size),
+                   eval_batch_size=int(cfg.eval_batch_size), seed=int(cfg.seed), shuffle=bool(cfg.shuffle),
+                   lr_multiplier=lr_multiplier(cfg, ff_epochs), progress=progress)
+
+    acc_keys = [f"{n}/acc" for n in run.network.roles.goodness + run.network.roles.softmax]
+    primary = f"{cfg.primary_readout}/acc" if cfg.primary_readout else acc_keys[0]
+    if primary not in acc_keys:
+        raise ConfigError(f"primary_readout {cfg.primary_readout!r} is not a readout; readouts are "
+                          f"{[k.split('/')[0] for k in acc_keys]}")
+    tracker = BestTracker(acc_keys, primary, layers)
+    columns = ["epoch", "stage", "seconds", "samples_per_s"] + \
+              [f"{n}/{k}" for n, layer in layers.items() for k in layer.metrics]
+    csv_out = reporting.MetricsCSV(run_dir / "metrics.csv", columns)
+    rows: list[dict[str, float]] = []
+    results: dict[str, Any] = {
+        "status": "running", "reason": None, "run_dir": str(run_dir),
+        "mode": cfg.mode.name, "protocol": cfg.protocol.name, "val_set": plan.val_set, "test_set": "test",
+        "primary": primary, "epochs_planned": total_epochs, "overrides": list(overrides or []),
+        "data": {"name": run.splits.name, **plan.info},
+    }
+    reporting.write_json(run_dir / "results.json", results)
+    log.info("run folder: %s", run_dir)
+    log.info("%s / %s on %s: %s, %d epochs planned", cfg.mode.name, cfg.protocol.name, run.splits.name,
+             " -> ".join(f"{n}({getattr(l, 'units', '')})" if hasattr(l, "units") else n for n, l in layers.items()),
+             total_epochs)
+
+    def on_epoch_end(result: EpochResult) -> None:
+        row = result.row()
+        csv_out.write(row)
+        rows.append(row)
+        tracker.update(row)
+        line = _epoch_line(result, total_epochs, acc_keys, run.network.ff_names)
+        log.info(line)
+        if progress is not None:
+            progress.end_epoch(result.epoch, f"{primary.split('/')[0]} {row.get(primary, float('nan')):.4f}")
+
+    try:
+        with progress or contextlib.nullcontext():
+            mgr.fit(run.schedule, on_epoch_end=on_epoch_end)
+        results["status"] = "completed"
+    except NonFiniteLoss as exc:
+        results.update(status="failed", reason=str(exc))
+        log.error("training stopped: %s", exc)
+    finally:
+        csv_out.close()
+
+    readouts = {k: {"final": tracker.final.get(k), "best": tracker.best[k][0] if tracker.best[k][0] >= 0 else None,
+                    "best_epoch": tracker.best[k][1] or None} for k in acc_keys}
+    if results["status"] == "completed":
+        test = mgr.evaluate(plan.test, prefix="test/")
+        for k in acc_keys:
+            readouts[k]["test_final"] = test.get(f"test/{k}")
+        if tracker.snapshot is not None:
+            tracker.restore_best()
+            test_best = mgr.evaluate(plan.test, prefix="test/")
+            for k in acc_keys:
+                readouts[k]["test_at_best"] = test_best.get(f"test/{k}")
+    train_rows = [r for r in rows if r.get("samples_per_s", 0) > 0]
+    p = readouts[primary]
+    results.update(
+        readouts=readouts,
+        final_val_acc=p["final"], best_val_acc=p["best"], best_epoch=p["best_epoch"],
+        test_acc=p.get("test_at_best"), test_acc_final=p.get("test_final"),
+        epochs=len(rows),
+        wall_seconds=round(time.perf_counter() - t_start, 2),
+        mean_epoch_seconds=round(statistics.fmean(r["seconds"] for r in train_rows), 3) if train_rows else None,
+        median_epoch_seconds=round(statistics.median(r["seconds"] for r in train_rows), 3) if train_rows else None,
+        samples_per_s=round(statistics.median(r["samples_per_s"] for r in train_rows), 1) if train_rows else None,
+        peak_memory_mb=reporting.peak_memory_mb(),
+    )
+    reporting.write_json(run_dir / "results.json", results)
+    if rows:
+        reporting.plot_curves(rows, run_dir / "curves.png",
+                              title=f"{cfg.mode.name} / {cfg.protocol.name} — {run_dir.name}")
+    console.print(reporting.results_table(results))
+    log.info("outputs: %s (metrics.csv, results.json, curves.png)", run_dir)
+    return results

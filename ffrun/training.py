@@ -1,0 +1,282 @@
+"""TrainMgr: runs a dict of FF layers wired by a sequence function, one compiled graph per task.
+
+A whole pass over a dataset is ONE graph call: the batch loop lives inside the graph, the data
+stays resident as tensors, and the only per-epoch host work is drawing a permutation. Graphs are
+keyed by (task, polarity, which layers are active) and built the first time they are needed, so N
+epochs of a stage trace each task exactly once.
+"""
+from __future__ import annotations
+
+import collections
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Mapping, Protocol, Sequence, Union
+
+import numpy as np
+import tensorflow as tf
+
+from ffrun.layers import BaseFFLayer, Task, TRAIN_TASKS
+
+SeqFn = Callable[[tf.Tensor, tf.Tensor, tf.Tensor], object]
+
+
+@dataclass
+class FFData:
+    """A resident dataset: images (N, D) float32, true labels y and FF labels y_ff (N,) int32.
+
+    ``y_ff`` is the label the FF layers see (overlaid, or used for routing); for positives it is y,
+    for negatives a wrong label, and -1 means the neutral label. ``positive`` tells EVAL passes
+    which goodness statistics to update."""
+
+    X: tf.Tensor
+    y: tf.Tensor
+    y_ff: tf.Tensor
+    positive: bool = True
+
+    @classmethod
+    def from_numpy(cls, X: np.ndarray, y: np.ndarray, y_ff: np.ndarray | None = None,
+                   positive: bool = True) -> "FFData":
+        y_ff = y if y_ff is None else y_ff
+        return cls(tf.constant(X, tf.float32), tf.constant(y, tf.int32), tf.constant(y_ff, tf.int32), positive)
+
+    def __len__(self) -> int:
+        return int(self.X.shape[0])
+
+
+#: a dataset, a positive/negative pair of aligned datasets (TRAIN_PAIR), or a function of the
+#: epoch returning either (negatives drawn afresh every epoch)
+DataSource = Union[FFData, tuple, Callable[[int], Union[FFData, tuple]]]
+
+
+@dataclass(eq=False)
+class TaskEntry:
+    """One pass of an epoch: run ``task`` over ``data``. ``layers`` restricts which layers do the
+    task (the others only transform); None means every layer."""
+
+    task: Task
+    data: DataSource
+    layers: tuple[str, ...] | None = None
+    label: str = ""
+
+    def resolve(self, epoch: int):
+        return self.data(epoch) if callable(self.data) else self.data
+
+
+class ProgressHook(Protocol):
+    def start_pass(self, label: str, batches: int) -> None: ...
+    def advance(self, batches_done: int) -> None: ...
+    def end_pass(self) -> None: ...
+
+
+class NonFiniteLoss(RuntimeError):
+    """A loss or metric became NaN or Inf."""
+
+
+def _as_entry(t) -> TaskEntry:
+    if isinstance(t, TaskEntry):
+        return t
+    return TaskEntry(*t)
+
+
+@dataclass
+class EpochResult:
+    epoch: int
+    stage: int
+    seconds: float
+    train_samples: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def row(self) -> dict[str, float]:
+        return {"epoch": self.epoch, "stage": self.stage, "seconds": round(self.seconds, 4),
+                "samples_per_s": round(self.train_samples / max(self.seconds, 1e-9), 1), **self.metrics}
+
+
+class TrainMgr:
+    """Trains ``layers`` (a dict name -> BaseFFLayer) wired by ``seq(X, y, y_ff)``.
+
+    ``tasks`` is the list of (task, dataset) passes run in order every epoch, e.g. unsup:
+    [(TRAIN_POS, pos), (TRAIN_NEG, neg), (EVAL, val_pos), (EVAL, val_neg)].
+    """
+
+    def __init__(self, layers: Mapping[str, BaseFFLayer], seq: SeqFn,
+                 tasks: Sequence[TaskEntry | tuple] = (), *, batch_size: int = 128,
+                 eval_batch_size: int | None = None, seed: int = 0, shuffle: bool = True,
+                 lr_multiplier: Callable[[int], float] | None = None,
+                 progress: ProgressHook | None = None):
+        self.layers = dict(layers)
+        self.seq = seq
+        self.tasks = [_as_entry(t) for t in tasks]
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = int(eval_batch_size or max(batch_size, 1000))
+        self.seed = int(seed)
+        self.shuffle = shuffle
+        self.lr_multiplier = lr_multiplier
+        self.progress = progress
+        self.trace_counts: collections.Counter = collections.Counter()
+        self._graphs: dict[tuple, tf.types.experimental.GenericFunction] = {}
+        self._built = False
+        self._base_lr = {}
+
+    # --- building ------------------------------------------------------------------------
+    def build(self, sample: FFData) -> None:
+        """Build every Keras layer and optimizer eagerly (no variables may be born in a graph)."""
+        if self._built:
+            return
+        self._set_tasks({}, Task.TRANSFORM)
+        n = min(2, len(sample))
+        self.seq(sample.X[:n], sample.y[:n], tf.maximum(sample.y_ff[:n], 0))
+        for layer in self.layers.values():
+            layer.build_optimizer()
+            if layer.optimizer is not None:
+                self._base_lr[layer.name] = float(np.asarray(layer.optimizer.learning_rate))
+        self._built = True
+
+    def _first_data(self) -> FFData:
+        for entry in self.tasks:
+            data = entry.resolve(1)
+            return data[0] if isinstance(data, tuple) else data
+        raise ValueError("TrainMgr has no tasks to build from")
+
+    def resolve_layers(self, names: str | Iterable[str]) -> frozenset[str]:
+        if names == "all" or (not isinstance(names, str) and list(names) == ["all"]):
+            return frozenset(self.layers)
+        names = [names] if isinstance(names, str) else list(names)
+        unknown = [n for n in names if n not in self.layers]
+        if unknown:
+            raise KeyError(f"unknown layer(s) {unknown} in schedule; layers are {sorted(self.layers)}")
+        return frozenset(names)
+
+    # --- graphs --------------------------------------------------------------------------
+    def _active(self, entry: TaskEntry, trainable: frozenset[str]) -> frozenset[str]:
+        listed = frozenset(entry.layers) if entry.layers is not None else frozenset(self.layers)
+        if entry.task in TRAIN_TASKS:
+            return frozenset(n for n in listed & trainable if entry.task in self.layers[n].trains_on)
+        if entry.task == Task.EVAL_DUPED:
+            return frozenset(self.layers)   # the overlay must duplicate, whoever scores
+        return listed
+
+    def _set_tasks(self, active: Iterable[str], task: Task, positive: bool = True) -> None:
+        active = set(active)
+        for name, layer in self.layers.items():
+            layer.set_task(task if name in active else Task.TRANSFORM, positive)
+
+    def _graph(self, key: tuple, paired: bool, batch_size: int):
+        fn = self._graphs.get(key)
+        if fn is not None:
+            return fn
+        with_progress = self.progress is not None
+
+        def one_pass(X, y, y_ff, perm, Xn, yn, y_ffn):
+            self.trace_counts[key] += 1       # runs only while tracing
+            n = tf.shape(perm)[0]
+            batches = (n + batch_size - 1) // batch_size
+            for i in tf.range(batches):
+                idx = perm[i * batch_size: tf.minimum((i + 1) * batch_size, n)]
+                xb, yb, yffb = tf.gather(X, idx), tf.gather(y, idx), tf.gather(y_ff, idx)
+                if paired:   # positives then their aligned negatives, one step for both
+                    xb = tf.concat([xb, tf.gather(Xn, idx)], 0)
+                    yb = tf.concat([yb, tf.gather(yn, idx)], 0)
+                    yffb = tf.concat([yffb, tf.gather(y_ffn, idx)], 0)
+                self.seq(xb, yb, yffb)
+                if with_progress:
+                    tf.py_function(self._on_batch, [i + 1], [])
+            return batches
+
+        spec = [tf.TensorSpec([None, None], tf.float32), tf.TensorSpec([None], tf.int32),
+                tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int32)]
+        fn = tf.function(one_pass, input_signature=spec + spec[:3])
+        self._graphs[key] = fn
+        return fn
+
+    def _on_batch(self, i):
+        self.progress.advance(int(i))
+
+    def run_task(self, entry: TaskEntry, trainable: frozenset[str], epoch: int, index: int = 0) -> int:
+        """Run one pass; returns the number of samples processed (0 if nothing was active)."""
+        active = self._active(entry, trainable)
+        if not active:
+            return 0
+        data = entry.resolve(epoch)
+        paired = entry.task == Task.TRAIN_PAIR
+        pos, neg = data if paired else (data, data)
+        if paired and len(pos) != len(neg):
+            raise ValueError(f"TRAIN_PAIR needs aligned datasets, got {len(pos)} and {len(neg)} samples")
+        training = entry.task in TRAIN_TASKS
+        n = len(pos)
+        if training and self.shuffle:
+            # A permutation that depends only on (seed, epoch, pass): a resumed run sees the same order.
+            perm = np.random.default_rng([self.seed, epoch, index]).permutation(n).astype(np.int32)
+        else:
+            perm = np.arange(n, dtype=np.int32)
+        bs = self.batch_size if training else self.eval_batch_size
+        key = (entry.task, pos.positive, active, bs)
+        self._set_tasks(active, entry.task, pos.positive)
+        fn = self._graph(key, paired, bs)
+        if self.progress is not None:
+            self.progress.start_pass(entry.label or entry.task.value, math.ceil(n / bs))
+        fn(pos.X, pos.y, pos.y_ff, tf.constant(perm), neg.X, neg.y, neg.y_ff)
+        if self.progress is not None:
+            self.progress.end_pass()
+        return n * (2 if paired else 1) if training else 0
+
+    # --- epochs --------------------------------------------------------------------------
+    def reset_metrics(self) -> None:
+        for layer in self.layers.values():
+            layer.reset_metrics()
+
+    def metric_results(self, prefix: str = "") -> dict[str, float]:
+        out = {}
+        for name, layer in self.layers.items():
+            for key, value in layer.metric_results().items():
+                out[f"{prefix}{name}/{key}"] = value
+        return out
+
+    def set_learning_rates(self, epoch: int) -> None:
+        if self.lr_multiplier is None:
+            return
+        mult = float(self.lr_multiplier(epoch))
+        for layer in self.layers.values():
+            if layer.name in self._base_lr:
+                layer.optimizer.learning_rate = self._base_lr[layer.name] * mult
+
+    def run_epoch(self, epoch: int, trainable: frozenset[str] | None = None, stage: int = 0) -> EpochResult:
+        trainable = frozenset(self.layers) if trainable is None else trainable
+        self.build(self._first_data())
+        self.set_learning_rates(epoch)
+        self.reset_metrics()
+        t0 = time.perf_counter()
+        samples = sum(self.run_task(entry, trainable, epoch, i) for i, entry in enumerate(self.tasks))
+        seconds = time.perf_counter() - t0
+        result = EpochResult(epoch, stage, seconds, samples, self.metric_results())
+        bad = {k: v for k, v in result.metrics.items() if not math.isfinite(v)}
+        if bad:
+            key, value = next(iter(bad.items()))
+            raise NonFiniteLoss(f"{key} became {value} in epoch {epoch}")
+        return result
+
+    def evaluate(self, tasks: Sequence[TaskEntry | tuple], prefix: str = "") -> dict[str, float]:
+        """Run evaluation passes with fresh metrics and return their results."""
+        self.build(self._first_data())
+        self.reset_metrics()
+        for entry in map(_as_entry, tasks):
+            self.run_task(entry, frozenset(), 0)
+        return self.metric_results(prefix)
+
+    def fit(self, schedule: Sequence[tuple], *, start_epoch: int = 0,
+            on_epoch_end: Callable[[EpochResult], None] | None = None) -> list[EpochResult]:
+        """Run the stage schedule [(layer names or "all", epochs), ...]; layers outside a stage's
+        list only transform. Epochs are numbered from 1 across stages; epochs up to
+        ``start_epoch`` are skipped (resume)."""
+        results, epoch = [], 0
+        for stage, (names, n_epochs) in enumerate(schedule):
+            trainable = self.resolve_layers(names)
+            for _ in range(int(n_epochs)):
+                epoch += 1
+                if epoch <= start_epoch:
+                    continue
+                result = self.run_epoch(epoch, trainable, stage)
+                results.append(result)
+                if on_epoch_end is not None:
+                    on_epoch_end(result)
+        return results
