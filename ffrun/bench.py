@@ -1,0 +1,583 @@
+"""How fast is FF training on this machine, and how close to the hardware?
+
+One process measures, on the current machine:
+
+1. roofline: TF matmul GFLOP/s at the model's own layer shapes (forward and weight-gradient
+   products), fp32 and bf16, in a graph loop after warm-up;
+2. FF training epochs (seed "Result 2": protocol split, unsup and sup) built from the project's own
+   Hydra configs: seconds, samples/s, achieved GFLOP/s from counted FLOPs, share of the roofline;
+3. the same MLP trained by backprop with Keras ``model.fit`` on the same images;
+4. evaluation: the all-labels (10x duplicated) pass of the sup net vs ten plain forward passes;
+5. peak resident memory;
+6. scaling: seconds per epoch against width, so one can see time follow FLOPs.
+
+Run:  python -m ffrun.bench --out bench.json          (full benchmark: ~20 min on 2 idle cores)
+      python -m ffrun.bench --data digits --units 32 --scaling 16,32 --reps 1   (seconds)
+Extra ``key=value`` arguments are Hydra overrides passed to every FF run (e.g. pairing=same_step).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import logging
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import ffrun  # noqa: F401  (first: silences TF's start-up banner before TF loads)
+import keras
+import numpy as np
+import tensorflow as tf
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig
+from rich.console import Console
+from rich.table import Table
+
+from ffrun import reporting
+from ffrun.builder import Run, build_run
+from ffrun.layers import FFDense, FFSoftmax, Task, TRAIN_TASKS
+from ffrun.training import FFData, TaskEntry, TrainMgr
+
+GIGA = 1e9
+
+
+# --------------------------------------------------------------------------------------------
+# machine
+
+def machine_info() -> dict[str, Any]:
+    """What the numbers depend on: cores, CPU, TF, and how busy the machine was when we started."""
+    cpu, flags = "unknown", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and cpu == "unknown":
+                cpu = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        cpu = platform.processor() or "unknown"
+    return {
+        "cores": os.cpu_count(),
+        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpu": cpu,
+        "avx512f": "avx512f" in flags,
+        "avx512_bf16": "avx512_bf16" in flags,
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "python": platform.python_version(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "load_avg_1m_at_start": sig(os.getloadavg()[0]),
+    }
+
+
+def machine_line(m: dict[str, Any]) -> str:
+    return (f"{m['cores_usable']}/{m['cores']} cores, {m['cpu']}, TF {m['tensorflow']}, "
+            f"Keras {m['keras']}, {m['date']}, load {m['load_avg_1m_at_start']}")
+
+
+def sig(x: float, digits: int = 4) -> float:
+    """Round to significant digits: the same rule serves 0.004 s and 4,000 GFLOP."""
+    return float(f"{x:.{digits}g}")
+
+
+# --------------------------------------------------------------------------------------------
+# roofline: what a bare TF matmul achieves at the shapes the model multiplies
+
+@tf.function
+def _matmul_loop(a: tf.Variable, b: tf.Variable, iters: tf.Tensor, transpose_a: bool) -> tf.Tensor:
+    # The operands are variables read inside the loop and every product feeds the result, so
+    # Grappler can neither hoist the matmul out of the loop nor prune it.
+    acc = tf.constant(0.0)
+    for _ in tf.range(iters):
+        c = tf.matmul(a, b, transpose_a=transpose_a)
+        acc += tf.cast(tf.reduce_sum(c), tf.float32)
+    return acc
+
+
+def matmul_gflops(m: int, k: int, n: int, dtype: tf.DType, weight_grad: bool,
+                  target_s: float, reps: int) -> float:
+    """GFLOP/s of an (m x k) @ (k x n) product repeated in a graph loop; median of ``reps``.
+
+    ``weight_grad``: the shape of a dense layer's kernel gradient, x^T @ dh = (m x k)^T @ (m x n),
+    which oneDNN runs at a different speed than the forward product."""
+    rng = np.random.default_rng(0)
+    a = tf.Variable(tf.cast(rng.standard_normal((m, k), np.float32) * 0.01, dtype))
+    b = tf.Variable(tf.cast(rng.standard_normal((m, n) if weight_grad else (k, n), np.float32) * 0.01, dtype))
+    flop = 2.0 * m * k * n
+    _matmul_loop(a, b, tf.constant(2), weight_grad).numpy()          # trace + warm oneDNN's kernels
+    t0 = time.perf_counter()
+    _matmul_loop(a, b, tf.constant(3), weight_grad).numpy()
+    per_iter = max((time.perf_counter() - t0) / 3, 1e-7)
+    iters = tf.constant(int(min(max(target_s / per_iter, 3), 1e6)))
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        _matmul_loop(a, b, iters, weight_grad).numpy()
+        times.append(time.perf_counter() - t0)
+    return flop * int(iters) / statistics.median(times) / GIGA
+
+
+def roofline(shapes: list[tuple[int, int]], batch: int, target_s: float, reps: int) -> dict[str, Any]:
+    """Per distinct (in, out) layer shape: forward and weight-gradient GFLOP/s in fp32 and bf16,
+    and the model's roofline: its FLOPs divided by the time those products would take at the
+    measured rates (a FLOP-weighted harmonic mean, since the big layers dominate)."""
+    rows = []
+    for k, n in dict.fromkeys(shapes):    # distinct, in order
+        row = {"batch": batch, "in": k, "out": n}
+        for name, dtype in (("fp32", tf.float32), ("bf16", tf.bfloat16)):
+            row[name] = {"forward": sig(matmul_gflops(batch, k, n, dtype, False, target_s, reps)),
+                         "weight_grad": sig(matmul_gflops(batch, k, n, dtype, True, target_s, reps))}
+        rows.append(row)
+    by_shape = {(r["in"], r["out"]): r for r in rows}
+    model = {}
+    for name in ("fp32", "bf16"):
+        # per row: each layer does one forward and one weight-gradient product of 2*k*n FLOPs
+        products = [(2 * k * n, by_shape[(k, n)][name][kind]) for k, n in shapes for kind in ("forward", "weight_grad")]
+        model[name] = sig(sum(f for f, _ in products) / sum(f / g for f, g in products))
+    return {"shapes": rows, "model_gflops": model}
+
+
+# --------------------------------------------------------------------------------------------
+# FLOP counting
+
+def dense_shape(layer: Any) -> tuple[int, int] | None:
+    """(in, out) of a built FF layer with a kernel, else None."""
+    if isinstance(layer, (FFDense, FFSoftmax)) and layer.layer.built:
+        k = layer.layer.kernel.shape
+        return int(k[0]), int(k[1])
+    return None
+
+
+def ff_epoch_flop(layers: dict[str, Any], tasks: list[TaskEntry], epoch: int = 1) -> float:
+    """FLOPs of one FF training epoch: every layer that trains in a pass does forward + weight
+    gradient, two matmuls, 2 * 2 * in * out per row. FF layers need no input gradient. Layers that
+    only transform in a pass are not counted: where nothing consumes their output (the softmax
+    readout during the negative pass), TF prunes them from the graph."""
+    total = 0.0
+    for entry in tasks:
+        if entry.task not in TRAIN_TASKS:
+            continue
+        data = entry.resolve(epoch)
+        rows = len(data[0] if isinstance(data, tuple) else data)
+        listed = set(entry.layers) if entry.layers is not None else set(layers)
+        for name, layer in layers.items():
+            shape = dense_shape(layer)
+            if shape is None or name not in listed or entry.task not in layer.trains_on:
+                continue
+            # TRAIN_PAIR rows hold positives and negatives; the readout trains on the positives only.
+            n = rows * (2 if entry.task == Task.TRAIN_PAIR and not isinstance(layer, FFSoftmax) else 1)
+            total += n * 4.0 * shape[0] * shape[1]
+    return total
+
+
+def forward_flop(shapes: list[tuple[int, int]], rows: int) -> float:
+    return rows * sum(2.0 * k * n for k, n in shapes)
+
+
+# --------------------------------------------------------------------------------------------
+# building runs from the project's own configs
+
+@dataclass
+class Bench:
+    args: argparse.Namespace
+    console: Console
+    notes: list[str] = field(default_factory=list)
+    fallback: dict[str, str] = field(default_factory=dict)   # mode -> protocol used instead of split
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+        self.console.log(f"[yellow]note:[/] {text}")
+
+    def overrides(self, mode: str, units: int, protocol: str | None = None) -> list[str]:
+        a = self.args
+        # eval_on=test: with data.val_size=0 (all 60k images train) there is no validation set.
+        base = {"protocol": protocol or "split", "mode": mode, "units": str(units),
+                "batch_size": str(a.batch_size), "data": a.data, "data.val_size": "0", "eval_on": "test",
+                "model.precision": a.precision, "progress": "false"}
+        if a.train_size:
+            base["data.train_size"] = str(a.train_size)
+        for item in a.overrides:                 # the user's overrides win
+            key, _, value = item.partition("=")
+            base[key] = value
+        return [f"{k}={v}" for k, v in base.items()]
+
+    def compose(self, overrides: list[str]) -> DictConfig:
+        GlobalHydra.instance().clear()
+        with initialize_config_module(config_module="ffrun.conf", version_base="1.3"):
+            return compose("config", overrides=overrides)
+
+    def build(self, mode: str, units: int) -> tuple[DictConfig, Run, TrainMgr, float]:
+        """Compose and build an FF run and trace its training graphs with a warm-up epoch.
+        If protocol split does not build or train (it is still being written), fall back to
+        five_digits for this mode and say so. Returns (cfg, run, mgr, warm-up seconds)."""
+        user_protocol = any(o.startswith("protocol=") for o in self.args.overrides)
+        protocol = self.fallback.get(mode)
+        try:
+            return self._build(self.overrides(mode, units, protocol))
+        except Exception as exc:
+            if user_protocol or protocol is not None:
+                raise
+            self.fallback[mode] = "five_digits"
+            self.note(f"protocol split failed for mode={mode} ({type(exc).__name__}: {exc}); "
+                      f"fell back to protocol five_digits (digits 0-4 positive, 5-9 negative)")
+            return self._build(self.overrides(mode, units, "five_digits"))
+
+    def _build(self, overrides: list[str]) -> tuple[DictConfig, Run, TrainMgr, float]:
+        cfg = self.compose(overrides)
+        # As runner.train does: no names or graphs leak from the previous run; same seed, same weights.
+        keras.backend.clear_session()
+        keras.utils.set_random_seed(int(cfg.seed))
+        run = build_run(cfg)
+        # Only the training passes are timed; evaluation is measured on its own.
+        mgr = TrainMgr(run.network.layers, run.network.seq, run.plan.train, batch_size=int(cfg.batch_size),
+                       eval_batch_size=int(cfg.eval_batch_size), seed=int(cfg.seed), shuffle=bool(cfg.shuffle))
+        warm = mgr.run_epoch(1).seconds
+        return cfg, run, mgr, warm
+
+
+def time_epochs(mgr: TrainMgr, reps: int, first_epoch: int = 2) -> tuple[list[float], int, int]:
+    """Seconds of ``reps`` training epochs after warm-up; also samples per epoch and the number of
+    graph traces during the timed epochs (should be 0)."""
+    traces = sum(mgr.trace_counts.values())
+    seconds, samples = [], 0
+    for e in range(first_epoch, first_epoch + reps):
+        r = mgr.run_epoch(e)
+        seconds.append(r.seconds)
+        samples = r.train_samples
+    return seconds, samples, sum(mgr.trace_counts.values()) - traces
+
+
+def ff_shapes(run: Run) -> list[tuple[int, int]]:
+    return [dense_shape(run.network.layers[n]) for n in run.network.ff_names]
+
+
+def summarize_ff(mode: str, cfg: DictConfig, run: Run, mgr: TrainMgr, warm: float, seconds: list[float],
+                 samples: int, retraces: int, roof: dict[str, float] | None) -> dict[str, Any]:
+    med = statistics.median(seconds)
+    flop = ff_epoch_flop(run.network.layers, mgr.tasks)
+    gflops = flop / med / GIGA
+    out = {
+        "mode": mode, "protocol": cfg.protocol.name, "data": run.splits.name,
+        "layers": [list(s) for s in ff_shapes(run)], "batch_size": int(cfg.batch_size),
+        "precision": cfg.model.precision, "train_images": len(run.splits.x_train),
+        "samples_per_epoch": samples, "warmup_epoch_s": sig(warm),
+        "epoch_s": [sig(s) for s in seconds], "median_epoch_s": sig(med),
+        "samples_per_s": sig(samples / med), "gflop_per_epoch": sig(flop / GIGA),
+        "gflops": sig(gflops), "retraces_while_timed": retraces,
+    }
+    if roof:
+        out["ratio_fp32_roofline"] = sig(gflops / roof["fp32"])
+        out["ratio_bf16_roofline"] = sig(gflops / roof["bf16"])
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# evaluation: all labels at once vs plain forward passes
+
+def make_forward_pass(seq: Callable, batch_size: int) -> Callable:
+    """One graph call = one plain forward pass (every layer TRANSFORM) over a dataset.
+
+    TrainMgr's own TRANSFORM pass cannot serve as the baseline: nothing consumes its outputs, so
+    TF prunes the whole computation and the pass takes ~1 ms. Here every output feeds a sum."""
+    spec = [tf.TensorSpec([None, None], tf.float32), tf.TensorSpec([None], tf.int32)]
+
+    @tf.function(input_signature=spec)
+    def forward(X, y):
+        n = tf.shape(X)[0]
+        total = tf.constant(0.0)
+        for i in tf.range((n + batch_size - 1) // batch_size):
+            lo, hi = i * batch_size, tf.minimum((i + 1) * batch_size, n)
+            outs = seq(X[lo:hi], y[lo:hi], y[lo:hi])
+            total += tf.add_n([tf.reduce_sum(tf.cast(v, tf.float32)) for k, v in outs.items() if k != "input"])
+        return total
+    return forward
+
+
+def time_call(fn: Callable[[], Any], reps: int) -> float:
+    fn()                                   # trace + warm-up
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bench_eval(run: Run, mgr: TrainMgr, cfg: DictConfig, reps: int) -> dict[str, Any]:
+    """The sup net's all-labels evaluation on the test images (EVAL_DUPED: each image once per
+    label, scored by FFGoodness) against one plain forward pass per label (ten for MNIST) over
+    the same images: the same matmul FLOPs, so the ratio is the cost of duplicating."""
+    duped = next(e for e in run.plan.test if e.task == Task.EVAL_DUPED)
+    data: FFData = duped.resolve(0)
+    c = run.plan.num_classes
+    eval_bs = int(cfg.eval_batch_size)
+    t_duped = time_call(lambda: mgr.run_task(duped, frozenset(), 0), reps)
+
+    for layer in run.network.layers.values():
+        layer.set_task(Task.TRANSFORM)      # baked into the forward graph when it is traced
+    forward = make_forward_pass(run.network.seq, eval_bs)
+    t_fwd = time_call(lambda: [forward(data.X, data.y).numpy() for _ in range(c)], reps)
+
+    n = len(data)
+    flop = forward_flop(ff_shapes(run), n * c)
+    return {
+        "images": n, "labels": c, "eval_batch_size": eval_bs,
+        "duped_s": sig(t_duped), "forward_x_labels_s": sig(t_fwd),
+        "duped_over_forward": sig(t_duped / t_fwd),
+        "gflop": sig(flop / GIGA),
+        "duped_gflops": sig(flop / t_duped / GIGA), "forward_gflops": sig(flop / t_fwd / GIGA),
+        "duped_images_per_s": sig(n / t_duped),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# backprop baseline
+
+class _EpochTimer(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.seconds: list[float] = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._t0 = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(time.perf_counter() - self._t0)
+
+
+def bench_backprop(x: np.ndarray, y: np.ndarray, units: list[int], num_classes: int, batch_size: int,
+                   precision: str, reps: int, seed: int) -> dict[str, Any]:
+    """The same widths as one MLP with a softmax head, trained end to end by Adam via model.fit.
+
+    jit_compile=False: Keras 3 turns XLA on by default ("auto"), the FF graphs do not use it,
+    and the comparison should be between the algorithms, not the compilers."""
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(seed)
+    dtype = "mixed_bfloat16" if precision == "bf16" else None
+    model = keras.Sequential([keras.Input((x.shape[1],))]
+                             + [keras.layers.Dense(u, activation="relu", dtype=dtype) for u in units]
+                             + [keras.layers.Dense(num_classes, activation="softmax", dtype="float32")])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", jit_compile=False)
+    timer = _EpochTimer()
+    # the first epoch traces the train step; the next ``reps`` are timed
+    model.fit(x, y, batch_size=batch_size, epochs=1 + reps, shuffle=True, verbose=0, callbacks=[timer])
+    med = statistics.median(timer.seconds[1:])
+    dims = [x.shape[1], *units, num_classes]
+    # forward + weight gradient + input gradient (none for the first layer): 6 - 2 = 4 for layer 1
+    flop = len(x) * sum((6.0 if i else 4.0) * dims[i] * dims[i + 1] for i in range(len(dims) - 1))
+    return {
+        "images": len(x), "layers": [[dims[i], dims[i + 1]] for i in range(len(dims) - 1)],
+        "batch_size": batch_size, "precision": precision, "jit_compile": False,
+        "warmup_epoch_s": sig(timer.seconds[0]), "epoch_s": [sig(s) for s in timer.seconds[1:]],
+        "median_epoch_s": sig(med), "samples_per_s": sig(len(x) / med),
+        "gflop_per_epoch": sig(flop / GIGA), "gflops": sig(flop / med / GIGA),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# report
+
+def _num(v: Any) -> str:
+    if v is None:
+        return "-"
+    return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.1f}" if abs(v) >= 10 else f"{v:.3g}"
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.0f}%"
+
+
+def results_table(res: dict[str, Any]) -> Table:
+    """Every section in one table: a row per measurement, the same units in every column."""
+    t = Table(title=f"ffrun bench: {machine_line(res['machine'])}", title_justify="left")
+    for col in ("measurement", "s", "samples/s", "GFLOP", "GFLOP/s", "% fp32 roof"):
+        t.add_column(col, justify="left" if col == "measurement" else "right")
+    t.add_column("note")
+
+    roof = res.get("roofline")
+    if roof:
+        for r in roof["shapes"]:
+            for p in ("fp32", "bf16"):
+                t.add_row(f"matmul {p} {r['batch']}x{r['in']}x{r['out']}", "", "", "",
+                          f"{_num(r[p]['forward'])} / {_num(r[p]['weight_grad'])}", "", "forward / weight grad")
+        m = roof["model_gflops"]
+        t.add_row("roofline of the model", "", "", "", f"{_num(m['fp32'])} / {_num(m['bf16'])}", "100%",
+                  "fp32 / bf16, FLOP-weighted")
+        t.add_section()
+    for mode, r in res.get("ff", {}).items():
+        width = "x".join(str(s[1]) for s in r["layers"])
+        t.add_row(f"FF {mode} epoch", _num(r["median_epoch_s"]), _num(r["samples_per_s"]), _num(r["gflop_per_epoch"]),
+                  _num(r["gflops"]), _pct(r.get("ratio_fp32_roofline")),
+                  f"{r['protocol']} {width} {r['precision']} batch {r['batch_size']}: {r['samples_per_epoch']:,} "
+                  f"pos+neg samples, median of {len(r['epoch_s'])}, warm-up {_num(r['warmup_epoch_s'])} s"
+                  + (f", {_pct(r.get('ratio_bf16_roofline'))} of bf16 roof" if r["precision"] == "bf16" else ""))
+    bp = res.get("backprop")
+    if bp:
+        ratios = ", ".join(f"FF {m}/BP {v:.2f}x" for m, v in bp.get("ff_over_bp", {}).items())
+        t.add_row("backprop epoch (fit)", _num(bp["median_epoch_s"]), _num(bp["samples_per_s"]),
+                  _num(bp["gflop_per_epoch"]), _num(bp["gflops"]), _pct(bp.get("ratio_fp32_roofline")),
+                  f"{bp['images']:,} images, Adam; {ratios}")
+    ev = res.get("evaluation")
+    if ev:
+        t.add_section()
+        t.add_row("eval all labels", _num(ev["duped_s"]), _num(ev["duped_images_per_s"]), _num(ev["gflop"]),
+                  _num(ev["duped_gflops"]), "",
+                  f"EVAL_DUPED, {ev['images']:,} images x {ev['labels']}; {ev['duped_over_forward']:.2f}x the forwards")
+        t.add_row(f"eval {ev['labels']} forward passes", _num(ev["forward_x_labels_s"]), "", _num(ev["gflop"]),
+                  _num(ev["forward_gflops"]), "", f"TRANSFORM, batch {ev['eval_batch_size']}")
+    if res.get("scaling"):
+        t.add_section()
+        for r in res["scaling"]:
+            t.add_row(f"scaling unsup {r['units']}", _num(r["median_epoch_s"]), _num(r["samples_per_s"]),
+                      _num(r["gflop_per_epoch"]), _num(r["gflops"]), _pct(r.get("ratio_fp32_roofline")),
+                      "same as FF unsup above" if r.get("reused") else f"median of {len(r['epoch_s'])}")
+    t.add_section()
+    t.add_row("peak resident memory", "", "", "", "", "", f"{res['memory']['peak_rss_mb']:,.0f} MB (ru_maxrss)")
+    return t
+
+
+# --------------------------------------------------------------------------------------------
+# main
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m ffrun.bench", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("overrides", nargs="*", help="extra Hydra overrides for every FF run, e.g. pairing=same_step")
+    p.add_argument("--units", type=int, default=2000, help="units per FF layer")
+    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--train-size", type=int, default=None, help="keep the first N training images (data.train_size)")
+    p.add_argument("--data", choices=("mnist", "digits"), default="mnist")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="model.precision (FF and backprop)")
+    p.add_argument("--modes", default="unsup,sup", help="FF modes to time, comma-separated")
+    p.add_argument("--reps", type=int, default=3, help="timed epochs (median) after one warm-up epoch")
+    p.add_argument("--scaling", default="500,1000,2000,4000", help="unsup widths for the scaling sweep")
+    p.add_argument("--no-scaling", action="store_true")
+    p.add_argument("--scaling-reps", type=int, default=1, help="timed epochs per scaling width")
+    p.add_argument("--skip-bp", action="store_true", help="skip the backprop baseline")
+    p.add_argument("--roofline-time", type=float, default=0.5, help="seconds per timed matmul repetition")
+    p.add_argument("--out", type=Path, default=Path("bench.json"))
+    args = p.parse_args(argv)
+    args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    bad = [m for m in args.modes if m not in ("unsup", "sup")]
+    if bad or not args.modes:
+        p.error(f"--modes takes unsup and/or sup, got {args.modes}")
+    if args.reps < 1 or args.scaling_reps < 1:
+        p.error("--reps and --scaling-reps must be >= 1")
+    args.scaling = [] if args.no_scaling else [int(u) for u in args.scaling.split(",") if u.strip()]
+    if any("=" not in o for o in args.overrides):
+        p.error("extra arguments must be Hydra overrides key=value")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # Every build makes fresh TrainMgr graphs from the same code, which TF reports as "excessive
+    # retracing"; the retraces that matter (inside timed epochs) are counted and reported instead.
+    tf.get_logger().setLevel(logging.ERROR)
+    console = reporting.make_console()
+    if not console.is_terminal:
+        console.width = 150      # piped to a file or CI: rich would wrap the table at 80 columns
+    bench = Bench(args, console)
+    res: dict[str, Any] = {"machine": machine_info(), "args": {k: (str(v) if isinstance(v, Path) else v)
+                                                                 for k, v in vars(args).items()}}
+    console.log(machine_line(res["machine"]))
+    if res["machine"]["load_avg_1m_at_start"] > 0.5:
+        bench.note(f"load average {res['machine']['load_avg_1m_at_start']} at start: other processes share "
+                   f"the cores, so timings are pessimistic")
+    memory: dict[str, float] = {}
+
+    def save() -> None:
+        # written after every section, so a long run that dies keeps what it measured
+        res["memory"] = {"peak_rss_mb": reporting.peak_memory_mb(), "after": memory}
+        res["notes"] = bench.notes
+        order = ("machine", "args", "roofline", "ff", "backprop", "evaluation", "scaling", "memory", "notes")
+        reporting.write_json(args.out, {k: res[k] for k in order if k in res})
+
+    # 1 + 2 + 4: FF epochs per mode; the roofline at the first run's shapes; the sup net's evaluation
+    res["ff"] = {}
+    roof_model = None
+    reuse = None          # the main unsup timing, when the scaling sweep includes the main width
+    bp_data = None        # images, labels, widths, classes, batch, seed of the first run, for backprop
+    for mode in args.modes:
+        console.log(f"FF {mode}: building and tracing (warm-up epoch) ...")
+        cfg, run, mgr, warm = bench.build(mode, args.units)
+        if "roofline" not in res:
+            console.log("roofline: matmul at the model's layer shapes, fp32 and bf16 ...")
+            res["roofline"] = roofline(ff_shapes(run), int(cfg.batch_size), args.roofline_time, args.reps)
+            roof_model = res["roofline"]["model_gflops"]
+            memory["roofline"] = reporting.peak_memory_mb()
+        console.log(f"FF {mode}: timing {args.reps} epochs ...")
+        seconds, samples, retraces = time_epochs(mgr, args.reps)
+        r = summarize_ff(mode, cfg, run, mgr, warm, seconds, samples, retraces, roof_model)
+        res["ff"][mode] = r
+        memory[f"ff_{mode}"] = reporting.peak_memory_mb()
+        console.log(f"FF {mode}: {r['median_epoch_s']:.2f} s/epoch, {r['gflops']:.1f} GFLOP/s")
+        if retraces:
+            bench.note(f"FF {mode}: {retraces} graph trace(s) during the timed epochs")
+        if mode == "sup":
+            console.log("evaluation: all labels vs plain forward passes ...")
+            res["evaluation"] = bench_eval(run, mgr, cfg, args.reps)
+            memory["evaluation"] = reporting.peak_memory_mb()
+        if mode == "unsup":
+            reuse = r
+        if bp_data is None:
+            bp_data = (run.splits.x_train, run.splits.y_train, [s[1] for s in ff_shapes(run)],
+                       run.splits.num_classes, int(cfg.batch_size), int(cfg.seed))
+        # one network alive at a time, so the peak memory is that of one run
+        del cfg, run, mgr
+        gc.collect()
+        save()
+    if "sup" not in args.modes:
+        bench.note("evaluation skipped: it needs the sup net (--modes ...,sup)")
+
+    # 3: backprop on the same training images (each once per epoch), same widths
+    if not args.skip_bp:
+        console.log("backprop: model.fit ...")
+        x, y, widths, classes, batch, seed = bp_data
+        bp = bench_backprop(x, y, widths, classes, batch, args.precision, args.reps, seed)
+        if roof_model:
+            bp["ratio_fp32_roofline"] = sig(bp["gflops"] / roof_model["fp32"])
+        # FF epoch (pos + neg samples) over backprop epoch (the images once)
+        bp["ff_over_bp"] = {m: sig(r["median_epoch_s"] / bp["median_epoch_s"]) for m, r in res["ff"].items()}
+        res["backprop"] = bp
+        memory["backprop"] = reporting.peak_memory_mb()
+        save()
+    bp_data = None
+
+    # 6: scaling with width (unsup); the main width is reused when it was already timed. Every
+    # width is compared to the roofline measured at the main width's shapes.
+    if args.scaling:
+        res["scaling"] = []
+        keys = ("protocol", "epoch_s", "median_epoch_s", "samples_per_s", "gflop_per_epoch", "gflops",
+                "ratio_fp32_roofline")
+        for units in args.scaling:
+            if reuse is not None and units == args.units:
+                res["scaling"].append({"units": units, **{k: reuse.get(k) for k in keys}, "reused": True})
+                continue
+            console.log(f"scaling: unsup {units} units ...")
+            cfg, run, mgr, warm = bench.build("unsup", units)
+            seconds, samples, retraces = time_epochs(mgr, args.scaling_reps)
+            r = summarize_ff("unsup", cfg, run, mgr, warm, seconds, samples, retraces, roof_model)
+            res["scaling"].append({"units": units, **{k: r.get(k) for k in keys}, "reused": False})
+            memory[f"scaling_{units}"] = reporting.peak_memory_mb()
+            del cfg, run, mgr
+            gc.collect()
+            save()
+
+    # 5: peak memory, then the report
+    save()
+    console.print(results_table(res))
+    for n in bench.notes:
+        console.print(f"[yellow]note:[/] {n}")
+    console.print(f"written: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

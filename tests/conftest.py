@@ -1,0 +1,53 @@
+"""Shared fixtures: compose the project's configs in-process, as the installed script would."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+REPO = Path(__file__).resolve().parents[1]
+MNIST_DIR = Path(os.environ.get("FFRUN_DATA_DIR", REPO.parent / "shared" / "data")).resolve()
+
+
+def compose_config(overrides: list[str], run_dir: Path | None = None) -> DictConfig:
+    """Compose conf/ with overrides; with ``run_dir``, also set HydraConfig as @hydra.main would."""
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="ffrun.conf", version_base="1.3"):
+        cfg = compose("config", overrides=overrides, return_hydra_config=run_dir is not None)
+    if run_dir is not None:
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(run_dir)
+            cfg.hydra.job.num = 0
+        HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+@pytest.fixture
+def cfg_factory():
+    return compose_config
+
+
+@pytest.fixture
+def train_tiny(tmp_path):
+    """Train a tiny config on the 8x8 digits into tmp_path; returns (results, run_dir)."""
+    from ffrun import reporting, runner
+
+    def _train(overrides: list[str], name: str = "run"):
+        run_dir = tmp_path / name
+        run_dir.mkdir()
+        cfg = compose_config(["debug=tiny", *overrides])
+        results = runner.train(cfg, run_dir, reporting.make_console())
+        return results, run_dir
+    return _train
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    if not (MNIST_DIR / "mnist.npz").is_file():
+        pytest.skip(f"no mnist.npz in {MNIST_DIR}")
+    return MNIST_DIR

@@ -1,0 +1,56 @@
+"""The benchmark runs end to end on a tiny configuration and writes every section.
+
+Speed is not asserted: the numbers depend on the machine and on what else runs on it."""
+import json
+
+from ffrun import bench
+
+
+def _positive(value) -> bool:
+    return isinstance(value, (int, float)) and value > 0
+
+
+def test_bench_tiny_writes_all_sections(tmp_path):
+    out = tmp_path / "bench.json"
+    rc = bench.main(["--data", "digits", "--units", "32", "--batch-size", "64", "--reps", "1",
+                     "--scaling", "16,32", "--modes", "unsup,sup", "--roofline-time", "0.02",
+                     "--out", str(out)])
+    assert rc == 0
+    res = json.loads(out.read_text())
+
+    assert res["machine"]["cores"] >= 1 and res["machine"]["tensorflow"]
+    roof = res["roofline"]
+    assert [(r["in"], r["out"]) for r in roof["shapes"]] == [(64, 32), (32, 32)]
+    for row in roof["shapes"]:
+        for p in ("fp32", "bf16"):
+            assert _positive(row[p]["forward"]) and _positive(row[p]["weight_grad"])
+    assert _positive(roof["model_gflops"]["fp32"]) and _positive(roof["model_gflops"]["bf16"])
+
+    for mode in ("unsup", "sup"):
+        ff = res["ff"][mode]
+        assert ff["layers"] == [[64, 32], [32, 32], [32, 32], [32, 32]]
+        # protocol split: every training image positive, the same images negative; the fallback
+        # (five_digits, while split is being reworked) uses every image once
+        per_image = 2 if ff["protocol"] == "split" else 1
+        assert ff["samples_per_epoch"] == per_image * ff["train_images"]
+        for key in ("median_epoch_s", "samples_per_s", "gflop_per_epoch", "gflops", "ratio_fp32_roofline"):
+            assert _positive(ff[key]), (mode, key, ff[key])
+        assert ff["retraces_while_timed"] == 0
+
+    bp = res["backprop"]
+    for key in ("median_epoch_s", "samples_per_s", "gflops"):
+        assert _positive(bp[key]), key
+    assert set(bp["ff_over_bp"]) == {"unsup", "sup"} and all(map(_positive, bp["ff_over_bp"].values()))
+
+    ev = res["evaluation"]
+    assert ev["labels"] == 10 and ev["images"] > 0
+    for key in ("duped_s", "forward_x_labels_s", "duped_over_forward", "duped_gflops", "forward_gflops"):
+        assert _positive(ev[key]), key
+
+    assert [r["units"] for r in res["scaling"]] == [16, 32]
+    for row in res["scaling"]:
+        assert _positive(row["median_epoch_s"]) and _positive(row["gflop_per_epoch"]) and _positive(row["gflops"])
+    # FLOPs grow with width (time need not, at this size)
+    assert res["scaling"][0]["gflop_per_epoch"] < res["scaling"][1]["gflop_per_epoch"]
+
+    assert _positive(res["memory"]["peak_rss_mb"])

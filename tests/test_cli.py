@@ -1,0 +1,71 @@
+"""The installed ``ffrun`` console script, run from a directory outside the repo."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+FFRUN = shutil.which("ffrun") or str(Path(sys.executable).parent / "ffrun")
+
+
+def _run(args, cwd, env_extra=None, timeout=240):
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run([FFRUN, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_installed_script_runs_from_any_directory(tmp_path):
+    proc = _run(["debug=tiny", "epochs=1", "readout_epochs=0"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    runs = list((tmp_path / "outputs").glob("*/*/results.json"))
+    assert len(runs) == 1
+    run_dir = runs[0].parent
+    assert json.loads(runs[0].read_text())["status"] == "completed"
+    for name in ("metrics.csv", "curves.png", "ffrun.log", ".hydra/config.yaml"):
+        assert (run_dir / name).exists(), name
+    assert str(run_dir) in proc.stdout + proc.stderr          # it says where its outputs went
+    assert "oneDNN" not in proc.stderr                         # TF start-up noise is silenced
+
+
+def test_multirun_with_basic_launcher(tmp_path):
+    proc = _run(["-m", "debug=tiny", "epochs=1", "readout_epochs=0", "units=8,16",
+                 f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = sorted((tmp_path / "sweep").glob("*/results.json"))
+    assert len(results) == 2
+    assert all(json.loads(p.read_text())["status"] == "completed" for p in results)
+
+
+def test_unknown_override_fails_with_one_line(tmp_path):
+    proc = _run(["debug=tiny", "unitz=5"], cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "unitz" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_missing_data_file_fails_with_one_line(tmp_path):
+    proc = _run(["epochs=1", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path,
+                env_extra={"FFRUN_DATA_DIR": str(tmp_path / "no_such_dir")})
+    assert proc.returncode == 2
+    errors = [l for l in (proc.stdout + proc.stderr).splitlines() if "ERROR" in l]
+    assert len(errors) == 1 and "no_such_dir/mnist.npz" in errors[0] and "FFRUN_DATA_DIR" in errors[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_ill_typed_override_fails_with_one_line(tmp_path):
+    proc = _run(["debug=tiny", "units=abc", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "units must be an integer" in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_output_folder(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    proc = _run(["debug=tiny", f"hydra.run.dir={locked / 'run'}"], cwd=tmp_path)
+    assert proc.returncode != 0

@@ -1,0 +1,75 @@
+"""Every preset composes and builds; bad values fail with one clear message."""
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from ffrun.builder import build_network, build_run, expand_inputs
+from ffrun.errors import ConfigError
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+
+
+def test_there_are_presets():
+    assert {"seed_r1_unsup_basic", "seed_r1_unsup_u500", "seed_r1_unsup_u2000",
+            "seed_r1_sup_basic", "seed_r1_sup_u500", "seed_r1_sup_u2000"} <= set(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_composes_and_builds_on_digits(cfg_factory, name):
+    cfg = cfg_factory([f"experiment={name}", "data=digits", "data.val_size=300"])
+    OmegaConf.resolve(cfg)
+    assert cfg.epochs >= 1
+    run = build_run(cfg)
+    assert run.plan.train and run.plan.val and run.plan.test
+    assert run.network.roles.ff
+
+
+def test_short_overrides_reach_the_model(cfg_factory):
+    cfg = cfg_factory(["mode=sup", "units=2000", "batch_size=512", "epochs=5"])
+    assert cfg.model.units == 2000 and cfg.batch_size == 512 and cfg.mode.name == "sup"
+    assert cfg.schedule[0][1] == 5
+    assert "goodness" in cfg.model.readouts
+
+
+def test_seed_preset_values(cfg_factory):
+    cfg = cfg_factory(["experiment=seed_r1_unsup_u2000"])
+    assert (cfg.units, cfg.batch_size, cfg.epochs, cfg.readout_epochs) == (2000, 512, 200, 50)
+    assert cfg.eval_on == "test" and cfg.model.th_pos == 0.1
+    assert cfg.model.optimizer.learning_rate == pytest.approx(1e-4)
+    assert list(cfg.schedule[1][0]) == ["softmax"] and cfg.schedule[1][1] == 50
+
+
+def test_typo_in_override_is_rejected(cfg_factory):
+    with pytest.raises(ConfigCompositionException, match="unitz"):
+        cfg_factory(["unitz=5"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("units=abc", "units must be an integer"),
+    ("num_layers=0", "num_layers must be an integer >= 1"),
+    ("model.th_pos=[0.1,0.2]", "model.th_pos has 2 values but the model has 4"),
+    ("model.goodness=median", "goodness must be one of"),
+    ("model.optimizer.class_name=Adamm", "cannot build optimizer"),
+    ("model.norm=batch", "norm must be one of"),
+])
+def test_bad_values_give_a_config_error(cfg_factory, override, message):
+    cfg = cfg_factory(["data=digits", override])
+    with pytest.raises(ConfigError, match=message):
+        build_run(cfg)
+
+
+def test_readout_wiring_is_declared_in_yaml(cfg_factory):
+    cfg = cfg_factory(["data=digits", "model.readouts.softmax.inputs=[norm1,dense4]"])
+    net = build_run(cfg).network
+    assert [n.inputs for n in net.nodes if n.name == "softmax"] == [("norm1", "dense4")]
+    cfg = cfg_factory(["data=digits", "model.readouts.softmax.inputs=[norm9]"])
+    with pytest.raises(ConfigError, match="unknown input"):
+        build_run(cfg)
+
+
+def test_expand_inputs():
+    assert expand_inputs(["norm2.."], 4) == ["norm2", "norm3", "norm4"]
+    assert expand_inputs(["dense2..", "input"], 1) == ["dense1", "input"]

@@ -1,0 +1,124 @@
+"""Layer semantics: pre-norm, overlay and its duplicated order, goodness argmax, local training."""
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ffrun.layers import FFDense, FFGoodness, FFOverlay, FFPreNorm, FFSoftmax, Task
+
+
+def test_prenorm_l2_and_rms():
+    x = tf.constant([[3.0, 4.0], [0.0, 0.0]])
+    np.testing.assert_allclose(FFPreNorm("l2").ff_do_task(x, None), [[0.6, 0.8], [0.0, 0.0]], atol=1e-6)
+    rms = float(np.sqrt((9 + 16) / 2))
+    np.testing.assert_allclose(FFPreNorm("rms").ff_do_task(x, None)[0], [3 / rms, 4 / rms], atol=1e-6)
+    with pytest.raises(ValueError):
+        FFPreNorm("bogus")
+
+
+def test_overlay_add_is_plus_one_at_pixel_y():
+    x = tf.zeros([2, 6])
+    out = FFOverlay(3, mode="add").ff_do_task(x + 0.5, tf.constant([2, 0]))
+    np.testing.assert_allclose(out, [[0.5, 0.5, 1.5, 0.5, 0.5, 0.5], [1.5, 0.5, 0.5, 0.5, 0.5, 0.5]])
+
+
+def test_overlay_replace_and_neutral_label():
+    x = tf.fill([2, 5], 0.7)
+    out = FFOverlay(3, mode="replace").ff_do_task(x, tf.constant([1, -1]))
+    np.testing.assert_allclose(out[0], [0, 1, 0, 0.7, 0.7], atol=1e-6)
+    np.testing.assert_allclose(out[1], [1 / 3, 1 / 3, 1 / 3, 0.7, 0.7], atol=1e-6)
+
+
+def test_eval_duped_is_sample_major():
+    ov = FFOverlay(3, mode="replace")
+    ov.set_task(Task.EVAL_DUPED)
+    x = tf.constant([[0, 0, 0, 10.0], [0, 0, 0, 20.0]])
+    out = ov.ff_do_task(x, tf.constant([0, 0])).numpy()
+    assert out.shape == (6, 4)
+    # rows i*C .. i*C+C-1 are sample i with labels 0..C-1
+    np.testing.assert_allclose(out[:, 3], [10, 10, 10, 20, 20, 20])
+    np.testing.assert_allclose(out[:, :3], np.tile(np.eye(3), (2, 1)))
+
+
+def test_goodness_readout_predicts_label_with_largest_goodness():
+    gd = FFGoodness(3)
+    gd.set_task(Task.EVAL_DUPED)
+    # sample 0: goodness per label 1, 9, 4 -> label 1; sample 1: 16, 0, 1 -> label 0
+    x = tf.constant([[1.0], [3.0], [2.0], [4.0], [0.0], [1.0]])
+    gd.ff_do_task(x, tf.constant([1, 2]))
+    assert gd.metric_results()["acc"] == pytest.approx(0.5)
+    np.testing.assert_array_equal(gd.predict_duped(x), [1, 0])
+
+
+def _dense(units=8, **kw):
+    layer = FFDense(units, 0.5, 0.5, keras.optimizers.SGD(0.1), name=f"d{units}", **kw)
+    layer.ff_do_task(tf.zeros([1, 4]), tf.constant([0]))
+    layer.build_optimizer()
+    return layer
+
+
+def test_train_pos_raises_and_train_neg_lowers_goodness():
+    keras.utils.set_random_seed(0)
+    x = tf.random.uniform([16, 4])
+    y = tf.zeros([16], tf.int32)
+    for task, sign in ((Task.TRAIN_POS, 1), (Task.TRAIN_NEG, -1)):
+        layer = _dense()
+        g0 = float(tf.reduce_mean(tf.reduce_sum(tf.square(layer.transform(x, y)), -1)))
+        layer.set_task(task)
+        for _ in range(5):
+            layer.ff_do_task(x, y)
+        g1 = float(tf.reduce_mean(tf.reduce_sum(tf.square(layer.transform(x, y)), -1)))
+        assert sign * (g1 - g0) > 0, (task, g0, g1)
+        key = "loss_pos" if task == Task.TRAIN_POS else "loss_neg"
+        assert key in layer.metric_results()
+
+
+def test_training_a_layer_never_touches_the_layer_before_it():
+    keras.utils.set_random_seed(0)
+    first, second = _dense(4), FFDense(3, 0.5, 0.5, keras.optimizers.SGD(0.1), name="second")
+    x = tf.random.uniform([8, 4])
+    y = tf.zeros([8], tf.int32)
+    second.ff_do_task(first.transform(x, y), y)
+    second.build_optimizer()
+    before = [w.numpy().copy() for w in first.layer.weights]
+    second_before = [w.numpy().copy() for w in second.layer.weights]
+    first.set_task(Task.TRANSFORM)
+    second.set_task(Task.TRAIN_POS)
+    second.ff_do_task(first.ff_do_task(x, y), y)
+    for b, w in zip(before, first.layer.weights):
+        np.testing.assert_array_equal(b, w.numpy())
+    assert any(not np.array_equal(b, w.numpy()) for b, w in zip(second_before, second.layer.weights))
+
+
+def test_routing_masks_goodness_and_complement_for_negatives():
+    routing = np.array([[1, 1, 0, 0], [0, 0, 1, 1]], np.float32)
+    layer = FFDense(4, 0, 0, keras.optimizers.SGD(0.0), name="routed", routing=routing, neg_routing="complement")
+    h = tf.constant([[1.0, 2.0, 3.0, 4.0]])
+    y = tf.constant([0])
+    assert float(layer._goodness(h, y, True)[0]) == pytest.approx(1 + 4)
+    assert float(layer._goodness(h, y, False)[0]) == pytest.approx(9 + 16)
+
+
+def test_train_pair_updates_both_losses():
+    layer = _dense()
+    layer.set_task(Task.TRAIN_PAIR)
+    layer.ff_do_task(tf.random.uniform([8, 4]), tf.zeros([8], tf.int32))
+    assert {"loss_pos", "loss_neg"} <= set(layer.metric_results())
+
+
+def test_softmax_learns_and_only_counts_positive_eval_data():
+    keras.utils.set_random_seed(0)
+    x = tf.constant(np.repeat(np.eye(3, dtype=np.float32), 10, axis=0))
+    y = tf.constant(np.repeat(np.arange(3), 10).astype(np.int32))
+    sm = FFSoftmax(3, keras.optimizers.Adam(0.1))
+    sm.ff_do_task(x[:1], y[:1])
+    sm.build_optimizer()
+    sm.set_task(Task.TRAIN_POS)
+    for _ in range(30):
+        sm.ff_do_task(x, y)
+    sm.set_task(Task.EVAL, positive=False)
+    sm.ff_do_task(x, y)
+    assert "acc" not in sm.metric_results()
+    sm.set_task(Task.EVAL, positive=True)
+    sm.ff_do_task(x, y)
+    assert sm.metric_results()["acc"] == pytest.approx(1.0)
