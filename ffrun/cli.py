@@ -9,9 +9,26 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger("ffrun")
+
+
+def register_resolvers() -> None:
+    """``${ffrun_pick:a,b}``: a unless it is null/empty, else b; ``${ffrun_if:c,x}``: x if c else null.
+    They let ``resume=<folder>`` point Hydra's run dir at the resumed folder."""
+    if not OmegaConf.has_resolver("ffrun_pick"):
+        OmegaConf.register_new_resolver("ffrun_pick", lambda a, b: a if a not in (None, "") else b)
+        OmegaConf.register_new_resolver("ffrun_if", lambda c, x: x if c not in (None, "") else None)
+
+
+def load_run_config(run_dir: Path) -> DictConfig:
+    """The composed config a run saved in ``<run>/.hydra/config.yaml``."""
+    from ffrun.errors import CheckpointError
+    path = run_dir / ".hydra" / "config.yaml"
+    if not path.is_file():
+        raise CheckpointError(f"{run_dir} is not an ffrun run folder (no .hydra/config.yaml)")
+    return OmegaConf.load(path)
 
 
 def run_job(cfg: DictConfig) -> float:
@@ -27,17 +44,28 @@ def run_job(cfg: DictConfig) -> float:
     reporting.route_logging_to(console)
     multirun = hc.mode == RunMode.MULTIRUN
     try:
-        results = runner.train(cfg, run_dir, console, overrides=list(hc.overrides.task))
+        if cfg.resume:
+            run_dir = Path(cfg.resume).expanduser().resolve()
+            saved = load_run_config(run_dir)
+            # how far to go and how to show it belong to this invocation, not to the saved run
+            saved.stop_after_epoch, saved.progress = cfg.stop_after_epoch, cfg.progress
+            results = runner.train(saved, run_dir, console, resume=True, overrides=list(hc.overrides.task))
+        else:
+            results = runner.train(cfg, run_dir, console, overrides=list(hc.overrides.task))
     except FFRunError as exc:
         log.error("%s", exc)
-        if multirun:
+        if not cfg.resume:   # a failed resume must not overwrite the run's own results
             reporting.write_json(run_dir / "results.json", {"status": "failed", "reason": str(exc)})
+        if multirun:
             return math.nan
         sys.exit(2)
     if results["status"] != "completed" and not multirun:
-        sys.exit(1)
+        sys.exit(130 if results["status"] == "interrupted" else 1)
     best = results.get("best_val_acc")
     return math.nan if best is None else float(best)
+
+
+register_resolvers()
 
 
 @hydra.main(config_path="pkg://ffrun.conf", config_name="config", version_base="1.3")

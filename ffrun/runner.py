@@ -3,20 +3,22 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
+import signal
 import statistics
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import keras
-import numpy as np
+import tensorflow as tf
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 from ffrun import reporting
 from ffrun.builder import Run, build_run
-from ffrun.errors import ConfigError
+from ffrun.checkpoints import BestWeights, Checkpointer
+from ffrun.errors import CheckpointError, ConfigError
 from ffrun.training import EpochResult, NonFiniteLoss, TrainMgr
 
 log = logging.getLogger("ffrun")
@@ -36,28 +38,51 @@ def lr_multiplier(cfg: DictConfig, total_epochs: int) -> Callable[[int], float] 
 
 
 class BestTracker:
-    """Tracks every readout's accuracy and keeps the weights of the primary readout's best epoch."""
+    """Tracks every readout's accuracy; keeps the weights of the primary readout's best epoch."""
 
-    def __init__(self, keys: list[str], primary: str, layers: dict):
-        self.keys, self.primary, self.layers = keys, primary, layers
+    def __init__(self, keys: list[str], primary: str, best_weights: BestWeights):
+        self.keys, self.primary, self.best_weights = keys, primary, best_weights
         self.best = {k: (-1.0, 0) for k in keys}
         self.final: dict[str, float] = {}
-        self.snapshot: dict[str, list[np.ndarray]] | None = None
 
-    def update(self, row: dict[str, float]) -> None:
+    def update(self, row: dict[str, float], take_snapshot: bool = True) -> None:
         for k in self.keys:
             if k in row:
                 self.final[k] = row[k]
                 if row[k] > self.best[k][0]:
                     self.best[k] = (row[k], int(row["epoch"]))
-                    if k == self.primary:
-                        self.snapshot = {n: [w.numpy() for w in l.layer.weights]
-                                         for n, l in self.layers.items() if l.layer is not None}
+                    if k == self.primary and take_snapshot:
+                        self.best_weights.take()
 
-    def restore_best(self) -> None:
-        for name, weights in (self.snapshot or {}).items():
-            for var, value in zip(self.layers[name].layer.weights, weights):
-                var.assign(value)
+
+class StopRequest:
+    """SIGINT/SIGTERM ask training to stop at the end of the current epoch (a checkpoint follows);
+    a second Ctrl-C aborts at once."""
+
+    def __init__(self):
+        self.reason: str | None = None
+        self._old = {}
+
+    def _handler(self, signum, frame):
+        if self.reason is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.reason = signal.Signals(signum).name
+        log.warning("%s received: stopping after this epoch and writing a checkpoint (Ctrl-C again to abort now)",
+                    self.reason)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+class StopTraining(Exception):
+    pass
 
 
 def _epoch_line(result: EpochResult, total: int, acc_keys: list[str], ff_names) -> str:
@@ -73,9 +98,23 @@ def _epoch_line(result: EpochResult, total: int, acc_keys: list[str], ff_names) 
     return "  ".join(parts)
 
 
+def _tensorboard_histograms(writer, network, data, epoch: int, n: int = 512) -> None:
+    """Activation and goodness histograms of every FF layer on a slice of evaluation data."""
+    from ffrun.layers import Task
+    for layer in network.layers.values():
+        layer.set_task(Task.TRANSFORM)
+    outs = network.seq(data.X[:n], data.y[:n], tf.maximum(data.y_ff[:n], 0))
+    with writer.as_default(step=epoch):
+        for name in network.ff_names:
+            h = tf.cast(outs[name], tf.float32)
+            tf.summary.histogram(f"{name}/activations", h)
+            tf.summary.histogram(f"{name}/goodness", tf.reduce_sum(tf.square(h), -1))
+
+
 def train(cfg: DictConfig, run_dir: Path, console: Console | None = None,
-          overrides: list[str] | None = None) -> dict[str, Any]:
-    """Train the configured FF network; write metrics.csv, results.json and curves.png to run_dir."""
+          overrides: list[str] | None = None, resume: bool = False) -> dict[str, Any]:
+    """Train the configured FF network; write metrics.csv, results.json, curves.png, checkpoints
+    and TensorBoard scalars to run_dir. With ``resume``, continue from run_dir's last checkpoint."""
     console = console or reporting.make_console()
     keras.backend.clear_session()        # multirun jobs share a process: no names or graphs leak
     keras.utils.set_random_seed(int(cfg.seed))
@@ -90,48 +129,92 @@ def train(cfg: DictConfig, run_dir: Path, console: Console | None = None,
     mgr = TrainMgr(layers, run.network.seq, plan.train + plan.val, batch_size=int(cfg.batch_size),
                    eval_batch_size=int(cfg.eval_batch_size), seed=int(cfg.seed), shuffle=bool(cfg.shuffle),
                    lr_multiplier=lr_multiplier(cfg, ff_epochs), progress=progress)
+    mgr.build()
 
     acc_keys = [f"{n}/acc" for n in run.network.roles.goodness + run.network.roles.softmax]
     primary = f"{cfg.primary_readout}/acc" if cfg.primary_readout else acc_keys[0]
     if primary not in acc_keys:
         raise ConfigError(f"primary_readout {cfg.primary_readout!r} is not a readout; readouts are "
                           f"{[k.split('/')[0] for k in acc_keys]}")
-    tracker = BestTracker(acc_keys, primary, layers)
+    best_weights = BestWeights(layers)
+    tracker = BestTracker(acc_keys, primary, best_weights)
+    ck = cfg.checkpoint
+    checkpointer = Checkpointer(run_dir / "checkpoints", layers, best_weights, keep=int(ck.keep))
+
+    rows: list[dict[str, float]] = []
+    start_epoch = 0
+    if resume:
+        start_epoch = checkpointer.restore_latest()
+        metrics_path = run_dir / "metrics.csv"
+        if metrics_path.exists():
+            rows = [r for r in reporting.read_metrics(metrics_path) if r["epoch"] <= start_epoch]
+        for row in rows:
+            tracker.update(row, take_snapshot=False)   # best weights came back with the checkpoint
+        log.info("resuming %s from epoch %d", run_dir, start_epoch)
     columns = ["epoch", "stage", "seconds", "samples_per_s"] + \
               [f"{n}/{k}" for n, layer in layers.items() for k in layer.metrics]
     csv_out = reporting.MetricsCSV(run_dir / "metrics.csv", columns)
-    rows: list[dict[str, float]] = []
+    for row in rows:                                   # a resumed run drops epochs after its checkpoint
+        csv_out.write(row)
     results: dict[str, Any] = {
         "status": "running", "reason": None, "run_dir": str(run_dir),
         "mode": cfg.mode.name, "protocol": cfg.protocol.name, "val_set": plan.val_set, "test_set": "test",
         "primary": primary, "epochs_planned": total_epochs, "overrides": list(overrides or []),
-        "data": {"name": run.splits.name, **plan.info},
+        "data": {"name": run.splits.name, **plan.info}, "resumed_from_epoch": start_epoch if resume else None,
     }
     reporting.write_json(run_dir / "results.json", results)
+    tb = tf.summary.create_file_writer(str(run_dir / "tb")) if cfg.tensorboard.enabled else None
+    hist_every = int(cfg.tensorboard.histogram_every)
     log.info("run folder: %s", run_dir)
     log.info("%s / %s on %s: %s, %d epochs planned", cfg.mode.name, cfg.protocol.name, run.splits.name,
-             " -> ".join(f"{n}({getattr(l, 'units', '')})" if hasattr(l, "units") else n for n, l in layers.items()),
+             " -> ".join(f"{n}({l.units})" if hasattr(l, "units") else n for n, l in layers.items()),
              total_epochs)
+    stop = StopRequest()
 
     def on_epoch_end(result: EpochResult) -> None:
         row = result.row()
         csv_out.write(row)
         rows.append(row)
         tracker.update(row)
-        line = _epoch_line(result, total_epochs, acc_keys, run.network.ff_names)
-        log.info(line)
+        log.info(_epoch_line(result, total_epochs, acc_keys, run.network.ff_names))
         if progress is not None:
             progress.end_epoch(result.epoch, f"{primary.split('/')[0]} {row.get(primary, float('nan')):.4f}")
+        if tb is not None:
+            with tb.as_default(step=result.epoch):
+                for key, value in row.items():
+                    if key != "epoch":
+                        tf.summary.scalar(key, value)
+            if hist_every and result.epoch % hist_every == 0:
+                _tensorboard_histograms(tb, run.network, plan.val[0].resolve(result.epoch), result.epoch)
+            tb.flush()
+        if ck.every and result.epoch % int(ck.every) == 0:
+            checkpointer.save(result.epoch)
+        stop_after = cfg.get("stop_after_epoch")
+        if stop.reason is None and stop_after and result.epoch >= int(stop_after):
+            stop.reason = f"stop_after_epoch={stop_after}"
+        if stop.reason is not None:
+            if checkpointer.manager.latest_checkpoint != str(run_dir / "checkpoints" / f"ckpt-{result.epoch}"):
+                checkpointer.save(result.epoch)
+            raise StopTraining(stop.reason)
 
     try:
-        with progress or contextlib.nullcontext():
-            mgr.fit(run.schedule, on_epoch_end=on_epoch_end)
+        with stop, (progress or contextlib.nullcontext()):
+            mgr.fit(run.schedule, start_epoch=start_epoch, on_epoch_end=on_epoch_end)
         results["status"] = "completed"
+        if rows and checkpointer.manager.latest_checkpoint != str(run_dir / "checkpoints" / f"ckpt-{int(rows[-1]['epoch'])}"):
+            checkpointer.save(int(rows[-1]["epoch"]))
     except NonFiniteLoss as exc:
         results.update(status="failed", reason=str(exc))
         log.error("training stopped: %s", exc)
+    except (StopTraining, KeyboardInterrupt) as exc:
+        how = f"{exc}" if isinstance(exc, StopTraining) else "aborted by a second Ctrl-C"
+        results.update(status="interrupted", reason=f"{how}; resume with: ffrun resume={run_dir}")
+        log.warning("interrupted (%s) after epoch %d; resume with: ffrun resume=%s",
+                    how, int(rows[-1]["epoch"]) if rows else 0, run_dir)
     finally:
         csv_out.close()
+        if tb is not None:
+            tb.close()
 
     readouts = {k: {"final": tracker.final.get(k), "best": tracker.best[k][0] if tracker.best[k][0] >= 0 else None,
                     "best_epoch": tracker.best[k][1] or None} for k in acc_keys}
@@ -139,8 +222,7 @@ def train(cfg: DictConfig, run_dir: Path, console: Console | None = None,
         test = mgr.evaluate(plan.test, prefix="test/")
         for k in acc_keys:
             readouts[k]["test_final"] = test.get(f"test/{k}")
-        if tracker.snapshot is not None:
-            tracker.restore_best()
+        if best_weights.restore():
             test_best = mgr.evaluate(plan.test, prefix="test/")
             for k in acc_keys:
                 readouts[k]["test_at_best"] = test_best.get(f"test/{k}")

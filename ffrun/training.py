@@ -119,10 +119,11 @@ class TrainMgr:
         self._base_lr = {}
 
     # --- building ------------------------------------------------------------------------
-    def build(self, sample: FFData) -> None:
+    def build(self, sample: FFData | None = None) -> None:
         """Build every Keras layer and optimizer eagerly (no variables may be born in a graph)."""
         if self._built:
             return
+        sample = sample if sample is not None else self._first_data()
         self._set_tasks({}, Task.TRANSFORM)
         n = min(2, len(sample))
         self.seq(sample.X[:n], sample.y[:n], tf.maximum(sample.y_ff[:n], 0))
@@ -242,7 +243,7 @@ class TrainMgr:
 
     def run_epoch(self, epoch: int, trainable: frozenset[str] | None = None, stage: int = 0) -> EpochResult:
         trainable = frozenset(self.layers) if trainable is None else trainable
-        self.build(self._first_data())
+        self.build()
         self.set_learning_rates(epoch)
         self.reset_metrics()
         t0 = time.perf_counter()
@@ -257,7 +258,7 @@ class TrainMgr:
 
     def evaluate(self, tasks: Sequence[TaskEntry | tuple], prefix: str = "") -> dict[str, float]:
         """Run evaluation passes with fresh metrics and return their results."""
-        self.build(self._first_data())
+        self.build()
         self.reset_metrics()
         for entry in map(_as_entry, tasks):
             self.run_task(entry, frozenset(), 0)

@@ -10,6 +10,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+import ffrun.cli  # noqa: F401  (registers the config resolvers, as the console script does)
+
 REPO = Path(__file__).resolve().parents[1]
 MNIST_DIR = Path(os.environ.get("FFRUN_DATA_DIR", REPO.parent / "shared" / "data")).resolve()
 

@@ -1,0 +1,76 @@
+"""Checkpoints: every layer's weights, every optimizer's state, the epoch and the best-epoch weights.
+
+Shuffles and negatives are functions of (seed, epoch), so the epoch is all the RNG state a resumed
+run needs to draw exactly what an uninterrupted run would.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import tensorflow as tf
+
+from ffrun.errors import CheckpointError
+from ffrun.layers import BaseFFLayer
+
+
+class BestWeights:
+    """A copy of every weight, taken at the best epoch; variables, so checkpoints carry it."""
+
+    def __init__(self, layers: dict[str, BaseFFLayer]):
+        self.layers = {n: l for n, l in layers.items() if l.layer is not None}
+        self.copies = {n: [tf.Variable(w, trainable=False) for w in l.layer.weights] for n, l in self.layers.items()}
+        self.taken = tf.Variable(False, trainable=False)
+
+    def take(self) -> None:
+        for name, layer in self.layers.items():
+            for copy, w in zip(self.copies[name], layer.layer.weights):
+                copy.assign(w)
+        self.taken.assign(True)
+
+    def restore(self) -> bool:
+        if not bool(self.taken.numpy()):
+            return False
+        for name, layer in self.layers.items():
+            for copy, w in zip(self.copies[name], layer.layer.weights):
+                w.assign(copy)
+        return True
+
+    def trackables(self) -> dict:
+        return {f"best_{n}": tf.train.Checkpoint(weights=c) for n, c in self.copies.items()} | {"best_taken": self.taken}
+
+
+class Checkpointer:
+    """tf.train.Checkpoint + CheckpointManager over the layers, optimizers, epoch and best weights."""
+
+    def __init__(self, folder: Path, layers: dict[str, BaseFFLayer], best: BestWeights, keep: int = 2):
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
+        objects = {"epoch": self.epoch, **best.trackables()}
+        for name, layer in layers.items():
+            if layer.layer is not None:
+                objects[f"layer_{name}"] = layer.layer
+            if layer.optimizer is not None:
+                objects[f"opt_{name}"] = layer.optimizer
+            if getattr(layer, "running_mean", None) is not None:
+                objects[f"peer_{name}"] = layer.running_mean
+        self.folder = folder
+        self.ckpt = tf.train.Checkpoint(**objects)
+        self.manager = tf.train.CheckpointManager(self.ckpt, str(folder), max_to_keep=keep)
+
+    def save(self, epoch: int) -> str:
+        self.epoch.assign(epoch)
+        return self.manager.save(checkpoint_number=epoch)
+
+    def restore_latest(self) -> int:
+        """Restore the newest checkpoint; returns its epoch. Every saved value must find its
+        variable and fit its shape, or this raises CheckpointError (never a silent fresh start)."""
+        path = self.manager.latest_checkpoint
+        if path is None:
+            raise CheckpointError(f"no checkpoint in {self.folder}")
+        try:
+            status = self.ckpt.restore(path)
+            status.assert_existing_objects_matched()
+            status.assert_consumed()
+        except Exception as exc:  # noqa: BLE001 - TF raises many kinds for a bad file; all mean the same here
+            first = str(exc).strip().splitlines()[0][:300]
+            raise CheckpointError(f"checkpoint {path} is corrupt or does not match the configured network: {first}") from None
+        return int(self.epoch.numpy())

@@ -1,0 +1,97 @@
+"""Checkpoints: an interrupted and resumed run equals an uninterrupted one; bad checkpoints fail loudly."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ffrun import reporting, runner
+from ffrun.errors import CheckpointError
+from ffrun.reporting import read_metrics
+from tests.conftest import compose_config
+
+TIMING = ("seconds", "samples_per_s")
+BASE = ["debug=tiny", "epochs=5", "readout_epochs=2", "checkpoint.every=2"]
+
+
+def _metrics_without_timing(run_dir: Path):
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in read_metrics(run_dir / "metrics.csv")]
+
+
+def _train(run_dir: Path, overrides, resume=False):
+    run_dir.mkdir(exist_ok=True)
+    cfg = compose_config([*BASE, *overrides])
+    return runner.train(cfg, run_dir, reporting.make_console(), resume=resume)
+
+
+@pytest.mark.parametrize("extra", [[], ["mode=sup", "protocol=wrong_label", "pairing=same_step"]])
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, extra):
+    full = _train(tmp_path / "full", extra)
+    part = _train(tmp_path / "part", [*extra, "stop_after_epoch=3"])
+    assert part["status"] == "interrupted" and "ffrun resume=" in part["reason"]
+    assert len(read_metrics(tmp_path / "part" / "metrics.csv")) == 3
+    resumed = _train(tmp_path / "part", extra, resume=True)
+    assert resumed["status"] == "completed" and resumed["resumed_from_epoch"] == 3
+    # exact equality: shuffles and negatives depend only on (seed, epoch), optimizer state is restored
+    assert _metrics_without_timing(tmp_path / "part") == _metrics_without_timing(tmp_path / "full")
+    for key in ("best_val_acc", "best_epoch", "test_acc", "test_acc_final"):
+        assert resumed[key] == full[key], key
+
+
+def test_resume_drops_epochs_after_the_checkpoint(tmp_path):
+    _train(tmp_path / "run", ["stop_after_epoch=3", "checkpoint.every=2"])
+    # a crash after epoch 3's row but before its checkpoint: pretend the last checkpoint is epoch 2
+    ckpts = tmp_path / "run" / "checkpoints"
+    (ckpts / "checkpoint").write_text('model_checkpoint_path: "ckpt-2"\nall_model_checkpoint_paths: "ckpt-2"\n')
+    resumed = _train(tmp_path / "run", [], resume=True)
+    assert resumed["resumed_from_epoch"] == 2
+    assert [r["epoch"] for r in read_metrics(tmp_path / "run" / "metrics.csv")] == list(range(1, 8))
+
+
+def test_corrupt_checkpoint_fails_loudly(tmp_path):
+    _train(tmp_path / "run", ["stop_after_epoch=2"])
+    for f in (tmp_path / "run" / "checkpoints").glob("ckpt-2.data*"):
+        f.write_bytes(b"garbage" * 10)
+    with pytest.raises(CheckpointError, match="corrupt or does not match"):
+        _train(tmp_path / "run", [], resume=True)
+
+
+def test_mismatched_architecture_fails_loudly(tmp_path):
+    _train(tmp_path / "run", ["stop_after_epoch=2"])
+    with pytest.raises(CheckpointError, match="does not match"):
+        _train(tmp_path / "run", ["units=32"], resume=True)
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        _train(tmp_path / "fresh", [], resume=True)
+
+
+def test_sigint_checkpoints_and_resume_finishes(tmp_path):
+    """A real Ctrl-C to the installed script, then ``ffrun resume=<run>``."""
+    ffrun = str(Path(sys.executable).parent / "ffrun")
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([ffrun, "debug=tiny", "epochs=400", "readout_epochs=0", "checkpoint.every=0",
+                             f"hydra.run.dir={run_dir}"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        metrics = run_dir / "metrics.csv"
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 4:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out[-2000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["status"] == "interrupted"
+    assert f"ffrun resume={run_dir}" in out
+    done = len(read_metrics(run_dir / "metrics.csv"))
+    assert 3 <= done < 400
+    assert list((run_dir / "checkpoints").glob(f"ckpt-{done}.index"))
+    proc = subprocess.run([ffrun, f"resume={run_dir}", "stop_after_epoch=" + str(done + 2)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    assert len(read_metrics(run_dir / "metrics.csv")) == done + 2
+    assert (run_dir / ".hydra" / "config.yaml").exists() and (run_dir / ".hydra_resume").exists()
