@@ -30,12 +30,17 @@ def _import_tensorflow_quietly() -> None:
             os.close(saved)
 
 
-_import_tensorflow_quietly()
-
-from ffrun.layers import (BaseFFLayer, FFDense, FFGoodness, FFOverlay, FFPreNorm,  # noqa: E402
-                          FFSoftmax, Task)
-from ffrun.training import FFData, TaskEntry, TrainMgr  # noqa: E402
-
-__all__ = ["BaseFFLayer", "FFDense", "FFGoodness", "FFOverlay", "FFPreNorm", "FFSoftmax", "Task",
-           "FFData", "TaskEntry", "TrainMgr"]
+_API = {"BaseFFLayer": "layers", "FFDense": "layers", "FFGoodness": "layers", "FFOverlay": "layers",
+        "FFPreNorm": "layers", "FFSoftmax": "layers", "Task": "layers",
+        "FFData": "training", "TaskEntry": "training", "TrainMgr": "training"}
+__all__ = list(_API)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # Lazy, so that commands which do not train (ffrun-report) start without TensorFlow.
+    if name in _API:
+        import importlib
+        _import_tensorflow_quietly()
+        return getattr(importlib.import_module(f"ffrun.{_API[name]}"), name)
+    raise AttributeError(f"module 'ffrun' has no attribute {name!r}")

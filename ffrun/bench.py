@@ -29,7 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import ffrun  # noqa: F401  (first: silences TF's start-up banner before TF loads)
+from ffrun import _import_tensorflow_quietly
+
+_import_tensorflow_quietly()  # before TF loads: keep its start-up banner off the console
 import keras
 import numpy as np
 import tensorflow as tf

@@ -35,6 +35,8 @@ def run_job(cfg: DictConfig) -> float:
     """Run one job of a run or a sweep. Returns the best validation accuracy (what a sweeper
     maximizes). A bad input ends a single run with one line and exit code 2; in a sweep the job
     records its failure and the sweep goes on."""
+    from ffrun import _import_tensorflow_quietly
+    _import_tensorflow_quietly()
     from ffrun import reporting, runner
     from ffrun.errors import FFRunError
 

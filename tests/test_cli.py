@@ -62,10 +62,11 @@ def test_ill_typed_override_fails_with_one_line(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
-def test_unwritable_output_folder(tmp_path):
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    locked.chmod(0o500)
-    proc = _run(["debug=tiny", f"hydra.run.dir={locked / 'run'}"], cwd=tmp_path)
-    assert proc.returncode != 0
+def test_unwritable_output_folder_fails_with_one_line(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    proc = _run(["debug=tiny", f"hydra.run.dir={blocker / 'run'}"], cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"ffrun: cannot write the output folder {blocker / 'run'}: {blocker} is not a folder"]
+    assert blocker.read_text() == "not a folder"       # nothing already there is touched

@@ -1,0 +1,341 @@
+"""``ffrun-report``: one table, summary.csv and summary.png over every run below a folder.
+
+Point it at a sweep (``outputs/multirun/<stamp>``) or at ``outputs/``: every folder holding a
+results.json is a run. Runs are ranked by best validation accuracy; failed runs come last with their
+reason. The Hydra callback ``ffrun.callbacks.SweepReport`` calls :func:`write_report` when a sweep ends.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import re
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from ffrun import reporting
+from ffrun.errors import FFRunError
+
+# Fixed summary.csv columns; every overridden parameter then gets its own "override.<key>" column
+# (prefixed because an override such as epochs=1 would otherwise collide with results' "epochs").
+RESULT_COLUMNS = ("rank", "run", "status", "best_val_acc", "best_epoch", "final_val_acc", "test_acc",
+                  "primary", "val_set", "epochs", "wall_seconds", "mean_epoch_seconds", "samples_per_s",
+                  "peak_memory_mb", "reason", "overrides")
+PARAM_PREFIX = "override."
+MAX_PARAM_PANELS = 3   # a report over all of outputs/ can vary dozens of keys; the plot stays readable
+MAX_LEGEND_RUNS = 20
+
+
+class ReportError(FFRunError):
+    """The folder does not exist or holds no runs."""
+
+
+def find_runs(root: Path) -> list[Path]:
+    """Every folder below ``root`` (itself included) that holds a results.json, in natural order
+    so that sweep job 10 follows job 9."""
+    runs = {p.parent for p in root.rglob("results.json")
+            # .submitit and .hydra hold launcher/Hydra files, never runs
+            if not any(part.startswith(".") for part in p.parent.relative_to(root).parts)}
+    return sorted(runs, key=lambda p: _natural_key(p.relative_to(root).as_posix()))
+
+
+def _natural_key(text: str) -> list:
+    return [(0, int(tok), "") if tok.isdigit() else (1, 0, tok) for tok in re.split(r"(\d+)", text)]
+
+
+def parse_overrides(overrides: Sequence[str]) -> dict[str, str]:
+    """``["units=16", "+model.x=1"]`` -> ``{"units": "16", "model.x": "1"}``. Values stay strings:
+    the report only compares and displays them; deciding numeric vs categorical happens per parameter."""
+    params: dict[str, str] = {}
+    for item in overrides:
+        key, sep, value = str(item).partition("=")
+        params[key.lstrip("+~")] = value if sep else ""
+    return params
+
+
+def load_run(run_dir: Path, root: Path) -> dict[str, Any]:
+    """One run as a flat record: results.json fields, its overrides and its primary accuracy curve.
+    A damaged results.json becomes a failed run instead of stopping the whole report."""
+    try:
+        results = json.loads((run_dir / "results.json").read_text())
+        if not isinstance(results, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as exc:
+        results = {"status": "failed", "reason": f"unreadable results.json: {exc}"}
+    overrides = _read_overrides(run_dir)
+    if overrides is None:   # no .hydra folder (e.g. copied results): runner.train also stores them
+        overrides = [str(o) for o in results.get("overrides") or []]
+    status = str(results.get("status") or "unknown")
+    if status == "running":
+        # runner.train writes "running" first and overwrites it at the end: the job is still going,
+        # or its process was killed before the final write
+        status = "unfinished"
+        results["reason"] = results.get("reason") or "no final results (still running, or killed)"
+    epochs, curve, primary = _read_curve(run_dir, results.get("primary"))
+    return {
+        "run": run_dir.relative_to(root).as_posix() or ".",
+        "path": run_dir,
+        "status": status,
+        "reason": results.get("reason"),
+        "primary": primary,
+        "val_set": results.get("val_set"),
+        "best_val_acc": _num(results.get("best_val_acc")),
+        "best_epoch": results.get("best_epoch"),
+        "final_val_acc": _num(results.get("final_val_acc")),
+        "test_acc": _num(results.get("test_acc")),
+        "epochs": results.get("epochs"),
+        "wall_seconds": _num(results.get("wall_seconds")),
+        "mean_epoch_seconds": _num(results.get("mean_epoch_seconds")),
+        "samples_per_s": _num(results.get("samples_per_s")),
+        "peak_memory_mb": _num(results.get("peak_memory_mb")),
+        "overrides": overrides,
+        "params": parse_overrides(overrides),
+        "curve": (epochs, curve),
+    }
+
+
+def _num(value: Any) -> float | None:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _read_overrides(run_dir: Path) -> list[str] | None:
+    path = run_dir / ".hydra" / "overrides.yaml"
+    if not path.exists():
+        return None
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return [str(o) for o in data] if isinstance(data, list) else []
+
+
+def _read_curve(run_dir: Path, primary: str | None) -> tuple[list[float], list[float], str | None]:
+    """(epochs, accuracies) of the primary readout. A failed run's results.json may not name the
+    primary, so fall back to the first readout accuracy column, as runner.train does."""
+    path = run_dir / "metrics.csv"
+    if not path.exists():
+        return [], [], primary
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            columns = reader.fieldnames or []
+            if primary not in columns:
+                accs = [c for c in columns if c.endswith("/acc") and not c.startswith("test/")]
+                primary = accs[0] if accs else primary
+            xs, ys = [], []
+            for row in reader:
+                x, y = _num(row.get("epoch")), _num(row.get(primary)) if primary else None
+                if x is not None and y is not None:
+                    xs.append(x)
+                    ys.append(y)
+    except (OSError, csv.Error):   # a crash mid-write can leave a torn last line; show what exists
+        return [], [], primary
+    return xs, ys, primary
+
+
+def rank_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Best validation accuracy first; failed runs, and runs with no accuracy at all, last."""
+    def key(run: dict[str, Any]) -> tuple:
+        acc = run["best_val_acc"]
+        last = run["status"] == "failed" or acc is None
+        return (last, -(acc if acc is not None else 0.0), _natural_key(run["run"]))
+    ranked = sorted(runs, key=key)
+    for i, run in enumerate(ranked, 1):
+        run["rank"] = i
+    return ranked
+
+
+def varying_params(runs: Sequence[dict[str, Any]]) -> list[str]:
+    """Override keys whose value differs between runs (missing counts as a value): the swept ones."""
+    keys: list[str] = []
+    for run in runs:
+        keys += [k for k in run["params"] if k not in keys]
+    return [k for k in keys if len({run["params"].get(k) for run in runs}) > 1]
+
+
+def _as_float(value: str | None) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def csv_rows(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Flat summary.csv rows, in table order; the same records write_report returns."""
+    keys: list[str] = []
+    for run in runs:
+        keys += [k for k in run["params"] if k not in keys]
+    rows = []
+    for run in runs:
+        row = {c: run.get(c) for c in RESULT_COLUMNS}
+        row["overrides"] = " ".join(run["overrides"])
+        row.update({PARAM_PREFIX + k: run["params"].get(k) for k in keys})
+        rows.append(row)
+    return rows
+
+
+def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
+    columns = list(RESULT_COLUMNS)
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, restval="")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: "" if v is None else v for k, v in row.items()})
+
+
+def summary_table(runs: Sequence[dict[str, Any]], varying: Sequence[str], title: str) -> Table:
+    """Ranked runs; only the swept parameters get columns, the common overrides go in the caption."""
+    pct = lambda v: "-" if v is None else f"{100 * v:.2f}%"
+    table = Table(title=title)
+    # Numbers and status never wrap; at the 80 columns of a pipe the reason takes what is left
+    table.add_column("#", justify="right", no_wrap=True)
+    table.add_column("run", overflow="fold")
+    for key in varying:
+        table.add_column(key, overflow="fold")
+    table.add_column("status", no_wrap=True)
+    table.add_column("best val", justify="right", no_wrap=True)
+    table.add_column("epoch", justify="right", no_wrap=True)
+    table.add_column("test", justify="right", no_wrap=True)
+    table.add_column("s/epoch", justify="right", no_wrap=True)
+    reasons = any(run["reason"] for run in runs)
+    if reasons:
+        table.add_column("reason", ratio=1, overflow="fold")
+    for run in runs:
+        style = "red" if run["status"] == "failed" else ("yellow" if run["status"] != "completed" else None)
+        sec = run["mean_epoch_seconds"]
+        table.add_row(str(run["rank"]), run["run"], *[_short(run["params"].get(k, "-")) for k in varying],
+                      run["status"], pct(run["best_val_acc"]), str(run["best_epoch"] or "-"),
+                      pct(run["test_acc"]), "-" if sec is None else f"{sec:.2f}",
+                      *([run["reason"] or ""] if reasons else []), style=style)
+    common = {k: v for k, v in runs[0]["params"].items() if k not in varying} if runs else {}
+    primaries = sorted({r["primary"] for r in runs if r["primary"]})
+    table.caption = "  ".join(filter(None, [
+        f"readout: {', '.join(primaries)}" if primaries else "",
+        ("common overrides: " + " ".join(f"{k}={v}" for k, v in common.items())) if common else "",
+    ]))
+    return table
+
+
+def _short(value: str) -> str:
+    """Optuna samples floats such as 0.14135935551752302: four digits tell trials apart in a table
+    (summary.csv keeps the full value)."""
+    number = _as_float(value)
+    return f"{number:.4g}" if number is not None and len(value) > 8 else value
+
+
+def plot_summary(runs: Sequence[dict[str, Any]], varying: Sequence[str], path: Path, title: str) -> None:
+    """summary.png: the primary validation-accuracy curve of every run, then best accuracy against
+    each swept parameter (numeric axis when all its values are numbers, categories otherwise)."""
+    import matplotlib
+    matplotlib.use("Agg")   # no display in sweeps or CI; must precede pyplot
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    panels = list(varying)[:MAX_PARAM_PANELS]
+    fig, axes = plt.subplots(1, 1 + len(panels), figsize=(7 + 5 * len(panels), 4.8),
+                             constrained_layout=True, squeeze=False)
+    ax_curves = axes[0, 0]
+    for i, run in enumerate(runs):
+        xs, ys = run["curve"]
+        if not xs:
+            continue
+        label = run["run"] + "".join(f" {k}={_short(run['params'].get(k, '-'))}" for k in varying)
+        ax_curves.plot(xs, ys, marker="." if len(xs) < 30 else None, color=f"C{i % 10}",
+                       linestyle="-" if run["status"] == "completed" else ":", label=label)
+    val_sets = sorted({str(r["val_set"]) for r in runs if r["val_set"]}) or ["validation"]
+    primaries = sorted({r["primary"] for r in runs if r["primary"]})
+    ax_curves.set(title=f"{', '.join(primaries) or 'primary readout'} per epoch",
+                  xlabel="epoch", ylabel=f"accuracy ({'/'.join(val_sets)} set)")
+    if ax_curves.get_legend_handles_labels()[0] and len(runs) <= MAX_LEGEND_RUNS:
+        ax_curves.legend(fontsize=7)
+    ax_curves.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax_curves.grid(alpha=0.3)
+
+    scored = [r for r in runs if r["best_val_acc"] is not None and r["status"] != "failed"]
+    for ax, key in zip(axes[0, 1:], panels):
+        _plot_param(ax, key, scored, skipped=len(runs) - len(scored), alone=len(varying) == 1)
+    fig.suptitle(title)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _plot_param(ax, key: str, runs: Sequence[dict[str, Any]], skipped: int, alone: bool) -> None:
+    pts = [(r["params"].get(key), r["best_val_acc"]) for r in runs if key in r["params"]]
+    values = [_as_float(v) for v, _ in pts]
+    numeric = bool(pts) and all(v is not None for v in values)
+    if numeric:
+        xs = values
+        ax.scatter(xs, [a for _, a in pts], alpha=0.6)
+        # On a grid, the line follows the best run per x (over the other parameters). When other
+        # parameters vary and x never repeats (random/Optuna search) a line would join unrelated
+        # runs, so the points stand alone.
+        if alone or len(set(xs)) < len(xs):
+            best: dict[float, float] = {}
+            for x, (_, acc) in zip(xs, pts):
+                best[x] = max(acc, best.get(x, -math.inf))
+            ax.plot(sorted(best), [best[x] for x in sorted(best)], alpha=0.8)
+        if min(xs) > 0 and max(xs) / min(xs) >= 100:   # lr- or wd-like sweeps span decades
+            ax.set_xscale("log")
+    else:
+        cats = list(dict.fromkeys(str(v) for v, _ in pts))
+        ax.scatter([cats.index(str(v)) for v, _ in pts], [a for _, a in pts], alpha=0.8)
+        ax.set_xticks(range(len(cats)), cats, rotation=30 if len(cats) > 4 else 0)
+    note = f"\n({skipped} failed or unscored runs not shown)" if skipped else ""
+    ax.set(title=f"best accuracy vs {key}{note}", xlabel=key, ylabel="best accuracy")
+    ax.grid(alpha=0.3)
+
+
+def write_report(folder: Path, console: Console) -> list[dict[str, Any]]:
+    """Collect every run below ``folder``, print the ranked table on ``console`` and write
+    ``summary.csv`` and ``summary.png`` into ``folder``. Returns the summary.csv rows, best first.
+    Raises ReportError when the folder does not exist or holds no runs."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ReportError(f"no such folder: {folder}")
+    run_dirs = find_runs(folder)
+    if not run_dirs:
+        raise ReportError(f"no runs (no results.json) below {folder}")
+    runs = rank_runs([load_run(d, folder) for d in run_dirs])
+    varying = varying_params(runs)
+    failed = sum(r["status"] == "failed" for r in runs)
+    title = f"{folder.resolve().name}: {len(runs)} runs" + (f", {failed} failed" if failed else "")
+    rows = csv_rows(runs)
+    write_csv(rows, folder / "summary.csv")
+    plot_summary(runs, varying, folder / "summary.png", title)
+    console.print(summary_table(runs, varying, title))
+    console.print(f"summary: {folder / 'summary.csv'}, {folder / 'summary.png'}")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="ffrun-report",
+        description="Rank every ffrun run below a folder; write summary.csv and summary.png there.")
+    parser.add_argument("folder", type=Path, help="a sweep folder (outputs/multirun/<stamp>) or outputs/")
+    args = parser.parse_args(argv)
+    try:
+        write_report(args.folder, reporting.make_console())
+    except ReportError as exc:
+        # A usage problem, like argparse's own: one line on stderr, exit code 2
+        print(f"ffrun-report: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:   # e.g. a read-only outputs folder: the table was not the problem
+        print(f"ffrun-report: error: cannot write the summary: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

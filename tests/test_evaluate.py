@@ -1,0 +1,39 @@
+"""ffrun-eval reproduces a saved run's figures from its checkpoint."""
+import json
+
+import numpy as np
+import pytest
+
+from ffrun import evaluate, reporting, runner
+from tests.conftest import compose_config
+
+
+@pytest.mark.parametrize("overrides, readout", [
+    (["epochs=4"], "softmax"),
+    (["mode=sup", "protocol=wrong_label", "pairing=same_step", "epochs=3"], "goodness"),
+])
+def test_eval_matches_the_run_and_writes_confusion(tmp_path, overrides, readout):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    cfg = compose_config(["debug=tiny", "readout_epochs=0", *overrides])
+    # a saved run has its composed config in .hydra/, as Hydra writes it
+    (run_dir / ".hydra").mkdir()
+    (run_dir / ".hydra" / "config.yaml").write_text(__import__("omegaconf").OmegaConf.to_yaml(cfg))
+    results = runner.train(cfg, run_dir, reporting.make_console())
+    key = f"{readout}/acc"
+
+    final = evaluate.evaluate_run(run_dir, reporting.make_console())
+    saved = json.loads((run_dir / "eval.json").read_text())
+    assert saved["checkpoint_epoch"] == results["epochs"]
+    assert saved["readouts"][readout]["val_acc"] == pytest.approx(results["readouts"][key]["final"], abs=1e-6)
+    assert saved["readouts"][readout]["test_acc"] == pytest.approx(results["readouts"][key]["test_final"], abs=1e-6)
+    m = np.array(final["readouts"][readout]["confusion"])
+    assert np.trace(m) / m.sum() == pytest.approx(saved["readouts"][readout]["test_acc"], abs=1e-6)
+    assert (run_dir / "confusion.png").stat().st_size > 5_000
+
+    best = evaluate.evaluate_run(run_dir, reporting.make_console(), best=True)
+    assert best["readouts"][readout]["test_acc"] == pytest.approx(results["readouts"][key]["test_at_best"], abs=1e-6)
+
+
+def test_eval_cli_errors(tmp_path):
+    assert evaluate.main([str(tmp_path / "missing")]) == 2

@@ -1,0 +1,172 @@
+"""ffrun-report and the SweepReport callback on hand-made run folders (no training)."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+from rich.console import Console
+
+from ffrun.callbacks import SweepReport
+from ffrun.report import find_runs, main, parse_overrides, varying_params, write_report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def make_run(folder: Path, overrides: list[str], results: dict, accs: list[float] | None = None,
+             primary: str = "softmax/acc") -> Path:
+    """A run folder as runner.train and Hydra leave it."""
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    (folder / "results.json").write_text(json.dumps(results))
+    if accs is not None:
+        with open(folder / "metrics.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["epoch", "stage", "seconds", "samples_per_s", "dense1/loss_pos", primary])
+            for epoch, acc in enumerate(accs, 1):
+                w.writerow([epoch, 0, 0.5, 1000.0, 0.1, acc])
+    return folder
+
+
+def completed(best: float, accs: list[float], overrides: list[str]) -> dict:
+    return {"status": "completed", "reason": None, "primary": "softmax/acc", "val_set": "validation",
+            "best_val_acc": best, "best_epoch": accs.index(best) + 1, "final_val_acc": accs[-1],
+            "test_acc": best - 0.01, "epochs": len(accs), "wall_seconds": 3.0, "mean_epoch_seconds": 0.5,
+            "samples_per_s": 1000.0, "peak_memory_mb": 700.0, "overrides": overrides}
+
+
+@pytest.fixture
+def sweep(tmp_path: Path) -> Path:
+    """Four jobs of `units=8,16,32,64`; job 0 failed, so ranking must move it from first to last."""
+    root = tmp_path / "sweep"
+    make_run(root / "0", ["debug=tiny", "units=8"], {"status": "failed", "reason": "units must be positive"})
+    for job, (units, accs) in enumerate([(16, [0.5, 0.7, 0.6]), (32, [0.6, 0.9, 0.8]), (64, [0.4, 0.8, 0.85])], 1):
+        ov = ["debug=tiny", f"units={units}"]
+        make_run(root / str(job), ov, completed(max(accs), accs, ov), accs)
+    (root / "multirun.yaml").write_text("hydra: {}\n")
+    return root
+
+
+def recording_console() -> Console:
+    return Console(file=io.StringIO(), width=200, color_system=None)
+
+
+def test_write_report_ranks_runs_and_lists_failed_last(sweep: Path) -> None:
+    console = recording_console()
+    rows = write_report(sweep, console)
+
+    assert [r["run"] for r in rows] == ["2", "3", "1", "0"]
+    assert [r["rank"] for r in rows] == [1, 2, 3, 4]
+    assert rows[-1]["status"] == "failed" and rows[-1]["reason"] == "units must be positive"
+    text = console.file.getvalue()
+    lines = [line for line in text.splitlines() if line.startswith("│")]
+    assert [line.split("│")[2].strip() for line in lines] == ["2", "3", "1", "0"]
+    assert "units must be positive" in lines[-1]
+    assert "90.00%" in lines[0]
+
+
+def test_summary_csv_content(sweep: Path) -> None:
+    write_report(sweep, recording_console())
+
+    with open(sweep / "summary.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["run"] for r in rows] == ["2", "3", "1", "0"]
+    assert [r["override.units"] for r in rows] == ["32", "64", "16", "8"]
+    assert {r["override.debug"] for r in rows} == {"tiny"}
+    assert float(rows[0]["best_val_acc"]) == pytest.approx(0.9)
+    assert rows[0]["best_epoch"] == "2" and rows[0]["primary"] == "softmax/acc"
+    assert rows[0]["overrides"] == "debug=tiny units=32"
+    assert rows[-1]["status"] == "failed"
+    assert rows[-1]["reason"] == "units must be positive"
+    assert rows[-1]["best_val_acc"] == ""
+
+
+def test_summary_png_is_written(sweep: Path) -> None:
+    write_report(sweep, recording_console())
+
+    png = sweep / "summary.png"
+    assert png.read_bytes()[:8] == PNG_MAGIC
+    assert png.stat().st_size > 10_000
+
+
+def test_categorical_parameter_and_several_varying_parameters(tmp_path: Path) -> None:
+    for job, (goodness, th) in enumerate([("sum", "0.1"), ("mean", "1.0"), ("sum", "1.0")]):
+        ov = [f"model.goodness={goodness}", f"model.th_pos={th}"]
+        make_run(tmp_path / str(job), ov, completed(0.5 + job / 10, [0.5 + job / 10], ov), [0.5 + job / 10],
+                 primary="goodness/acc")
+    rows = write_report(tmp_path, recording_console())
+
+    assert [r["run"] for r in rows] == ["2", "1", "0"]
+    assert (tmp_path / "summary.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_nested_runs_natural_order_and_fallbacks(tmp_path: Path) -> None:
+    """outputs/ holds single runs and sweeps; hidden folders (.submitit) are not runs."""
+    ov = ["units=5"]
+    make_run(tmp_path / "2026-01-01" / "10-00-00", ov, completed(0.7, [0.7], ov), [0.7])
+    for job in (2, 10):
+        make_run(tmp_path / "multirun" / "s" / str(job), ov, completed(0.6, [0.6], ov), [0.6])
+    (tmp_path / "multirun" / "s" / ".submitit" / "1").mkdir(parents=True)
+    (tmp_path / "multirun" / "s" / ".submitit" / "1" / "results.json").write_text("{}")
+    # No .hydra folder: the overrides come from results.json
+    bare = tmp_path / "copied"
+    bare.mkdir()
+    (bare / "results.json").write_text(json.dumps(completed(0.65, [0.65], ["units=7"])))
+    # A killed run: results.json still says "running"; a torn results.json counts as failed
+    make_run(tmp_path / "killed", ov, {"status": "running", "primary": "softmax/acc"}, [0.3])
+    make_run(tmp_path / "torn", ov, {})
+    (tmp_path / "torn" / "results.json").write_text('{"status": "compl')
+
+    runs = [p.relative_to(tmp_path).as_posix() for p in find_runs(tmp_path)]
+    assert runs == ["2026-01-01/10-00-00", "copied", "killed", "multirun/s/2", "multirun/s/10", "torn"]
+    rows = write_report(tmp_path, recording_console())
+    by_run = {r["run"]: r for r in rows}
+    assert by_run["copied"]["override.units"] == "7"
+    assert by_run["killed"]["status"] == "unfinished"
+    assert by_run["torn"]["status"] == "failed" and "unreadable" in by_run["torn"]["reason"]
+    assert [r["run"] for r in rows[:2]] == ["2026-01-01/10-00-00", "copied"]
+    assert rows[-1]["run"] == "torn"
+
+
+def test_parse_overrides_and_varying_params() -> None:
+    assert parse_overrides(["units=16", "+model.x=a=b", "~seed", "++epochs=2"]) == \
+        {"units": "16", "model.x": "a=b", "seed": "", "epochs": "2"}
+    runs = [{"params": {"debug": "tiny", "units": "16"}}, {"params": {"debug": "tiny", "units": "32", "seed": "1"}}]
+    assert varying_params(runs) == ["units", "seed"]
+
+
+def test_cli_writes_report(sweep: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main([str(sweep)]) == 0
+    assert (sweep / "summary.csv").exists()
+    assert "sweep: 4 runs, 1 failed" in capsys.readouterr().out
+
+
+def test_cli_nonexistent_folder_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main([str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ffrun-report: error:") and "nope" in err
+    assert len(err.splitlines()) == 1
+
+
+def test_cli_folder_without_runs_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "empty" / "0").mkdir(parents=True)
+    assert main([str(tmp_path / "empty")]) == 2
+    assert "no runs" in capsys.readouterr().err
+    assert not (tmp_path / "empty" / "summary.csv").exists()
+
+
+def test_callback_writes_report_into_sweep_dir(sweep: Path) -> None:
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}})
+    SweepReport().on_multirun_end(config=config, config_name="config")
+    assert (sweep / "summary.csv").exists() and (sweep / "summary.png").exists()
+
+
+def test_callback_never_raises(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="ffrun"):
+        SweepReport().on_multirun_end(config=OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "x")}}}))
+        SweepReport().on_multirun_end(config=OmegaConf.create({}))   # no hydra node at all
+    assert len([r for r in caplog.records if "sweep report not written" in r.getMessage()]) == 2
