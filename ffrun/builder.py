@@ -7,7 +7,7 @@ the config declares with their inputs by name, so the wiring lives in YAML.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import keras
@@ -18,7 +18,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from ffrun import protocols
 from ffrun.data import ImageSplits, load_splits
 from ffrun.errors import ConfigError
-from ffrun.layers import BaseFFLayer, FFDense, FFGoodness, FFOverlay, FFPreNorm, FFSoftmax
+from ffrun.layers import Task, BaseFFLayer, FFDense, FFGoodness, FFOverlay, FFPreNorm, FFSoftmax
 from ffrun.protocols import Plan, Roles
 
 
@@ -35,10 +35,25 @@ class Network:
     nodes: list[Node]
     roles: Roles
     seq: Callable
+    _forward: dict = field(default_factory=dict)
 
     @property
     def ff_names(self) -> tuple[str, ...]:
         return self.roles.ff
+
+    def readout_probs(self, data, readout: str | None = None, batch_size: int = 2000) -> np.ndarray:
+        """Softmax probabilities of a softmax readout, one plain pass with the neutral label."""
+        readout = readout or self.roles.softmax[0]
+        for layer in self.layers.values():
+            layer.set_task(Task.TRANSFORM)
+        fn = self._forward.get(readout)
+        if fn is None:
+            spec = [tf.TensorSpec([None, None], tf.float32), tf.TensorSpec([None], tf.int32)]
+            fn = tf.function(lambda X, y: tf.nn.softmax(self.seq(X, y, tf.fill(tf.shape(y), -1))[readout]),
+                             input_signature=spec)
+            self._forward[readout] = fn
+        return np.concatenate([fn(data.X[i:i + batch_size], data.y[i:i + batch_size]).numpy()
+                               for i in range(0, len(data), batch_size)])
 
 
 def make_sequence(layers: dict[str, BaseFFLayer], nodes: list[Node]) -> Callable:
@@ -215,6 +230,6 @@ def build_run(cfg: DictConfig) -> Run:
     spec = protocols.prepare(cfg.protocol, splits, cfg.model, supervised, seed=cfg.seed)
     network = build_network(cfg.model, spec.num_classes, supervised, spec.routing, spec.neg_routing)
     plan = protocols.make_plan(cfg.protocol, splits, network.roles, seed=cfg.seed, eval_on=cfg.eval_on,
-                               pairing=cfg.pairing)
+                               pairing=cfg.pairing, readout_probs=network.readout_probs)
     plan.routing, plan.neg_routing = spec.routing, spec.neg_routing
     return Run(splits, network, plan, build_schedule(cfg))

@@ -236,8 +236,22 @@ def _hybrid(proto, splits, x, y, seed, stream):
     return pos, draw
 
 
-def make_plan(proto, splits: ImageSplits, roles: Roles, *, seed: int, eval_on: str, pairing: str) -> Plan:
-    """The passes of an epoch and of the final test for the configured protocol."""
+def hard_wrong_labels(probs: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A wrong label per row, drawn in proportion to the model's own class probabilities with the
+    true class masked out (Hinton's "hard" negatives)."""
+    p = np.array(probs, np.float64)
+    p[np.arange(len(y)), y] = 0.0
+    p += 1e-12                                   # a row that puts all mass on the truth: uniform
+    p[np.arange(len(y)), y] = 0.0
+    cdf = np.cumsum(p / p.sum(1, keepdims=True), axis=1)
+    labels = (cdf < rng.random(len(y))[:, None]).sum(1)
+    return np.minimum(labels, p.shape[1] - 1).astype(np.int32)
+
+
+def make_plan(proto, splits: ImageSplits, roles: Roles, *, seed: int, eval_on: str, pairing: str,
+              readout_probs: Callable[[FFData], np.ndarray] | None = None) -> Plan:
+    """The passes of an epoch and of the final test for the configured protocol. ``readout_probs``
+    (the network's neutral-label softmax) is needed for hard negatives only."""
     if pairing not in ("separate", "same_step"):
         raise ConfigError(f"pairing must be separate or same_step, got {pairing!r}")
     name = proto.name
@@ -257,6 +271,16 @@ def make_plan(proto, splits: ImageSplits, roles: Roles, *, seed: int, eval_on: s
 
     pos, draw = source(splits.x_train, splits.y_train, 1)
     fresh = name == "hybrid" or _draw_mode(proto.get("neg_labels", "once")) == "every_epoch"
+    negatives = proto.get("negatives", "uniform")
+    if negatives not in ("uniform", "hard"):
+        raise ConfigError(f"protocol.negatives must be uniform or hard, got {negatives!r}")
+    if negatives == "hard":
+        if name != "wrong_label" or not roles.softmax or readout_probs is None:
+            raise ConfigError("hard negatives need protocol=wrong_label and a softmax readout (model.readouts)")
+        y_np = pos.y.numpy()
+        draw = lambda epoch: FFData(pos.X, pos.y, tf.constant(hard_wrong_labels(
+            readout_probs(pos), y_np, np.random.default_rng([seed, 1, epoch]))), positive=False)
+        fresh = True
     neg = PerEpoch(lambda epoch: draw(epoch)) if fresh else draw(0)
     sets = _eval_splits(splits, eval_on)
     val_pos, val_draw = source(*sets["val"], 2)

@@ -115,6 +115,11 @@ def train(cfg: DictConfig, run_dir: Path, console: Console | None = None,
           overrides: list[str] | None = None, resume: bool = False) -> dict[str, Any]:
     """Train the configured FF network; write metrics.csv, results.json, curves.png, checkpoints
     and TensorBoard scalars to run_dir. With ``resume``, continue from run_dir's last checkpoint."""
+    if cfg.mode.name == "bp":
+        if resume:
+            raise ConfigError("mode=bp runs cannot be resumed")
+        from ffrun import backprop
+        return backprop.train(cfg, run_dir, console, overrides)
     console = console or reporting.make_console()
     keras.backend.clear_session()        # multirun jobs share a process: no names or graphs leak
     keras.utils.set_random_seed(int(cfg.seed))

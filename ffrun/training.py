@@ -134,7 +134,9 @@ class TrainMgr:
         self._built = True
 
     def _first_data(self) -> FFData:
-        for entry in self.tasks:
+        # Prefer a fixed dataset: drawing a per-epoch one may need the network built already.
+        entries = sorted(self.tasks, key=lambda e: callable(e.data))
+        for entry in entries:
             data = entry.resolve(1)
             return data[0] if isinstance(data, tuple) else data
         raise ValueError("TrainMgr has no tasks to build from")

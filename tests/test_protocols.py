@@ -1,0 +1,88 @@
+"""Protocol pieces: wrong labels, routing, hybrid negatives, the learning-rate cool-down."""
+import numpy as np
+import pytest
+import tensorflow as tf
+from omegaconf import OmegaConf
+
+from ffrun import protocols
+from ffrun.builder import build_run
+from ffrun.errors import ConfigError
+from ffrun.runner import lr_multiplier
+
+
+def test_wrong_labels_are_uniform_and_never_the_true_label():
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(10), 2000).astype(np.int32)
+    wrong = protocols.wrong_labels(y, 10, rng)
+    assert not np.any(wrong == y)
+    counts = np.bincount(wrong[y == 3], minlength=10)
+    assert counts[3] == 0 and counts[[0, 1, 2, 4, 5, 6, 7, 8, 9]].min() > 2000 / 9 * 0.8
+
+
+def test_hard_wrong_labels_follow_the_model_and_skip_the_truth():
+    probs = np.tile([0.7, 0.2, 0.1, 0.0], (5000, 1))
+    y = np.zeros(5000, np.int32)
+    labels = protocols.hard_wrong_labels(probs, y, np.random.default_rng(1))
+    assert not np.any(labels == 0) and not np.any(labels == 3)
+    assert np.mean(labels == 1) == pytest.approx(2 / 3, abs=0.03)
+    # all mass on the true class: still a wrong label
+    assert protocols.hard_wrong_labels(np.array([[1.0, 0, 0]]), np.array([0]), np.random.default_rng(0))[0] != 0
+
+
+@pytest.mark.parametrize("splitting", ["random", "same", "none"])
+def test_routing_matrices(splitting):
+    mats = protocols.routing_matrices(splitting, [8, 8, 8], 10, seed=0)
+    for r in mats:
+        assert r.shape == (10, 8)
+        if splitting == "none":
+            assert r.min() == 1.0
+        else:
+            assert np.all(r.sum(1) == 4)                       # each class owns half the units
+            assert sorted(r[:, 0].astype(int).tolist()) == [0] * 5 + [1] * 5  # 5 classes in A, 5 in B
+    if splitting == "same":
+        assert all(np.array_equal(mats[0], r) for r in mats)
+    if splitting == "random":
+        assert not all(np.array_equal(mats[0], r) for r in mats)
+
+
+def test_unsup_split_none_is_rejected(cfg_factory):
+    with pytest.raises(ConfigError, match="supervised only"):
+        build_run(cfg_factory(["data=digits", "protocol=split", "splitting=none", "mode=unsup"]))
+
+
+def test_split_unsup_negatives_use_the_other_half(cfg_factory):
+    run = build_run(cfg_factory(["data=digits", "protocol=split", "splitting=same", "mode=unsup", "units=8"]))
+    dense = run.network.layers["dense1"]
+    h = tf.ones([1, 8])
+    y = tf.constant([3])
+    assert float(dense._goodness(h, y, True)[0]) == 4.0 and float(dense._goodness(h, y, False)[0]) == 4.0
+    mask_pos = dense._mask(y, True).numpy()
+    assert np.array_equal(mask_pos + dense._mask(y, False).numpy(), np.ones((1, 8)))
+
+
+def test_hybrid_images_mix_two_different_images():
+    x = np.stack([np.full(64, float(i)) for i in range(6)]).astype(np.float32)
+    out = protocols.hybrid_images(tf.constant(x), tf.constant([0, 1], tf.int64), 8, 8, 6).numpy()
+    for i, row in enumerate(out):
+        values = set(np.unique(row).tolist())
+        assert i in values or len(values) == 1
+        assert len(values) <= 2 and values != {float(i)}, (i, values)   # mixed with another image
+    same = protocols.hybrid_images(tf.constant(x), tf.constant([0, 1], tf.int64), 8, 8, 6).numpy()
+    np.testing.assert_array_equal(out, same)                            # stateless in the seed
+
+
+def test_linear_cooldown():
+    cfg = OmegaConf.create({"lr_schedule": "linear_cooldown"})
+    mult = lr_multiplier(cfg, 10)
+    assert [mult(e) for e in (1, 6)] == [1.0, 1.0]
+    assert mult(7) == pytest.approx(2 * (1 + 10 - 6) / 10) and mult(10) == pytest.approx(0.4)
+    assert lr_multiplier(OmegaConf.create({"lr_schedule": "constant"}), 10) is None
+
+
+def test_five_digits_protocol_sets(cfg_factory):
+    run = build_run(cfg_factory(["data=digits", "data.val_size=300"]))
+    pos = run.plan.train[0].data
+    neg = run.plan.train[1].data
+    assert set(np.unique(pos.y.numpy())) == {0, 1, 2, 3, 4}
+    assert set(np.unique(neg.y.numpy())) <= {5, 6, 7, 8, 9}
+    assert set(np.unique(neg.y_ff.numpy())) <= {0, 1, 2, 3, 4} and not neg.positive
