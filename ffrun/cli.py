@@ -39,6 +39,7 @@ def run_job(cfg: DictConfig) -> float:
     _import_tensorflow_quietly()
     from ffrun import reporting, runner
     from ffrun.errors import FFRunError
+    logging.getLogger("absl").setLevel(logging.WARNING)   # TF's checkpoint manager chatters at INFO
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)

@@ -12,6 +12,7 @@ from typing import Callable
 
 import numpy as np
 import tensorflow as tf
+from omegaconf import ListConfig
 
 from ffrun.data import ImageSplits
 from ffrun.errors import ConfigError
@@ -165,9 +166,12 @@ def prepare(proto, splits: ImageSplits, model, supervised: bool, seed: int) -> S
             raise ConfigError("splitting=none is supervised only: unsup negatives use the units the "
                               "sample's class does NOT own, which would be none")
         n = int(model.num_layers)
-        units = list(model.units) if isinstance(model.units, (list, tuple)) or hasattr(model.units, "__len__") \
-            else [int(model.units)] * n
-        routing = routing_matrices(proto.splitting, [int(u) for u in units], splits.num_classes, int(proto.route_seed))
+        units = list(model.units) if isinstance(model.units, (list, tuple, ListConfig)) else [model.units] * n
+        try:
+            units = [int(u) for u in units]
+        except (TypeError, ValueError):
+            raise ConfigError(f"units must be integers, got {model.units!r}") from None
+        routing = routing_matrices(proto.splitting, units, splits.num_classes, int(proto.route_seed))
         return Spec(splits.num_classes, routing, "same" if supervised else "complement")
     if name == "wrong_label":
         if not supervised:
