@@ -18,6 +18,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from ffrun import protocols
 from ffrun.data import ImageSplits, load_splits
 from ffrun.errors import ConfigError
+from ffrun.optimizers import FUSED
 from ffrun.layers import Task, BaseFFLayer, FFDense, FFGoodness, FFOverlay, FFPreNorm, FFSoftmax
 from ffrun.protocols import Plan, Roles
 
@@ -105,12 +106,16 @@ def expand_inputs(inputs, n_layers: int) -> list[str]:
 
 
 def make_optimizer(spec: Any, key: str) -> keras.optimizers.Optimizer:
-    """``{class_name: Adam, learning_rate: 1e-4, ...}`` -> a fresh Keras optimizer."""
+    """``{class_name: Adam, learning_rate: 1e-4, ...}`` -> a fresh Keras optimizer. Adam and SGD get
+    their fused-kernel twins (same math, see ffrun.optimizers) unless ``fused: false``."""
     spec = OmegaConf.to_container(spec, resolve=True) if isinstance(spec, DictConfig) else dict(spec)
     name = spec.pop("class_name", None)
+    fused = spec.pop("fused", True)
     if not name:
         raise ConfigError(f"{key}.class_name is required (e.g. Adam, SGD)")
     try:
+        if fused and name in FUSED:
+            return FUSED[name](**spec)
         return keras.optimizers.get({"class_name": name, "config": spec})
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"{key}: cannot build optimizer {name} with {spec}: {exc}") from None

@@ -95,14 +95,13 @@ class BaseFFLayer:
             self.optimizer.build(self.trainable_variables)
 
     def _step(self, tape: tf.GradientTape, loss: tf.Tensor) -> None:
-        grads = tape.gradient(loss, self.trainable_variables)
-        self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
-
-    def _l2_penalty(self) -> tf.Tensor | float:
-        # Coupled weight decay (grad += l2 * w), as torch.optim.SGD(weight_decay=...) does.
-        if not self.l2:
-            return 0.0
-        return 0.5 * self.l2 * tf.add_n([tf.reduce_sum(tf.square(v)) for v in self.trainable_variables])
+        variables = self.trainable_variables
+        grads = tape.gradient(loss, variables)
+        if self.l2:
+            # Coupled weight decay, as torch.optim.SGD(weight_decay=...): the gradient of
+            # 0.5 * l2 * |w|^2 added directly, without computing the penalty itself.
+            grads = [g + self.l2 * tf.cast(v, g.dtype) for g, v in zip(grads, variables)]
+        self.optimizer.apply_gradients(zip(grads, variables))
 
     # --- metrics -----------------------------------------------------------------------
     def reset_metrics(self) -> None:
@@ -188,7 +187,7 @@ class FFDense(BaseFFLayer):
         with tf.GradientTape() as tape:
             h = self.layer(x)
             loss = losses.positive_loss(self._goodness(h, y, True), self.th_pos)
-            total = loss + self._peer_loss(h) + self._l2_penalty()
+            total = loss + self._peer_loss(h)
         self._step(tape, total)
         self.metrics["loss_pos"].update_state(loss)
         return h
@@ -197,8 +196,7 @@ class FFDense(BaseFFLayer):
         with tf.GradientTape() as tape:
             h = self.layer(x)
             loss = losses.negative_loss(self._goodness(h, y, False), self.th_neg)
-            total = loss + self._l2_penalty()
-        self._step(tape, total)
+        self._step(tape, loss)
         self.metrics["loss_neg"].update_state(loss)
         return h
 
@@ -210,7 +208,7 @@ class FFDense(BaseFFLayer):
             loss_pos = losses.positive_loss(self._goodness(h_pos, y_pos, True), self.th_pos)
             loss_neg = losses.negative_loss(self._goodness(h_neg, y_neg, False), self.th_neg)
             # The mean BCE over the concatenated batch, as in Hinton's code.
-            total = 0.5 * (loss_pos + loss_neg) + self._peer_loss(h_pos) + self._l2_penalty()
+            total = 0.5 * (loss_pos + loss_neg) + self._peer_loss(h_pos)
         self._step(tape, total)
         self.metrics["loss_pos"].update_state(loss_pos)
         self.metrics["loss_neg"].update_state(loss_neg)
@@ -337,8 +335,7 @@ class FFSoftmax(BaseFFLayer):
             logits = self.logits(x)
             loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
                 labels=tf.cast(y, tf.int32), logits=logits))
-            total = loss + self._l2_penalty()
-        self._step(tape, total)
+        self._step(tape, loss)
         self.metrics["loss"].update_state(loss)
         return logits
 
