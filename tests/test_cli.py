@@ -70,3 +70,17 @@ def test_unwritable_output_folder_fails_with_one_line(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         f"ffrun: cannot write the output folder {blocker / 'run'}: {blocker} is not a folder"]
     assert blocker.read_text() == "not a folder"       # nothing already there is touched
+
+
+def test_wheel_ships_every_config(tmp_path):
+    """``pip install .`` (not editable) must carry conf/ as the package ffrun.conf."""
+    import zipfile
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", str(repo), "-w", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    wheel = next(tmp_path.glob("ffrun-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for yaml in (repo / "conf").rglob("*.yaml"):
+        assert f"ffrun/conf/{yaml.relative_to(repo / 'conf').as_posix()}" in names, yaml
+    assert "ffrun/conf/__init__.py" in names and "ffrun/cli.py" in names
