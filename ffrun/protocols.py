@@ -67,8 +67,9 @@ def wrong_labels(y: np.ndarray, num_classes: int, rng: np.random.Generator) -> n
     return ((y + rng.integers(1, num_classes, size=len(y))) % num_classes).astype(np.int32)
 
 
-def make_entries(roles: Roles, pos: FFData, neg, *, paired: bool, split: str) -> list[TaskEntry]:
+def make_entries(roles: Roles, pos: FFData, neg: FFData | PerEpoch, *, paired: bool, split: str) -> list[TaskEntry]:
     """The passes for one split. ``split='train'`` gives training passes, else evaluation passes.
+    Positives are fixed; negatives may be drawn afresh every epoch.
 
     Supervised nets see the label in the input, so their softmax readouts are trained and scored
     only on neutral-label inputs: a readout that saw the true label would be leaky."""
@@ -76,15 +77,13 @@ def make_entries(roles: Roles, pos: FFData, neg, *, paired: bool, split: str) ->
     entries: list[TaskEntry] = []
     if split == "train":
         if paired:
-            pair = (lambda e: (pos(e) if callable(pos) else pos, neg(e) if callable(neg) else neg)) \
-                if callable(pos) or callable(neg) else (pos, neg)
+            pair = (lambda epoch: (pos, neg(epoch))) if callable(neg) else (pos, neg)
             entries.append(TaskEntry(Task.TRAIN_PAIR, pair, ff if sup else None, "train pos+neg"))
         else:
             entries.append(TaskEntry(Task.TRAIN_POS, pos, ff if sup else None, "train pos"))
             entries.append(TaskEntry(Task.TRAIN_NEG, neg, ff, "train neg"))
         if sup and sm:
-            src = (lambda e: neutral(pos(e))) if callable(pos) else neutral(pos)
-            entries.append(TaskEntry(Task.TRAIN_POS, src, sm, "train readout"))
+            entries.append(TaskEntry(Task.TRAIN_POS, neutral(pos), sm, "train readout"))
         return entries
     entries.append(TaskEntry(Task.EVAL, pos, ff if sup else None, f"{split} pos"))
     entries.append(TaskEntry(Task.EVAL, neg, ff, f"{split} neg"))
