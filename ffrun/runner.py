@@ -12,13 +12,13 @@ from typing import Any, Callable
 
 import keras
 import tensorflow as tf
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from rich.console import Console
 
 from ffrun import reporting
 from ffrun.builder import Run, build_run
 from ffrun.checkpoints import BestWeights, Checkpointer
-from ffrun.errors import CheckpointError, ConfigError
+from ffrun.errors import ConfigError
 from ffrun.training import EpochResult, NonFiniteLoss, TrainMgr
 
 log = logging.getLogger("ffrun")

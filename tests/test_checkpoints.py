@@ -1,6 +1,5 @@
 """Checkpoints: an interrupted and resumed run equals an uninterrupted one; bad checkpoints fail loudly."""
 import json
-import os
 import signal
 import subprocess
 import sys

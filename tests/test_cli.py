@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 FFRUN = shutil.which("ffrun") or str(Path(sys.executable).parent / "ffrun")
 

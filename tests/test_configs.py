@@ -5,7 +5,7 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from ffrun.builder import build_network, build_run, expand_inputs
+from ffrun.builder import build_run, expand_inputs
 from ffrun.errors import ConfigError
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
