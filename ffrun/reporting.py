@@ -91,8 +91,20 @@ class MetricsCSV:
         self._writer.writerow({k: _fmt(v) for k, v in row.items()})
         self._file.flush()
 
+    def write_all(self, rows: Iterable[Mapping[str, float]]) -> None:
+        for row in rows:
+            self.write(row)
+        self.close()
+
     def close(self) -> None:
         self._file.close()
+
+
+def rewrite_metrics(path: Path, columns: Sequence[str], rows: Iterable[Mapping[str, float]]) -> None:
+    """Replace metrics.csv by ``rows`` in one atomic step."""
+    tmp = path.with_suffix(".csv.tmp")
+    MetricsCSV(tmp, columns).write_all(rows)
+    os.replace(tmp, path)
 
 
 def _fmt(v):

@@ -158,9 +158,9 @@ def train(cfg: DictConfig, run_dir: Path, console: Console | None = None,
         log.info("resuming %s from epoch %d", run_dir, start_epoch)
     columns = ["epoch", "stage", "seconds", "samples_per_s"] + \
               [f"{n}/{k}" for n, layer in layers.items() for k in layer.metrics]
-    csv_out = reporting.MetricsCSV(run_dir / "metrics.csv", columns)
-    for row in rows:                                   # a resumed run drops epochs after its checkpoint
-        csv_out.write(row)
+    if resume:   # drop epochs after the checkpoint; atomically, so a crash here loses nothing
+        reporting.rewrite_metrics(run_dir / "metrics.csv", columns, rows)
+    csv_out = reporting.MetricsCSV(run_dir / "metrics.csv", columns, append=resume)
     results: dict[str, Any] = {
         "status": "running", "reason": None, "run_dir": str(run_dir),
         "mode": cfg.mode.name, "protocol": cfg.protocol.name, "val_set": plan.val_set, "test_set": "test",
