@@ -39,7 +39,8 @@ def build_mlp(cfg: DictConfig, input_dim: int, num_classes: int) -> keras.Model:
     inputs = keras.Input((input_dim,))
     h = inputs
     for i, u in enumerate(units):
-        h = keras.layers.Dense(u, activation=m.activation, kernel_initializer=make_initializer(m.init),
+        # backprop uses the plain activation: a full-gradient ReLU is an FF training device
+        h = keras.layers.Dense(u, activation=m.activation.removesuffix("_full_grad"), kernel_initializer=make_initializer(m.init),
                                name=f"dense{i + 1}", dtype=dtype)(h)
     out = keras.layers.Dense(num_classes, name="softmax", dtype="float32")(h)
     model = keras.Model(inputs, out, name="bp_mlp")

@@ -28,6 +28,16 @@ class Task(enum.Enum):
 TRAIN_TASKS = (Task.TRAIN_POS, Task.TRAIN_NEG, Task.TRAIN_PAIR)
 
 
+@tf.custom_gradient
+def relu_full_grad(x: tf.Tensor):
+    """ReLU forward, identity backward: the gradient also reaches units that are off, so no unit
+    dies for good (the activation of the best-known PyTorch port of Hinton's recipe)."""
+    return tf.nn.relu(x), lambda dy: dy
+
+
+ACTIVATIONS = {"relu_full_grad": relu_full_grad}
+
+
 def _halves(x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     n = tf.shape(x)[0] // 2
     return x[:n], x[n:]
@@ -141,7 +151,8 @@ class FFDense(BaseFFLayer):
             raise ValueError(f"goodness must be one of {losses.GOODNESS_REDUCTIONS}, got {goodness!r}")
         if neg_routing not in ("same", "complement"):
             raise ValueError(f"neg_routing must be 'same' or 'complement', got {neg_routing!r}")
-        dense = keras.layers.Dense(units, activation=activation, kernel_initializer=kernel_initializer,
+        dense = keras.layers.Dense(units, activation=ACTIVATIONS.get(activation, activation),
+                                   kernel_initializer=kernel_initializer,
                                    bias_initializer="zeros", name=name, dtype=dtype)
         super().__init__(dense, name, optimizer or keras.optimizers.Adam(1e-4), l2=l2)
         self.units = units

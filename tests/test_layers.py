@@ -122,3 +122,16 @@ def test_softmax_learns_and_only_counts_positive_eval_data():
     sm.set_task(Task.EVAL, positive=True)
     sm.ff_do_task(x, y)
     assert sm.metric_results()["acc"] == pytest.approx(1.0)
+
+
+def test_relu_full_grad_passes_the_gradient_of_off_units():
+    from ffrun.layers import relu_full_grad
+    x = tf.constant([-2.0, 3.0])
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = relu_full_grad(x)
+        total = tf.reduce_sum(3.0 * y)
+    np.testing.assert_allclose(y, [0.0, 3.0])
+    np.testing.assert_allclose(tape.gradient(total, x), [3.0, 3.0])
+    layer = FFDense(4, name="fullgrad", activation="relu_full_grad")
+    assert layer.transform(tf.ones([2, 3]), None).shape == (2, 4)
