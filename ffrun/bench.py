@@ -156,26 +156,41 @@ def dense_shape(layer: Any) -> tuple[int, int] | None:
     return None
 
 
-def ff_epoch_flop(layers: dict[str, Any], tasks: list[TaskEntry], epoch: int = 1) -> float:
-    """FLOPs of one FF training epoch: every layer that trains in a pass does forward + weight
-    gradient, two matmuls, 2 * 2 * in * out per row. FF layers need no input gradient. Layers that
-    only transform in a pass are not counted: where nothing consumes their output (the softmax
-    readout during the negative pass), TF prunes them from the graph."""
-    total = 0.0
+def ff_epoch_flop(layers: dict[str, Any], tasks: list[TaskEntry], epoch: int = 1) -> tuple[float, float]:
+    """FLOPs of one FF training epoch, (counted, executed).
+
+    counted (issue 4's definition): every layer that trains in a pass does forward + weight
+    gradient, two matmuls, 2 * 2 * in * out per row; FF layers need no input gradient.
+    executed: what the graphs really multiply. A layer with half-split routing computes the weight
+    gradient of a row only on the half of the units the row owns (the rest is exactly zero), and
+    FF layers that only transform still run forward where a training readout consumes them (the
+    neutral-label readout pass). Layers whose output nothing consumes are pruned by TF."""
+    counted = executed = 0.0
     for entry in tasks:
         if entry.task not in TRAIN_TASKS:
             continue
         data = entry.resolve(epoch)
         rows = len(data[0] if isinstance(data, tuple) else data)
         listed = set(entry.layers) if entry.layers is not None else set(layers)
+        training = {name for name, layer in layers.items() if dense_shape(layer) is not None
+                    and name in listed and entry.task in layer.trains_on}
+        readout_trains = any(isinstance(layers[n], FFSoftmax) for n in training)
         for name, layer in layers.items():
             shape = dense_shape(layer)
-            if shape is None or name not in listed or entry.task not in layer.trains_on:
+            if shape is None:
+                continue
+            mm = 2.0 * shape[0] * shape[1]
+            if name not in training:
+                if readout_trains and isinstance(layer, FFDense):
+                    executed += rows * mm
                 continue
             # TRAIN_PAIR rows hold positives and negatives; the readout trains on the positives only.
             n = rows * (2 if entry.task == Task.TRAIN_PAIR and not isinstance(layer, FFSoftmax) else 1)
-            total += n * 4.0 * shape[0] * shape[1]
-    return total
+            counted += n * 2 * mm
+            half_split = isinstance(layer, FFDense) and layer.owns_first_half is not None and (
+                entry.task == Task.TRAIN_NEG or (entry.task == Task.TRAIN_POS and not layer.peer_norm))
+            executed += n * (1.5 if half_split else 2) * mm
+    return counted, executed
 
 
 def forward_flop(shapes: list[tuple[int, int]], rows: int) -> float:
@@ -262,7 +277,7 @@ def ff_shapes(run: Run) -> list[tuple[int, int]]:
 def summarize_ff(mode: str, cfg: DictConfig, run: Run, mgr: TrainMgr, warm: float, seconds: list[float],
                  samples: int, retraces: int, roof: dict[str, float] | None) -> dict[str, Any]:
     med = statistics.median(seconds)
-    flop = ff_epoch_flop(run.network.layers, mgr.tasks)
+    flop, executed = ff_epoch_flop(run.network.layers, mgr.tasks)
     gflops = flop / med / GIGA
     out = {
         "mode": mode, "protocol": cfg.protocol.name, "data": run.splits.name,
@@ -271,11 +286,13 @@ def summarize_ff(mode: str, cfg: DictConfig, run: Run, mgr: TrainMgr, warm: floa
         "samples_per_epoch": samples, "warmup_epoch_s": sig(warm),
         "epoch_s": [sig(s) for s in seconds], "median_epoch_s": sig(med),
         "samples_per_s": sig(samples / med), "gflop_per_epoch": sig(flop / GIGA),
-        "gflops": sig(gflops), "retraces_while_timed": retraces,
+        "gflops": sig(gflops), "executed_gflop_per_epoch": sig(executed / GIGA),
+        "executed_gflops": sig(executed / med / GIGA), "retraces_while_timed": retraces,
     }
     if roof:
         out["ratio_fp32_roofline"] = sig(gflops / roof["fp32"])
         out["ratio_bf16_roofline"] = sig(gflops / roof["bf16"])
+        out["executed_ratio_fp32_roofline"] = sig(executed / med / GIGA / roof["fp32"])
     return out
 
 
@@ -418,7 +435,10 @@ def results_table(res: dict[str, Any]) -> Table:
                   _num(r["gflops"]), _pct(r.get("ratio_fp32_roofline")),
                   f"{r['protocol']} {width} {r['precision']} batch {r['batch_size']}: {r['samples_per_epoch']:,} "
                   f"pos+neg samples, median of {len(r['epoch_s'])}, warm-up {_num(r['warmup_epoch_s'])} s"
-                  + (f", {_pct(r.get('ratio_bf16_roofline'))} of bf16 roof" if r["precision"] == "bf16" else ""))
+                  + (f", {_pct(r.get('ratio_bf16_roofline'))} of bf16 roof" if r["precision"] == "bf16" else "")
+                  + (f"; executed {_num(r['executed_gflop_per_epoch'])} GFLOP = {_num(r['executed_gflops'])} GFLOP/s"
+                     f" ({_pct(r.get('executed_ratio_fp32_roofline'))})"
+                     if r.get("executed_gflop_per_epoch") != r["gflop_per_epoch"] else ""))
     bp = res.get("backprop")
     if bp:
         ratios = ", ".join(f"FF {m}/BP {v:.2f}x" for m, v in bp.get("ff_over_bp", {}).items())

@@ -11,6 +11,7 @@ import enum
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from ffrun import losses
@@ -146,7 +147,7 @@ class FFDense(BaseFFLayer):
                  goodness: str = "sum", activation: str = "relu",
                  kernel_initializer: Any = "glorot_uniform", routing: Any = None,
                  neg_routing: str = "same", peer_norm: float = 0.0, peer_momentum: float = 0.9,
-                 l2: float = 0.0, dtype: Any = None):
+                 l2: float = 0.0, dtype: Any = None, split_gradient: bool = True):
         if goodness not in losses.GOODNESS_REDUCTIONS:
             raise ValueError(f"goodness must be one of {losses.GOODNESS_REDUCTIONS}, got {goodness!r}")
         if neg_routing not in ("same", "complement"):
@@ -161,6 +162,9 @@ class FFDense(BaseFFLayer):
         self.reduction = goodness
         self.routing = None if routing is None else tf.constant(routing, tf.float32)
         self.neg_routing = neg_routing
+        # Half-split routing (the seed's A/B: a class owns units [0, U/2) or [U/2, U)) lets a step
+        # skip the weight gradient of the half a sample does not own: it is exactly zero.
+        self.owns_first_half = _half_split(routing) if split_gradient else None
         self.peer_norm = float(peer_norm)
         self.peer_momentum = float(peer_momentum)
         self.running_mean = tf.Variable(tf.zeros([units]), trainable=False, name=f"{name}_peer_mean") \
@@ -195,21 +199,60 @@ class FFDense(BaseFFLayer):
         return self.peer_norm * losses.peer_normalization_loss(running)
 
     def train_pos(self, x, y):
-        with tf.GradientTape() as tape:
-            h = self.layer(x)
-            loss = losses.positive_loss(self._goodness(h, y, True), self.th_pos)
-            total = loss + self._peer_loss(h)
-        self._step(tape, total)
+        if self.owns_first_half is not None and not self.peer_norm:
+            h, loss = self._half_split_step(x, y, True)
+        else:
+            with tf.GradientTape() as tape:
+                h = self.layer(x)
+                loss = losses.positive_loss(self._goodness(h, y, True), self.th_pos)
+                total = loss + self._peer_loss(h)
+            self._step(tape, total)
         self.metrics["loss_pos"].update_state(loss)
         return h
 
     def train_neg(self, x, y):
-        with tf.GradientTape() as tape:
-            h = self.layer(x)
-            loss = losses.negative_loss(self._goodness(h, y, False), self.th_neg)
-        self._step(tape, loss)
+        if self.owns_first_half is not None:
+            h, loss = self._half_split_step(x, y, False)
+        else:
+            with tf.GradientTape() as tape:
+                h = self.layer(x)
+                loss = losses.negative_loss(self._goodness(h, y, False), self.th_neg)
+            self._step(tape, loss)
         self.metrics["loss_neg"].update_state(loss)
         return h
+
+    def _half_split_step(self, x, y, positive: bool):
+        """The same step as the tape's, with half the weight-gradient work.
+
+        Under half-split routing row i's loss depends only on the half of the units it owns, so
+        its pre-activation gradient is zero on the other half and the kernel gradient splits into
+        two half-width products: X_A^T dZ_A[:, :U/2] and X_B^T dZ_B[:, U/2:]."""
+        dense = self.layer
+        dtype = dense.compute_dtype
+        x = tf.cast(x, dtype)
+        z = tf.matmul(x, tf.cast(dense.kernel, dtype)) + tf.cast(dense.bias, dtype)
+        with tf.GradientTape() as tape:
+            tape.watch(z)
+            h = dense.activation(z)
+            if positive:
+                loss = losses.positive_loss(self._goodness(h, y, True), self.th_pos)
+            else:
+                loss = losses.negative_loss(self._goodness(h, y, False), self.th_neg)
+        dz = tape.gradient(loss, z)
+        first = tf.gather(self.owns_first_half, y)
+        if not positive and self.neg_routing == "complement":
+            first = tf.logical_not(first)
+        rows_a, rows_b = tf.where(first)[:, 0], tf.where(tf.logical_not(first))[:, 0]
+        half = self.units // 2
+        grad_kernel = tf.concat([
+            tf.matmul(tf.gather(x, rows_a), tf.gather(dz, rows_a)[:, :half], transpose_a=True),
+            tf.matmul(tf.gather(x, rows_b), tf.gather(dz, rows_b)[:, half:], transpose_a=True)], axis=1)
+        grads = [tf.cast(grad_kernel, tf.float32), tf.cast(tf.reduce_sum(dz, 0), tf.float32)]
+        variables = [dense.kernel, dense.bias]
+        if self.l2:
+            grads = [g + self.l2 * v for g, v in zip(grads, variables)]
+        self.optimizer.apply_gradients(zip(grads, variables))
+        return h, loss
 
     def train_pair(self, x, y):
         y_pos, y_neg = _halves(y)
@@ -235,6 +278,24 @@ class FFDense(BaseFFLayer):
         self.metrics[f"goodness_{suffix}"].update_state(g)
         self.metrics["separation"].update_state(g, positive=self.positive)
         return h
+
+
+def _half_split(routing: Any) -> tf.Tensor | None:
+    """Per class, whether it owns the first half of the units, if ``routing`` (classes x units)
+    gives every class exactly the first or the second half; otherwise None."""
+    if routing is None:
+        return None
+    r = np.asarray(routing, np.float32)
+    half = r.shape[1] // 2
+    if r.shape[1] % 2 or half == 0:
+        return None
+    first = np.zeros(r.shape[1], np.float32)
+    first[:half] = 1.0
+    owns_first = (r == first).all(axis=1)
+    owns_second = (r == 1.0 - first).all(axis=1)
+    if not (owns_first | owns_second).all():
+        return None
+    return tf.constant(owns_first)
 
 
 class FFPreNorm(BaseFFLayer):

@@ -121,6 +121,9 @@ def train(cfg: DictConfig, run_dir: Path, console: Console | None = None,
         from ffrun import backprop
         return backprop.train(cfg, run_dir, console, overrides)
     console = console or reporting.make_console()
+    eval_every = int(cfg.get("eval_every", 1))
+    if eval_every < 1:
+        raise ConfigError(f"eval_every must be >= 1, got {eval_every}")
     keras.backend.clear_session()        # multirun jobs share a process: no names or graphs leak
     keras.utils.set_random_seed(int(cfg.seed))
     t_start = time.perf_counter()
@@ -183,7 +186,7 @@ def train(cfg: DictConfig, run_dir: Path, console: Console | None = None,
         tracker.update(row)
         log.info(_epoch_line(result, total_epochs, acc_keys, run.network.ff_names))
         if progress is not None:
-            progress.end_epoch(result.epoch, f"{primary.split('/')[0]} {row.get(primary, float('nan')):.4f}")
+            progress.end_epoch(result.epoch, f"{primary.split('/')[0]} {row[primary]:.4f}" if primary in row else "")
         if tb is not None:
             with tb.as_default(step=result.epoch):
                 for key, value in row.items():
@@ -204,7 +207,8 @@ def train(cfg: DictConfig, run_dir: Path, console: Console | None = None,
 
     try:
         with stop, (progress or contextlib.nullcontext()):
-            mgr.fit(run.schedule, start_epoch=start_epoch, on_epoch_end=on_epoch_end)
+            mgr.fit(run.schedule, start_epoch=start_epoch, on_epoch_end=on_epoch_end,
+                    eval_every=eval_every)
         results["status"] = "completed"
         if rows and checkpointer.manager.latest_checkpoint != str(run_dir / "checkpoints" / f"ckpt-{int(rows[-1]['epoch'])}"):
             checkpointer.save(int(rows[-1]["epoch"]))

@@ -243,13 +243,16 @@ class TrainMgr:
             if layer.name in self._base_lr:
                 layer.optimizer.learning_rate = self._base_lr[layer.name] * mult
 
-    def run_epoch(self, epoch: int, trainable: frozenset[str] | None = None, stage: int = 0) -> EpochResult:
+    def run_epoch(self, epoch: int, trainable: frozenset[str] | None = None, stage: int = 0,
+                  evaluate: bool = True) -> EpochResult:
+        """One epoch of every pass; ``evaluate=False`` runs only the training passes."""
         trainable = frozenset(self.layers) if trainable is None else trainable
         self.build()
         self.set_learning_rates(epoch)
         self.reset_metrics()
         t0 = time.perf_counter()
-        samples = sum(self.run_task(entry, trainable, epoch, i) for i, entry in enumerate(self.tasks))
+        samples = sum(self.run_task(entry, trainable, epoch, i) for i, entry in enumerate(self.tasks)
+                      if evaluate or entry.task in TRAIN_TASKS)
         seconds = time.perf_counter() - t0
         result = EpochResult(epoch, stage, seconds, samples, self.metric_results())
         bad = {k: v for k, v in result.metrics.items() if not math.isfinite(v)}
@@ -267,18 +270,21 @@ class TrainMgr:
         return self.metric_results(prefix)
 
     def fit(self, schedule: Sequence[tuple], *, start_epoch: int = 0,
-            on_epoch_end: Callable[[EpochResult], None] | None = None) -> list[EpochResult]:
+            on_epoch_end: Callable[[EpochResult], None] | None = None, eval_every: int = 1) -> list[EpochResult]:
         """Run the stage schedule [(layer names or "all", epochs), ...]; layers outside a stage's
         list only transform. Epochs are numbered from 1 across stages; epochs up to
-        ``start_epoch`` are skipped (resume)."""
+        ``start_epoch`` are skipped (resume). The evaluation passes run every ``eval_every``
+        epochs and always in the last one."""
         results, epoch = [], 0
+        last = sum(int(n) for _, n in schedule)
         for stage, (names, n_epochs) in enumerate(schedule):
             trainable = self.resolve_layers(names)
             for _ in range(int(n_epochs)):
                 epoch += 1
                 if epoch <= start_epoch:
                     continue
-                result = self.run_epoch(epoch, trainable, stage)
+                evaluate = eval_every <= 1 or epoch % eval_every == 0 or epoch == last
+                result = self.run_epoch(epoch, trainable, stage, evaluate)
                 results.append(result)
                 if on_epoch_end is not None:
                     on_epoch_end(result)

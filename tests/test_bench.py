@@ -54,3 +54,23 @@ def test_bench_tiny_writes_all_sections(tmp_path):
     assert res["scaling"][0]["gflop_per_epoch"] < res["scaling"][1]["gflop_per_epoch"]
 
     assert _positive(res["memory"]["peak_rss_mb"])
+
+
+def test_executed_flops_halve_the_weight_gradient_under_half_split(cfg_factory):
+    from ffrun.builder import build_run
+    from ffrun.training import TrainMgr
+
+    counts = {}
+    for split in ("true", "false"):
+        cfg = cfg_factory(["debug=tiny", "protocol=split", "mode=unsup", "units=32",
+                           f"model.split_gradient={split}"])
+        run = build_run(cfg)
+        TrainMgr(run.network.layers, run.network.seq, run.plan.train).build()
+        counts[split] = bench.ff_epoch_flop(run.network.layers, run.plan.train)
+    n = len(run.splits.x_train)
+    ff_macs = sum(k * m for k, m in bench.ff_shapes(run))
+    counted, executed = counts["true"]
+    assert ff_macs > 0 and counted > 0
+    assert counts["false"] == (counted, counted)          # without it: every weight gradient is full
+    # positives and negatives (n rows each) skip half of a 2 * in * out weight-gradient product
+    assert counted - executed == 2 * n * ff_macs

@@ -135,3 +135,43 @@ def test_relu_full_grad_passes_the_gradient_of_off_units():
     np.testing.assert_allclose(tape.gradient(total, x), [3.0, 3.0])
     layer = FFDense(4, name="fullgrad", activation="relu_full_grad")
     assert layer.transform(tf.ones([2, 3]), None).shape == (2, 4)
+
+
+@pytest.mark.parametrize("neg_routing", ["same", "complement"])
+@pytest.mark.parametrize("task", [Task.TRAIN_POS, Task.TRAIN_NEG])
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_half_split_gradient_matches_the_full_tape_step(task, neg_routing, reduction):
+    # A/B routing: classes 0, 2 own the first half of the units, 1, 3 the second.
+    routing = np.zeros((4, 6), np.float32)
+    routing[[0, 2], :3] = 1.0
+    routing[[1, 3], 3:] = 1.0
+    x = tf.random.stateless_normal([32, 5], seed=[1, 2])
+    y = tf.constant(np.arange(32) % 4, tf.int32)
+    after = []
+    for split in (True, False):
+        keras.utils.set_random_seed(0)
+        layer = FFDense(6, 1.0, 1.0, keras.optimizers.Adam(0.05), name="routed", routing=routing,
+                        neg_routing=neg_routing, goodness=reduction, l2=0.01, split_gradient=split)
+        assert (layer.owns_first_half is not None) == split
+        before = layer.transform(x, y).numpy()
+        layer.build_optimizer()
+        initial = layer.layer.kernel.numpy().copy()
+        layer.set_task(task)
+        out = layer.ff_do_task(x, y)
+        np.testing.assert_allclose(out.numpy(), before, rtol=1e-6)   # passes on the unmasked output
+        for _ in range(2):
+            layer.ff_do_task(x, y)
+        assert not np.allclose(layer.layer.kernel.numpy(), initial)
+        after.append([w.numpy() for w in layer.layer.weights])
+    for fast, full in zip(*after):
+        np.testing.assert_allclose(fast, full, rtol=1e-5, atol=1e-6)
+
+
+def test_half_split_is_only_used_for_exact_half_routing():
+    keras.utils.set_random_seed(0)
+    uneven = np.array([[1, 1, 1, 0], [0, 0, 0, 1]], np.float32)
+    assert FFDense(4, name="a", routing=uneven).owns_first_half is None
+    assert FFDense(4, name="b", routing=np.ones((2, 4), np.float32)).owns_first_half is None
+    halves = np.array([[1, 1, 0, 0], [0, 0, 1, 1], [1, 1, 0, 0]], np.float32)
+    np.testing.assert_array_equal(FFDense(4, name="c", routing=halves).owns_first_half.numpy(),
+                                  [True, False, True])

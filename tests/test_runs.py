@@ -40,3 +40,20 @@ def test_nan_loss_fails_cleanly_and_keeps_metrics(train_tiny):
 def test_seed_style_eval_on_test(train_tiny):
     results, _ = train_tiny(["eval_on=test", "data.val_size=0", "epochs=1", "readout_epochs=0"])
     assert results["val_set"] == "test"
+
+
+def test_eval_every_skips_evaluation_but_not_the_last_epoch(train_tiny):
+    results, run_dir = train_tiny(["mode=sup", "protocol=wrong_label", "epochs=5", "readout_epochs=0",
+                                   "eval_every=2"])
+    assert results["status"] == "completed" and results["epochs"] == 5
+    rows = read_metrics(run_dir / "metrics.csv")
+    evaluated = [int(r["epoch"]) for r in rows if "goodness/acc" in r]
+    assert evaluated == [2, 4, 5]
+    assert all("dense1/loss_pos" in r for r in rows)          # every epoch still trains
+    assert results["best_epoch"] in evaluated and results["test_acc"] is not None
+
+
+def test_eval_every_must_be_positive(train_tiny):
+    from ffrun.errors import ConfigError
+    with pytest.raises(ConfigError, match="eval_every"):
+        train_tiny(["eval_every=0"])
