@@ -453,6 +453,16 @@ def results_table(res: dict[str, Any]) -> Table:
                   f"EVAL_DUPED, {ev['images']:,} images x {ev['labels']}; {ev['duped_over_forward']:.2f}x the forwards")
         t.add_row(f"eval {ev['labels']} forward passes", _num(ev["forward_x_labels_s"]), "", _num(ev["gflop"]),
                   _num(ev["forward_gflops"]), "", f"TRANSFORM, batch {ev['eval_batch_size']}")
+    pr = res.get("paper")
+    if pr:
+        t.add_section()
+        width = "x".join(str(s[1]) for s in pr["layers"])
+        t.add_row(f"paper recipe epoch ({pr['experiment']})", _num(pr["median_epoch_s"]), _num(pr["samples_per_s"]),
+                  _num(pr["gflop_per_epoch"]), _num(pr["gflops"]), _pct(pr.get("ratio_fp32_roofline")),
+                  f"{width} {pr['precision']} batch {pr['batch_size']}: training passes only, "
+                  f"{pr['samples_per_epoch']:,} rows (pos+neg, then neutral for the readout); executed "
+                  f"{_num(pr['executed_gflop_per_epoch'])} GFLOP = {_pct(pr.get('executed_ratio_fp32_roofline'))} of its "
+                  f"own roofline {_num(pr['roofline_gflops']['fp32'])} GFLOP/s")
     if res.get("scaling"):
         t.add_section()
         for r in res["scaling"]:
@@ -482,6 +492,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-scaling", action="store_true")
     p.add_argument("--scaling-reps", type=int, default=1, help="timed epochs per scaling width")
     p.add_argument("--skip-bp", action="store_true", help="skip the backprop baseline")
+    p.add_argument("--paper", default="paper_small",
+                   help="experiment preset whose training epoch is timed too ('' to skip): issue 4's paper recipe")
     p.add_argument("--roofline-time", type=float, default=0.5, help="seconds per timed matmul repetition")
     p.add_argument("--out", type=Path, default=Path("bench.json"))
     args = p.parse_args(argv)
@@ -518,7 +530,8 @@ def main(argv: list[str] | None = None) -> int:
         # written after every section, so a long run that dies keeps what it measured
         res["memory"] = {"peak_rss_mb": reporting.peak_memory_mb(), "after": memory}
         res["notes"] = bench.notes
-        order = ("machine", "args", "roofline", "ff", "backprop", "evaluation", "scaling", "memory", "notes")
+        order = ("machine", "args", "roofline", "ff", "backprop", "evaluation", "paper", "scaling", "memory",
+                 "notes")
         reporting.write_json(args.out, {k: res[k] for k in order if k in res})
 
     # 1 + 2 + 4: FF epochs per mode; the roofline at the first run's shapes; the sup net's evaluation
@@ -571,6 +584,27 @@ def main(argv: list[str] | None = None) -> int:
         memory["backprop"] = reporting.peak_memory_mb()
         save()
     bp_data = None
+
+    # the paper recipe (3 x 1000, batch 100, pos+neg in one step, neutral-label readout pass):
+    # training passes only, as the PyTorch figure it is compared with
+    if args.paper:
+        console.log(f"paper recipe: experiment={args.paper} ...")
+        overrides = [f"experiment={args.paper}", f"data={args.data}", "progress=false",
+                     f"model.precision={args.precision}"]
+        if args.data == "digits":
+            overrides += ["data.val_size=300"]
+        if args.train_size:
+            overrides.append(f"data.train_size={args.train_size}")
+        cfg, run, mgr, warm = bench._build(overrides)
+        seconds, samples, retraces = time_epochs(mgr, args.reps)
+        shapes = ff_shapes(run)
+        roof = roofline(shapes, 2 * int(cfg.batch_size), args.roofline_time, 1)["model_gflops"]
+        r = summarize_ff("sup", cfg, run, mgr, warm, seconds, samples, retraces, roof)
+        res["paper"] = {"experiment": args.paper, "roofline_gflops": roof, **r}
+        memory["paper"] = reporting.peak_memory_mb()
+        del cfg, run, mgr
+        gc.collect()
+        save()
 
     # 6: scaling with width (unsup); the main width is reused when it was already timed. Every
     # width is compared to the roofline measured at the main width's shapes.

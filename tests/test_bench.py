@@ -47,6 +47,14 @@ def test_bench_tiny_writes_all_sections(tmp_path):
     for key in ("duped_s", "forward_x_labels_s", "duped_over_forward", "duped_gflops", "forward_gflops"):
         assert _positive(ev[key]), key
 
+    paper = res["paper"]          # the paper recipe preset, timed on the same data
+    assert paper["experiment"] == "paper_small" and paper["batch_size"] == 100
+    assert paper["layers"] == [[64, 1000], [1000, 1000], [1000, 1000]]
+    # positives and their negatives in one pass, then the neutral-label readout pass
+    assert paper["samples_per_epoch"] == 3 * paper["train_images"]
+    # the neutral-label readout pass runs the FF layers forward without training them
+    assert paper["executed_gflop_per_epoch"] > paper["gflop_per_epoch"] > 0
+
     assert [r["units"] for r in res["scaling"]] == [16, 32]
     for row in res["scaling"]:
         assert _positive(row["median_epoch_s"]) and _positive(row["gflop_per_epoch"]) and _positive(row["gflops"])
