@@ -293,6 +293,7 @@ def summarize_ff(mode: str, cfg: DictConfig, run: Run, mgr: TrainMgr, warm: floa
         out["ratio_fp32_roofline"] = sig(gflops / roof["fp32"])
         out["ratio_bf16_roofline"] = sig(gflops / roof["bf16"])
         out["executed_ratio_fp32_roofline"] = sig(executed / med / GIGA / roof["fp32"])
+        out["executed_ratio_bf16_roofline"] = sig(executed / med / GIGA / roof["bf16"])
     return out
 
 
@@ -457,12 +458,13 @@ def results_table(res: dict[str, Any]) -> Table:
     if pr:
         t.add_section()
         width = "x".join(str(s[1]) for s in pr["layers"])
+        p = "bf16" if pr["precision"] == "bf16" else "fp32"
         t.add_row(f"paper recipe epoch ({pr['experiment']})", _num(pr["median_epoch_s"]), _num(pr["samples_per_s"]),
                   _num(pr["gflop_per_epoch"]), _num(pr["gflops"]), _pct(pr.get("ratio_fp32_roofline")),
                   f"{width} {pr['precision']} batch {pr['batch_size']}: training passes only, "
                   f"{pr['samples_per_epoch']:,} rows (pos+neg, then neutral for the readout); executed "
-                  f"{_num(pr['executed_gflop_per_epoch'])} GFLOP = {_pct(pr.get('executed_ratio_fp32_roofline'))} of its "
-                  f"own roofline {_num(pr['roofline_gflops']['fp32'])} GFLOP/s")
+                  f"{_num(pr['executed_gflop_per_epoch'])} GFLOP = {_pct(pr.get(f'executed_ratio_{p}_roofline'))} of its "
+                  f"own {p} roofline {_num(pr['roofline_gflops'][p])} GFLOP/s")
     if res.get("scaling"):
         t.add_section()
         for r in res["scaling"]:
@@ -470,7 +472,12 @@ def results_table(res: dict[str, Any]) -> Table:
                       _num(r["gflop_per_epoch"]), _num(r["gflops"]), _pct(r.get("ratio_fp32_roofline")),
                       "same as FF unsup above" if r.get("reused") else f"median of {len(r['epoch_s'])}")
     t.add_section()
-    t.add_row("peak resident memory", "", "", "", "", "", f"{res['memory']['peak_rss_mb']:,.0f} MB (ru_maxrss)")
+    mem = res["memory"]
+    first = next((k for k in ("ff_unsup", "ff_sup") if k in mem.get("after", {})), None)
+    one_run = (f"; {mem['after'][first]:,.0f} MB after the first FF run ({first[3:]}: data, one network, "
+               f"its graphs)") if first else ""
+    t.add_row("peak resident memory", "", "", "", "", "",
+              f"{mem['peak_rss_mb']:,.0f} MB for the whole benchmark (ru_maxrss){one_run}")
     return t
 
 

@@ -20,14 +20,22 @@ class SweepReport(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         # A report is a convenience: whatever goes wrong here, the sweep's jobs and their outputs
         # are already on disk, so a broken report must not turn the sweep into a failure.
+        sweep_dir = Path(str(config.hydra.sweep.dir))
         try:
             from ffrun import reporting
             from ffrun.report import write_report
 
-            sweep_dir = Path(str(config.hydra.sweep.dir))
-            write_report(sweep_dir, reporting.make_console())
+            rows = write_report(sweep_dir, reporting.make_console())
         except Exception as exc:  # noqa: BLE001 - deliberately broad, see above
             log.warning("sweep report not written: %s: %s", type(exc).__name__, exc)
+            return
+        # Every job ran (a failed job does not stop the sweep), but the sweep as a whole did not
+        # succeed: say so and exit non-zero, so scripts and CI notice.
+        failed = [r["run"] for r in rows if r["status"] == "failed"]
+        if failed:
+            print(f"ffrun: {len(failed)} of {len(rows)} sweep jobs failed (runs {', '.join(failed)}); "
+                  f"see {sweep_dir / 'summary.csv'}", file=sys.stderr)
+            sys.exit(1)
 
 
 def unwritable_reason(folder: Path) -> str | None:

@@ -85,11 +85,12 @@ def test_submitit_local_sweep(tmp_path: Path) -> None:
 
 
 def test_basic_sweep_with_a_failing_job(tmp_path: Path) -> None:
-    """A config error ends only its own job: it records the failure and the sweep goes on. The
-    sweep exits 0 (cli.run_job returns NaN for a failed job); the failure lives in results.json."""
+    """A config error ends only its own job: it records the failure and the sweep goes on; at the
+    end the sweep says how many jobs failed and exits 1."""
     proc, sweep_dir = run_sweep(tmp_path, ["model.goodness=sum,bogus"])
 
-    assert proc.returncode == 0, explain(proc)
+    assert proc.returncode == 1, explain(proc)
+    assert "1 of 2 sweep jobs failed (runs 1)" in proc.stderr, explain(proc)
     assert results_of(sweep_dir, 0)["status"] == "completed"
     failed = results_of(sweep_dir, 1)
     assert failed["status"] == "failed"
