@@ -163,7 +163,8 @@ def build_network(model: DictConfig, num_classes: int, supervised: bool,
                 units[i], th_pos[i], th_neg[i], make_optimizer(model.optimizer, "model.optimizer"), name=name,
                 goodness=model.goodness, activation=model.activation,
                 kernel_initializer=make_initializer(model.init), routing=None if routing is None else routing[i],
-                neg_routing=neg_routing, peer_norm=model.peer_norm, l2=model.weight_decay, dtype=dtype,
+                neg_routing=neg_routing, peer_norm=model.peer_norm, peer_init=float(model.get("peer_init", 0.0)),
+                l2=model.weight_decay, dtype=dtype,
                 split_gradient=bool(model.get("split_gradient", True)))
         except ValueError as exc:
             raise ConfigError(str(exc)) from None

@@ -147,6 +147,7 @@ class FFDense(BaseFFLayer):
                  goodness: str = "sum", activation: str = "relu",
                  kernel_initializer: Any = "glorot_uniform", routing: Any = None,
                  neg_routing: str = "same", peer_norm: float = 0.0, peer_momentum: float = 0.9,
+                 peer_init: float = 0.0,
                  l2: float = 0.0, dtype: Any = None, split_gradient: bool = True):
         if goodness not in losses.GOODNESS_REDUCTIONS:
             raise ValueError(f"goodness must be one of {losses.GOODNESS_REDUCTIONS}, got {goodness!r}")
@@ -167,7 +168,7 @@ class FFDense(BaseFFLayer):
         self.owns_first_half = _half_split(routing) if split_gradient else None
         self.peer_norm = float(peer_norm)
         self.peer_momentum = float(peer_momentum)
-        self.running_mean = tf.Variable(tf.zeros([units]), trainable=False, name=f"{name}_peer_mean") \
+        self.running_mean = tf.Variable(tf.fill([units], float(peer_init)), trainable=False, name=f"{name}_peer_mean") \
             if self.peer_norm else None
         self.metrics = {
             "loss_pos": keras.metrics.Mean(name="loss_pos"),

@@ -175,3 +175,8 @@ def test_half_split_is_only_used_for_exact_half_routing():
     halves = np.array([[1, 1, 0, 0], [0, 0, 1, 1], [1, 1, 0, 0]], np.float32)
     np.testing.assert_array_equal(FFDense(4, name="c", routing=halves).owns_first_half.numpy(),
                                   [True, False, True])
+
+
+def test_peer_running_mean_starts_at_peer_init():
+    layer = FFDense(5, name="peer", peer_norm=0.03, peer_init=0.5)
+    np.testing.assert_array_equal(layer.running_mean.numpy(), np.full(5, 0.5, np.float32))
