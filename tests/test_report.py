@@ -159,10 +159,20 @@ def test_cli_folder_without_runs_exits_2(tmp_path: Path, capsys: pytest.CaptureF
     assert not (tmp_path / "empty" / "summary.csv").exists()
 
 
-def test_callback_writes_report_into_sweep_dir(sweep: Path) -> None:
+def test_callback_writes_report_into_sweep_dir(sweep: Path, capsys: pytest.CaptureFixture) -> None:
     config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}})
-    SweepReport().on_multirun_end(config=config, config_name="config")
+    with pytest.raises(SystemExit) as exit_info:      # job 0 of the fixture failed
+        SweepReport().on_multirun_end(config=config, config_name="config")
+    assert exit_info.value.code == 1
+    assert "1 of 4 sweep jobs failed (runs 0)" in capsys.readouterr().err
     assert (sweep / "summary.csv").exists() and (sweep / "summary.png").exists()
+
+
+def test_callback_returns_when_every_job_completed(sweep: Path) -> None:
+    import shutil
+    shutil.rmtree(sweep / "0")                         # the failed job
+    SweepReport().on_multirun_end(config=OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}}))
+    assert (sweep / "summary.csv").exists()
 
 
 def test_callback_never_raises(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
