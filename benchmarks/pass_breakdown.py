@@ -2,6 +2,7 @@
 
 Run:  FFRUN_DATA_DIR=../shared/data python benchmarks/pass_breakdown.py experiment=paper_small
       ... experiment=paper_small units=16     (tiny layers: what is left is per-step overhead)
+      ... --train-only experiment=paper_small (skip the evaluation passes)
 
 Arguments are Hydra overrides. Every pass (training and evaluation) is traced once, then timed twice.
 """
@@ -21,12 +22,12 @@ from ffrun.builder import build_run  # noqa: E402
 from ffrun.training import TrainMgr  # noqa: E402
 
 
-def main(overrides: list[str]) -> None:
+def main(overrides: list[str], train_only: bool = False) -> None:
     with initialize_config_module(config_module="ffrun.conf", version_base="1.3"):
         cfg = compose("config", overrides=["progress=false", *overrides])
     keras.utils.set_random_seed(int(cfg.seed))
     run = build_run(cfg)
-    mgr = TrainMgr(run.network.layers, run.network.seq, run.plan.train + run.plan.val,
+    mgr = TrainMgr(run.network.layers, run.network.seq, run.plan.train + ([] if train_only else run.plan.val),
                    batch_size=int(cfg.batch_size), eval_batch_size=int(cfg.eval_batch_size), seed=int(cfg.seed))
     mgr.build()
     everything = frozenset(mgr.layers)
@@ -43,4 +44,5 @@ def main(overrides: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    args = sys.argv[1:]
+    main([a for a in args if a != "--train-only"], train_only="--train-only" in args)

@@ -184,12 +184,17 @@ def ff_epoch_flop(layers: dict[str, Any], tasks: list[TaskEntry], epoch: int = 1
                 if readout_trains and isinstance(layer, FFDense):
                     executed += rows * mm
                 continue
-            # TRAIN_PAIR rows hold positives and negatives; the readout trains on the positives only.
-            n = rows * (2 if entry.task == Task.TRAIN_PAIR and not isinstance(layer, FFSoftmax) else 1)
+            # Paired rows hold positives and negatives; the readout trains on one set of rows
+            # (positives, or their neutral-label copy in TRAIN_PAIR_READOUT, which the FF layers
+            # also carry forward without a weight gradient).
+            paired = entry.task in (Task.TRAIN_PAIR, Task.TRAIN_PAIR_READOUT)
+            n = rows * (2 if paired and not isinstance(layer, FFSoftmax) else 1)
             counted += n * 2 * mm
             half_split = isinstance(layer, FFDense) and layer.owns_first_half is not None and (
                 entry.task == Task.TRAIN_NEG or (entry.task == Task.TRAIN_POS and not layer.peer_norm))
             executed += n * (1.5 if half_split else 2) * mm
+            if entry.task == Task.TRAIN_PAIR_READOUT and isinstance(layer, FFDense):
+                executed += rows * mm
     return counted, executed
 
 

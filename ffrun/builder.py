@@ -237,6 +237,7 @@ def build_run(cfg: DictConfig) -> Run:
     spec = protocols.prepare(cfg.protocol, splits, cfg.model, supervised, seed=cfg.seed)
     network = build_network(cfg.model, spec.num_classes, supervised, spec.routing, spec.neg_routing)
     plan = protocols.make_plan(cfg.protocol, splits, network.roles, seed=cfg.seed, eval_on=cfg.eval_on,
-                               pairing=cfg.pairing, readout_probs=network.readout_probs)
+                               pairing=cfg.pairing,
+                               readout_step=cfg.get("readout_step", "separate"), readout_probs=network.readout_probs)
     plan.routing, plan.neg_routing = spec.routing, spec.neg_routing
     return Run(splits, network, plan, build_schedule(cfg))

@@ -22,11 +22,15 @@ class Task(enum.Enum):
     TRAIN_POS = "train_pos"      # forward, positive loss, one step on this layer's weights
     TRAIN_NEG = "train_neg"      # forward, negative loss, one step on this layer's weights
     TRAIN_PAIR = "train_pair"    # batch = [positives; negatives] (equal halves), one step on both
+    # batch = [positives; negatives; the positives with the neutral label] (equal thirds): the FF
+    # layers step on the first two thirds and the softmax readouts on the last, in one step, as
+    # Hinton's code and its PyTorch port train the neutral-label classifier
+    TRAIN_PAIR_READOUT = "train_pair_readout"
     EVAL = "eval"                # forward and update this layer's metrics
     EVAL_DUPED = "eval_duped"    # each sample arrives once per candidate label (sample-major)
 
 
-TRAIN_TASKS = (Task.TRAIN_POS, Task.TRAIN_NEG, Task.TRAIN_PAIR)
+TRAIN_TASKS = (Task.TRAIN_POS, Task.TRAIN_NEG, Task.TRAIN_PAIR, Task.TRAIN_PAIR_READOUT)
 
 
 @tf.custom_gradient
@@ -39,9 +43,10 @@ def relu_full_grad(x: tf.Tensor):
 ACTIVATIONS = {"relu_full_grad": relu_full_grad}
 
 
-def _halves(x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    n = tf.shape(x)[0] // 2
-    return x[:n], x[n:]
+def _part(x: tf.Tensor, parts: int, index: int) -> tf.Tensor:
+    """Rows of the ``index``-th of ``parts`` equal parts of a batch."""
+    n = tf.shape(x)[0] // parts
+    return x[index * n:(index + 1) * n]
 
 
 class BaseFFLayer:
@@ -72,6 +77,7 @@ class BaseFFLayer:
             Task.TRAIN_POS: self.train_pos,
             Task.TRAIN_NEG: self.train_neg,
             Task.TRAIN_PAIR: self.train_pair,
+            Task.TRAIN_PAIR_READOUT: self.train_pair_readout,
             Task.EVAL: self.evaluate,
             Task.EVAL_DUPED: self.evaluate_duped,
         }[self.task]
@@ -87,6 +93,9 @@ class BaseFFLayer:
         return self.transform(x, y)
 
     def train_pair(self, x, y):
+        return self.transform(x, y)
+
+    def train_pair_readout(self, x, y):
         return self.transform(x, y)
 
     def evaluate(self, x, y):
@@ -191,10 +200,21 @@ class FFDense(BaseFFLayer):
     def _goodness(self, h, y, positive: bool):
         return losses.goodness(h, self.reduction, self._mask(y, positive))
 
-    def _peer_loss(self, h_pos):
+    def _peer_loss(self, h, n_pos=None):
+        """Peer normalization on the mean activity of the positive rows: all of ``h``, or its
+        first ``n_pos`` rows."""
         if not self.peer_norm:
             return 0.0
-        mean_activity = tf.reduce_mean(tf.cast(h_pos, tf.float32), axis=0)
+        h = tf.cast(h, tf.float32)
+        if n_pos is None:
+            mean_activity = tf.reduce_mean(h, axis=0)
+        else:
+            # A product with a row selector, not h[:n_pos]: under a tape every slice of h makes TF
+            # build a zero-filled gradient of the whole batch (StridedSliceGrad), which profiled as
+            # 20% of a paper-recipe step.
+            rows = tf.range(tf.shape(h)[0])
+            select = tf.cast(rows < n_pos, tf.float32) / tf.cast(n_pos, tf.float32)
+            mean_activity = tf.linalg.matvec(h, select, transpose_a=True)
         running = self.peer_momentum * self.running_mean + (1.0 - self.peer_momentum) * mean_activity
         self.running_mean.assign(tf.stop_gradient(running))
         return self.peer_norm * losses.peer_normalization_loss(running)
@@ -222,49 +242,89 @@ class FFDense(BaseFFLayer):
         self.metrics["loss_neg"].update_state(loss)
         return h
 
+    def _forward_z(self, x):
+        """The pre-activations in the layer's compute dtype, as Keras' Dense computes them."""
+        dense = self.layer
+        dtype = dense.compute_dtype
+        x = tf.cast(x, dtype)
+        return x, tf.matmul(x, tf.cast(dense.kernel, dtype)) + tf.cast(dense.bias, dtype)
+
+    def _step_on_z(self, x, z, loss_of_h, kernel_grad=None):
+        """One optimizer step where the tape covers only the element-wise work after z = xW + b.
+
+        ``loss_of_h(h)`` returns (total loss, outputs to pass on); ``kernel_grad(x, dz)`` computes
+        the kernel's gradient (default x^T dz) so callers can skip rows or units whose gradient is
+        known to be zero. Returns (h, outputs)."""
+        with tf.GradientTape() as tape:
+            tape.watch(z)
+            h = self.layer.activation(z)
+            total, outputs = loss_of_h(h)
+        dz = tape.gradient(total, z)
+        grad_kernel = kernel_grad(x, dz) if kernel_grad is not None else tf.matmul(x, dz, transpose_a=True)
+        grads = [tf.cast(grad_kernel, tf.float32), tf.cast(tf.reduce_sum(dz, 0), tf.float32)]
+        variables = [self.layer.kernel, self.layer.bias]
+        if self.l2:
+            grads = [g + self.l2 * v for g, v in zip(grads, variables)]
+        self.optimizer.apply_gradients(zip(grads, variables))
+        return h, outputs
+
     def _half_split_step(self, x, y, positive: bool):
         """The same step as the tape's, with half the weight-gradient work.
 
         Under half-split routing row i's loss depends only on the half of the units it owns, so
         its pre-activation gradient is zero on the other half and the kernel gradient splits into
         two half-width products: X_A^T dZ_A[:, :U/2] and X_B^T dZ_B[:, U/2:]."""
-        dense = self.layer
-        dtype = dense.compute_dtype
-        x = tf.cast(x, dtype)
-        z = tf.matmul(x, tf.cast(dense.kernel, dtype)) + tf.cast(dense.bias, dtype)
-        with tf.GradientTape() as tape:
-            tape.watch(z)
-            h = dense.activation(z)
-            if positive:
-                loss = losses.positive_loss(self._goodness(h, y, True), self.th_pos)
-            else:
-                loss = losses.negative_loss(self._goodness(h, y, False), self.th_neg)
-        dz = tape.gradient(loss, z)
         first = tf.gather(self.owns_first_half, y)
         if not positive and self.neg_routing == "complement":
             first = tf.logical_not(first)
         rows_a, rows_b = tf.where(first)[:, 0], tf.where(tf.logical_not(first))[:, 0]
         half = self.units // 2
-        grad_kernel = tf.concat([
-            tf.matmul(tf.gather(x, rows_a), tf.gather(dz, rows_a)[:, :half], transpose_a=True),
-            tf.matmul(tf.gather(x, rows_b), tf.gather(dz, rows_b)[:, half:], transpose_a=True)], axis=1)
-        grads = [tf.cast(grad_kernel, tf.float32), tf.cast(tf.reduce_sum(dz, 0), tf.float32)]
-        variables = [dense.kernel, dense.bias]
-        if self.l2:
-            grads = [g + self.l2 * v for g, v in zip(grads, variables)]
-        self.optimizer.apply_gradients(zip(grads, variables))
-        return h, loss
+
+        def loss_of_h(h):
+            g = self._goodness(h, y, positive)
+            loss = losses.positive_loss(g, self.th_pos) if positive else losses.negative_loss(g, self.th_neg)
+            return loss, loss
+
+        def kernel_grad(x, dz):
+            return tf.concat([
+                tf.matmul(tf.gather(x, rows_a), tf.gather(dz, rows_a)[:, :half], transpose_a=True),
+                tf.matmul(tf.gather(x, rows_b), tf.gather(dz, rows_b)[:, half:], transpose_a=True)], axis=1)
+
+        x, z = self._forward_z(x)
+        return self._step_on_z(x, z, loss_of_h, kernel_grad)
 
     def train_pair(self, x, y):
-        y_pos, y_neg = _halves(y)
-        with tf.GradientTape() as tape:
-            h = self.layer(x)
-            h_pos, h_neg = _halves(h)
-            loss_pos = losses.positive_loss(self._goodness(h_pos, y_pos, True), self.th_pos)
-            loss_neg = losses.negative_loss(self._goodness(h_neg, y_neg, False), self.th_neg)
+        return self._pair_step(x, y, parts=2)
+
+    def train_pair_readout(self, x, y):
+        return self._pair_step(x, y, parts=3)
+
+    def _pair_step(self, x, y, parts: int):
+        """One step on [positives; negatives] (parts=2), or on [positives; negatives; neutral-label
+        positives] (parts=3) where the last third only passes through to the readouts.
+
+        Goodness is computed for every row and then split: slicing the activations under the
+        tape would cost a zero-filled gradient of the whole batch per slice."""
+        n = tf.shape(x)[0] // parts
+        y_pos, y_neg = y[:n], y[n:2 * n]
+        masks = None
+        if self.routing is not None:
+            m_pos, m_neg = self._mask(y_pos, True), self._mask(y_neg, False)
+            masks = tf.concat([m_pos, m_neg] + [m_pos] * (parts - 2), axis=0)
+
+        def loss_of_h(h):
+            g = losses.goodness(h, self.reduction, masks)
+            loss_pos = losses.positive_loss(g[:n], self.th_pos)
+            loss_neg = losses.negative_loss(g[n:2 * n], self.th_neg)
             # The mean BCE over the concatenated batch, as in Hinton's code.
-            total = 0.5 * (loss_pos + loss_neg) + self._peer_loss(h_pos)
-        self._step(tape, total)
+            return 0.5 * (loss_pos + loss_neg) + self._peer_loss(h, n), (loss_pos, loss_neg)
+
+        def kernel_grad(x, dz):   # the neutral rows have no FF loss: their gradient is zero
+            return tf.matmul(x[:2 * n], dz[:2 * n], transpose_a=True) if parts > 2 \
+                else tf.matmul(x, dz, transpose_a=True)
+
+        x, z = self._forward_z(x)
+        h, (loss_pos, loss_neg) = self._step_on_z(x, z, loss_of_h, kernel_grad)
         self.metrics["loss_pos"].update_state(loss_pos)
         self.metrics["loss_neg"].update_state(loss_neg)
         return h
@@ -386,7 +446,7 @@ class FFSoftmax(BaseFFLayer):
     Trains during TRAIN_POS (and on the positive half of TRAIN_PAIR); tracks accuracy during EVAL
     on positive data."""
 
-    trains_on = frozenset({Task.TRAIN_POS, Task.TRAIN_PAIR})
+    trains_on = frozenset({Task.TRAIN_POS, Task.TRAIN_PAIR, Task.TRAIN_PAIR_READOUT})
 
     def __init__(self, num_classes: int, optimizer: keras.optimizers.Optimizer | None = None, *,
                  name: str = "softmax", use_bias: bool = True, kernel_initializer: Any = "glorot_uniform",
@@ -413,9 +473,10 @@ class FFSoftmax(BaseFFLayer):
         return logits
 
     def train_pair(self, x, y):
-        x_pos, _ = _halves(x)
-        y_pos, _ = _halves(y)
-        return self.train_pos(x_pos, y_pos)
+        return self.train_pos(_part(x, 2, 0), _part(y, 2, 0))
+
+    def train_pair_readout(self, x, y):
+        return self.train_pos(_part(x, 3, 2), _part(y, 3, 2))
 
     def evaluate(self, x, y):
         logits = self.logits(x)

@@ -67,17 +67,22 @@ def wrong_labels(y: np.ndarray, num_classes: int, rng: np.random.Generator) -> n
     return ((y + rng.integers(1, num_classes, size=len(y))) % num_classes).astype(np.int32)
 
 
-def make_entries(roles: Roles, pos: FFData, neg: FFData | PerEpoch, *, paired: bool, split: str) -> list[TaskEntry]:
+def make_entries(roles: Roles, pos: FFData, neg: FFData | PerEpoch, *, paired: bool, split: str,
+                 readout_in_step: bool = False) -> list[TaskEntry]:
     """The passes for one split. ``split='train'`` gives training passes, else evaluation passes.
     Positives are fixed; negatives may be drawn afresh every epoch.
 
     Supervised nets see the label in the input, so their softmax readouts are trained and scored
-    only on neutral-label inputs: a readout that saw the true label would be leaky."""
+    only on neutral-label inputs: a readout that saw the true label would be leaky. They train in
+    a pass of their own after the FF pass, or (``readout_in_step``, paired only) in the FF step
+    itself on a neutral-label copy of the positives, as Hinton's code does."""
     ff, sm, sup = roles.ff, roles.softmax, roles.supervised
     entries: list[TaskEntry] = []
     if split == "train":
         if paired:
             pair = (lambda epoch: (pos, neg(epoch))) if callable(neg) else (pos, neg)
+            if sup and sm and readout_in_step:
+                return [TaskEntry(Task.TRAIN_PAIR_READOUT, pair, ff + sm, "train pos+neg+readout")]
             entries.append(TaskEntry(Task.TRAIN_PAIR, pair, ff if sup else None, "train pos+neg"))
         else:
             entries.append(TaskEntry(Task.TRAIN_POS, pos, ff if sup else None, "train pos"))
@@ -252,13 +257,18 @@ def hard_wrong_labels(probs: np.ndarray, y: np.ndarray, rng: np.random.Generator
 
 
 def make_plan(proto, splits: ImageSplits, roles: Roles, *, seed: int, eval_on: str, pairing: str,
+              readout_step: str = "separate",
               readout_probs: Callable[[FFData], np.ndarray] | None = None) -> Plan:
     """The passes of an epoch and of the final test for the configured protocol. ``readout_probs``
     (the network's neutral-label softmax) is needed for hard negatives only."""
     if pairing not in ("separate", "same_step"):
         raise ConfigError(f"pairing must be separate or same_step, got {pairing!r}")
+    if readout_step not in ("separate", "same_step"):
+        raise ConfigError(f"readout_step must be separate or same_step, got {readout_step!r}")
     name = proto.name
     paired = pairing == "same_step"
+    if readout_step == "same_step" and not paired:
+        raise ConfigError("readout_step=same_step trains the readout in the pos+neg step: it needs pairing=same_step")
     if name == "five_digits" and paired:
         raise ConfigError("protocol five_digits has unequal positive and negative sets: use pairing=separate")
 
@@ -290,7 +300,7 @@ def make_plan(proto, splits: ImageSplits, roles: Roles, *, seed: int, eval_on: s
     test_pos, test_draw = source(*sets["test"], 3)
     return Plan(
         num_classes=splits.num_classes if name != "five_digits" else len(_positive_classes(proto, splits)),
-        train=make_entries(roles, pos, neg, paired=paired, split="train"),
+        train=make_entries(roles, pos, neg, paired=paired, split="train", readout_in_step=readout_step == "same_step"),
         val=make_entries(roles, val_pos, val_draw(0), paired=False, split="val"),
         test=make_entries(roles, test_pos, test_draw(0), paired=False, split="test"),
         val_set="test" if eval_on == "test" else "validation",

@@ -18,6 +18,9 @@ import tensorflow as tf
 
 from ffrun.layers import BaseFFLayer, Task, TRAIN_TASKS
 
+#: tasks whose data is an aligned (positives, negatives) pair, stepped on together
+PAIRED_TASKS = (Task.TRAIN_PAIR, Task.TRAIN_PAIR_READOUT)
+
 SeqFn = Callable[[tf.Tensor, tf.Tensor, tf.Tensor], object]
 
 
@@ -164,11 +167,13 @@ class TrainMgr:
         for name, layer in self.layers.items():
             layer.set_task(task if name in active else Task.TRANSFORM, positive)
 
-    def _graph(self, key: tuple, paired: bool, batch_size: int):
+    def _graph(self, key: tuple, task: Task, batch_size: int):
         fn = self._graphs.get(key)
         if fn is not None:
             return fn
         with_progress = self.progress is not None
+        paired = task in PAIRED_TASKS
+        with_neutral = task == Task.TRAIN_PAIR_READOUT
 
         def one_pass(X, y, y_ff, perm, Xn, yn, y_ffn):
             self.trace_counts[key] += 1       # runs only while tracing
@@ -178,9 +183,10 @@ class TrainMgr:
                 idx = perm[i * batch_size: tf.minimum((i + 1) * batch_size, n)]
                 xb, yb, yffb = tf.gather(X, idx), tf.gather(y, idx), tf.gather(y_ff, idx)
                 if paired:   # positives then their aligned negatives, one step for both
-                    xb = tf.concat([xb, tf.gather(Xn, idx)], 0)
-                    yb = tf.concat([yb, tf.gather(yn, idx)], 0)
-                    yffb = tf.concat([yffb, tf.gather(y_ffn, idx)], 0)
+                    xs, ys, yffs = [xb, tf.gather(Xn, idx)], [yb, tf.gather(yn, idx)], [yffb, tf.gather(y_ffn, idx)]
+                    if with_neutral:   # and the positives again, neutral label, for the readouts
+                        xs, ys, yffs = xs + [xb], ys + [yb], yffs + [tf.fill(tf.shape(yb), -1)]
+                    xb, yb, yffb = tf.concat(xs, 0), tf.concat(ys, 0), tf.concat(yffs, 0)
                 self.seq(xb, yb, yffb)
                 if with_progress:
                     tf.py_function(self._on_batch, [i + 1], [])
@@ -201,10 +207,10 @@ class TrainMgr:
         if not active:
             return 0
         data = entry.resolve(epoch)
-        paired = entry.task == Task.TRAIN_PAIR
+        paired = entry.task in PAIRED_TASKS
         pos, neg = data if paired else (data, data)
         if paired and len(pos) != len(neg):
-            raise ValueError(f"TRAIN_PAIR needs aligned datasets, got {len(pos)} and {len(neg)} samples")
+            raise ValueError(f"{entry.task.name} needs aligned datasets, got {len(pos)} and {len(neg)} samples")
         training = entry.task in TRAIN_TASKS
         n = len(pos)
         if training and self.shuffle:
@@ -215,7 +221,7 @@ class TrainMgr:
         bs = self.batch_size if training else self.eval_batch_size
         key = (entry.task, pos.positive, active, bs)
         self._set_tasks(active, entry.task, pos.positive)
-        fn = self._graph(key, paired, bs)
+        fn = self._graph(key, entry.task, bs)
         if self.progress is not None:
             self.progress.start_pass(entry.label or entry.task.value, math.ceil(n / bs))
         fn(pos.X, pos.y, pos.y_ff, tf.constant(perm), neg.X, neg.y, neg.y_ff)

@@ -22,3 +22,8 @@ def test_pass_breakdown_times_every_pass():
 def test_optimizer_update_prints_each_kernel():
     out = _run("optimizer_update.py", "64")
     assert "64 x 64" in out and "Adam" in out and "weight decay" in out, out
+
+
+def test_pass_breakdown_train_only_skips_evaluation():
+    out = _run("pass_breakdown.py", "--train-only", "debug=tiny", "mode=sup", "protocol=wrong_label")
+    assert "train pos" in out and "val" not in out.split("seconds per pass")[-1], out

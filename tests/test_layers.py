@@ -180,3 +180,76 @@ def test_half_split_is_only_used_for_exact_half_routing():
 def test_peer_running_mean_starts_at_peer_init():
     layer = FFDense(5, name="peer", peer_norm=0.03, peer_init=0.5)
     np.testing.assert_array_equal(layer.running_mean.numpy(), np.full(5, 0.5, np.float32))
+
+
+def _reference_pair_step(kernel, bias, x, y, *, th, routing, peer, running, l2, lr, true_relu):
+    """Hinton's paired step written out by hand: BCE on pos and neg goodness, peer normalization
+    on the positives' mean activity, coupled weight decay, one plain SGD step."""
+    n = x.shape[0] // 2
+    w, b = tf.Variable(kernel), tf.Variable(bias)
+    with tf.GradientTape() as tape:
+        z = x @ w + b
+        h = tf.nn.relu(z) if true_relu else tf.stop_gradient(tf.nn.relu(z) - z) + z
+        sq = tf.square(h)
+        if routing is not None:
+            mask = tf.gather(routing, y)
+            sq = sq * tf.concat([mask[:n], 1.0 - mask[n:]], 0)
+        g = tf.reduce_sum(sq, 1)
+        loss = 0.5 * (tf.reduce_mean(tf.nn.softplus(th - g[:n])) + tf.reduce_mean(tf.nn.softplus(g[n:] - th)))
+        new_running = 0.9 * running + 0.1 * tf.reduce_mean(h[:n], 0)
+        loss += peer * tf.reduce_mean(tf.square(tf.reduce_mean(new_running) - new_running))
+    gw, gb = tape.gradient(loss, [w, b])
+    return (w - lr * (gw + l2 * w)).numpy(), (b - lr * (gb + l2 * b)).numpy(), new_running.numpy()
+
+
+@pytest.mark.parametrize("routed", [False, True])
+@pytest.mark.parametrize("activation", ["relu", "relu_full_grad"])
+def test_pair_step_matches_the_loss_written_out_by_hand(routed, activation):
+    routing = np.array([[1, 1, 1, 0, 0, 0], [0, 0, 1, 1, 1, 1]], np.float32) if routed else None
+    x = tf.random.stateless_normal([16, 5], seed=[3, 4])
+    y = tf.constant(np.arange(16) % 2, tf.int32)
+    keras.utils.set_random_seed(0)
+    layer = FFDense(6, 2.0, 2.0, keras.optimizers.SGD(0.1), name="pair", routing=routing,
+                    neg_routing="complement", activation=activation, peer_norm=0.5, peer_init=0.5, l2=0.01)
+    layer.transform(x, y)
+    layer.build_optimizer()
+    kernel, bias = layer.layer.kernel.numpy(), layer.layer.bias.numpy() + 0.1
+    layer.layer.bias.assign(bias)   # non-zero, so the bias gradient and decay are checked too
+    want = _reference_pair_step(kernel, bias, x, y, th=2.0, routing=routing, peer=0.5,
+                                running=np.full(6, 0.5, np.float32), l2=0.01, lr=0.1,
+                                true_relu=activation == "relu")
+    layer.set_task(Task.TRAIN_PAIR)
+    layer.ff_do_task(x, y)
+    got = (layer.layer.kernel.numpy(), layer.layer.bias.numpy(), layer.running_mean.numpy())
+    assert not np.allclose(got[0], kernel)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
+def test_pair_readout_step_trains_ff_on_pos_neg_and_the_readout_on_the_last_third():
+    x = tf.random.stateless_normal([24, 5], seed=[5, 6])
+    y = tf.constant(np.arange(24) % 3, tf.int32)
+    neutral = tf.random.stateless_normal([12, 5], seed=[7, 8]) * 100.0   # must not reach the FF step
+    weights, outputs = [], []
+    for task, batch, labels in ((Task.TRAIN_PAIR, x, y),
+                                (Task.TRAIN_PAIR_READOUT, tf.concat([x, neutral], 0), tf.concat([y, y[:12]], 0))):
+        keras.utils.set_random_seed(0)
+        layer = FFDense(4, 1.0, 1.0, keras.optimizers.SGD(0.05), name="ff", peer_norm=0.03)
+        layer.transform(x, y)
+        layer.build_optimizer()
+        layer.set_task(task)
+        out = layer.ff_do_task(batch, labels)
+        assert out.shape[0] == batch.shape[0]            # every row passes on to the next layer
+        weights.append([w.numpy() for w in layer.layer.weights] + [layer.running_mean.numpy()])
+    for a, b in zip(*weights):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    # the softmax readout steps on the neutral third only: as TRAIN_POS on those rows
+    for task, batch in ((Task.TRAIN_POS, neutral), (Task.TRAIN_PAIR_READOUT, tf.concat([x, neutral], 0))):
+        keras.utils.set_random_seed(0)
+        sm = FFSoftmax(3, keras.optimizers.SGD(0.1), name="sm")
+        sm.ff_do_task(neutral[:1], y[:1])
+        sm.build_optimizer()
+        sm.set_task(task)
+        sm.ff_do_task(batch, y[:12] if task == Task.TRAIN_POS else tf.concat([y, y[:12]], 0))
+        outputs.append(sm.layer.kernel.numpy())
+    np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-6)

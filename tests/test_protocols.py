@@ -7,6 +7,7 @@ from omegaconf import OmegaConf
 from ffrun import protocols
 from ffrun.builder import build_run
 from ffrun.errors import ConfigError
+from ffrun.layers import Task
 from ffrun.runner import lr_multiplier
 
 
@@ -86,3 +87,14 @@ def test_five_digits_protocol_sets(cfg_factory):
     assert set(np.unique(pos.y.numpy())) == {0, 1, 2, 3, 4}
     assert set(np.unique(neg.y.numpy())) <= {5, 6, 7, 8, 9}
     assert set(np.unique(neg.y_ff.numpy())) <= {0, 1, 2, 3, 4} and not neg.positive
+
+
+def test_readout_step_same_step_trains_the_readout_in_the_pair_step(cfg_factory):
+    base = ["experiment=paper_small", "data=digits", "data.val_size=300", "units=8", "readout_step=separate"]
+    separate = build_run(cfg_factory(base)).plan.train
+    assert [e.task for e in separate] == [Task.TRAIN_PAIR, Task.TRAIN_POS]
+    fused = build_run(cfg_factory([*base, "readout_step=same_step"])).plan.train
+    assert [e.task for e in fused] == [Task.TRAIN_PAIR_READOUT]
+    assert "softmax" in fused[0].layers and "dense1" in fused[0].layers
+    with pytest.raises(ConfigError, match="pairing=same_step"):
+        build_run(cfg_factory([*base, "pairing=separate", "readout_step=same_step"]))

@@ -57,3 +57,20 @@ def test_eval_every_must_be_positive(train_tiny):
     from ffrun.errors import ConfigError
     with pytest.raises(ConfigError, match="eval_every"):
         train_tiny(["eval_every=0"])
+
+
+def test_readout_in_the_pair_step_learns_and_leaves_the_ff_layers_alone(cfg_factory, tmp_path):
+    """readout_step=same_step (Hinton's code: the neutral-label softmax trains in the FF step)
+    learns the readout and trains the FF layers exactly as the separate readout pass does."""
+    from ffrun import reporting, runner
+    results = {}
+    for step in ("separate", "same_step"):
+        cfg = cfg_factory(["experiment=paper_small", "data=digits", "data.val_size=300", "epochs=10",
+                           "units=64", "batch_size=32", "checkpoint.every=0", "tensorboard.enabled=false",
+                           f"readout_step={step}"])
+        (tmp_path / step).mkdir()
+        results[step] = runner.train(cfg, tmp_path / step, reporting.make_console())
+        assert results[step]["status"] == "completed"
+    fused, separate = results["same_step"]["readouts"], results["separate"]["readouts"]
+    assert fused["softmax/acc"]["best"] > 3 * 0.1
+    assert fused["goodness/acc"]["final"] == pytest.approx(separate["goodness/acc"]["final"], abs=0.01)
