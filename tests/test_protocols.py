@@ -70,6 +70,21 @@ def test_hybrid_images_mix_two_different_images():
         assert len(values) <= 2 and values != {float(i)}, (i, values)   # mixed with another image
     same = protocols.hybrid_images(tf.constant(x), tf.constant([0, 1], tf.int64), 8, 8, 6).numpy()
     np.testing.assert_array_equal(out, same)                            # stateless in the seed
+    in_chunks = protocols.hybrid_images(tf.constant(x), tf.constant([0, 1], tf.int64), 8, 8, 6, chunk=4).numpy()
+    np.testing.assert_array_equal(out, in_chunks)                       # chunking changes nothing
+
+
+def test_hybrid_masks_are_blobs_not_pixel_noise():
+    """After 6 blurs the 0.5-threshold mask has large connected regions: far fewer changes between
+    horizontal neighbours than the ~50% of raw random bits."""
+    x = np.stack([np.full(784, float(i)) for i in range(40)]).astype(np.float32)   # every partner differs
+
+    def change_rate(blur_steps):
+        out = protocols.hybrid_images(tf.constant(x), tf.constant([3, 4], tf.int64), 28, 28, blur_steps,
+                                      chunk=16).numpy().reshape(-1, 28, 28)
+        return np.mean(out[:, :, 1:] != out[:, :, :-1])
+    assert change_rate(0) > 0.4
+    assert 0.0 < change_rate(6) < 0.2
 
 
 def test_linear_cooldown():
