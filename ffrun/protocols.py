@@ -213,7 +213,6 @@ def _wrong_label(splits, x, y, seed, stream):
     return pos, draw
 
 
-@tf.function(reduce_retracing=True)
 def hybrid_images(X: tf.Tensor, seed: tf.Tensor, height: int, width: int, blur_steps: int,
                   chunk: int = 8192) -> tf.Tensor:
     """Hinton's unsupervised negatives: a random bit image blurred ``blur_steps`` times with
