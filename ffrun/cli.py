@@ -31,6 +31,27 @@ def load_run_config(run_dir: Path) -> DictConfig:
     return OmegaConf.load(path)
 
 
+def config_for_resume(run_dir: Path, cfg: DictConfig, task_overrides: list[str]) -> DictConfig:
+    """The saved config of ``run_dir`` with what belongs to this invocation: how far to go
+    (``stop_after_epoch``, and ``epochs`` to extend a run), and how to show it (``progress``).
+
+    Extending is exact only when nothing else depends on the planned length: a constant learning
+    rate (a cool-down is planned over the total) and no readout-only stage after the FF epochs."""
+    from ffrun.errors import ConfigError
+    saved = load_run_config(run_dir)
+    saved.stop_after_epoch, saved.progress = cfg.stop_after_epoch, cfg.progress
+    if any(o.split("=", 1)[0] == "epochs" for o in task_overrides) and int(cfg.epochs) != int(saved.epochs):
+        if saved.get("lr_schedule", "constant") != "constant" or int(saved.get("readout_epochs") or 0):
+            raise ConfigError("epochs can be changed on resume only for runs with lr_schedule=constant and "
+                              "readout_epochs=0 (otherwise the schedule depends on the planned length)")
+        saved.epochs = int(cfg.epochs)
+    ignored = [o for o in task_overrides
+               if o.split("=", 1)[0].lstrip("+~") not in ("resume", "stop_after_epoch", "progress", "epochs")]
+    if ignored:
+        logging.getLogger("ffrun").warning("resume keeps the run's saved config; ignored: %s", " ".join(ignored))
+    return saved
+
+
 class _DropRetracingWarning(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return "triggered tf.function retracing" not in record.getMessage()
@@ -59,9 +80,7 @@ def run_job(cfg: DictConfig) -> float:
     try:
         if cfg.resume:
             run_dir = Path(cfg.resume).expanduser().resolve()
-            saved = load_run_config(run_dir)
-            # how far to go and how to show it belong to this invocation, not to the saved run
-            saved.stop_after_epoch, saved.progress = cfg.stop_after_epoch, cfg.progress
+            saved = config_for_resume(run_dir, cfg, list(hc.overrides.task))
             results = runner.train(saved, run_dir, console, resume=True, overrides=list(hc.overrides.task))
         else:
             results = runner.train(cfg, run_dir, console, overrides=list(hc.overrides.task))

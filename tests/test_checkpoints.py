@@ -94,3 +94,42 @@ def test_sigint_checkpoints_and_resume_finishes(tmp_path):
     assert proc.returncode == 130, proc.stderr[-2000:]
     assert len(read_metrics(run_dir / "metrics.csv")) == done + 2
     assert (run_dir / ".hydra" / "config.yaml").exists() and (run_dir / ".hydra_resume").exists()
+
+
+def test_a_finished_run_extends_to_more_epochs_exactly(tmp_path):
+    """`ffrun resume=<run> epochs=N` continues a completed run as if it had been planned for N."""
+    from omegaconf import OmegaConf
+
+    from ffrun.cli import config_for_resume
+    from ffrun.errors import ConfigError
+    plan = ["readout_epochs=0"]
+    full = _train(tmp_path / "full", [*plan, "epochs=5"])
+    short = _train(tmp_path / "short", [*plan, "epochs=3"])
+    assert short["status"] == "completed" and short["epochs"] == 3
+    (tmp_path / "short" / ".hydra").mkdir()
+    OmegaConf.save(compose_config([*BASE, *plan, "epochs=3"]), tmp_path / "short" / ".hydra" / "config.yaml")
+    now = compose_config([*BASE, "epochs=5"])
+    cfg = config_for_resume(tmp_path / "short", now, ["resume=x", "epochs=5"])
+    assert cfg.epochs == 5 and cfg.readout_epochs == 0
+    extended = runner.train(cfg, tmp_path / "short", reporting.make_console(), resume=True)
+    assert extended["status"] == "completed" and extended["resumed_from_epoch"] == 3
+    assert _metrics_without_timing(tmp_path / "short") == _metrics_without_timing(tmp_path / "full")
+    assert extended["test_acc"] == full["test_acc"]
+    # without an `epochs` override the saved plan stands; a planned cool-down cannot be stretched
+    assert config_for_resume(tmp_path / "short", now, ["resume=x"]).epochs == 3
+    OmegaConf.save(compose_config([*BASE, *plan, "epochs=3", "lr_schedule=linear_cooldown"]),
+                   tmp_path / "short" / ".hydra" / "config.yaml")
+    with pytest.raises(ConfigError, match="lr_schedule=constant"):
+        config_for_resume(tmp_path / "short", now, ["resume=x", "epochs=5"])
+
+
+def test_resume_says_which_overrides_it_ignores(tmp_path, caplog):
+    from omegaconf import OmegaConf
+
+    from ffrun.cli import config_for_resume
+    (tmp_path / ".hydra").mkdir()
+    OmegaConf.save(compose_config(BASE), tmp_path / ".hydra" / "config.yaml")
+    with caplog.at_level("WARNING", logger="ffrun"):
+        cfg = config_for_resume(tmp_path, compose_config([*BASE, "units=8"]), ["resume=x", "units=8", "progress=false"])
+    assert cfg.units == compose_config(BASE).units
+    assert "ignored: units=8" in caplog.text and "progress" not in caplog.text
