@@ -255,7 +255,7 @@ class Bench:
         # As runner.train does: no names or graphs leak from the previous run; same seed, same weights.
         keras.backend.clear_session()
         keras.utils.set_random_seed(int(cfg.seed))
-        run = build_run(cfg)
+        run = build_run(cfg, keep_splits=True)
         # Only the training passes are timed; evaluation is measured on its own.
         mgr = TrainMgr(run.network.layers, run.network.seq, run.plan.train, batch_size=int(cfg.batch_size),
                        eval_batch_size=int(cfg.eval_batch_size), seed=int(cfg.seed), shuffle=bool(cfg.shuffle))

@@ -206,9 +206,11 @@ def build_network(model: DictConfig, num_classes: int, supervised: bool,
 
 @dataclass
 class Run:
-    """Everything a training run needs, built from one config."""
+    """Everything a training run needs, built from one config. ``splits`` (the numpy images) is
+    None unless asked for: the plan holds the tensors, and a second copy of MNIST costs ~210 MB."""
 
-    splits: ImageSplits
+    data_name: str
+    splits: ImageSplits | None
     network: Network
     plan: Plan
     schedule: list[tuple[Any, int]]
@@ -225,7 +227,7 @@ def build_schedule(cfg: DictConfig) -> list[tuple[Any, int]]:
     return schedule
 
 
-def build_run(cfg: DictConfig) -> Run:
+def build_run(cfg: DictConfig, keep_splits: bool = False) -> Run:
     """YAML -> composed config -> (data, layers dict + sequence, plan, schedule)."""
     d = cfg.data
     splits = load_splits(d.name, d.get("path"), _int(d.val_size, "data.val_size", 0), d.normalize,
@@ -240,4 +242,4 @@ def build_run(cfg: DictConfig) -> Run:
                                pairing=cfg.pairing,
                                readout_step=cfg.get("readout_step", "separate"), readout_probs=network.readout_probs)
     plan.routing, plan.neg_routing = spec.routing, spec.neg_routing
-    return Run(splits, network, plan, build_schedule(cfg))
+    return Run(splits.name, splits if keep_splits else None, network, plan, build_schedule(cfg))

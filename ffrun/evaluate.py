@@ -43,6 +43,8 @@ def predict(network: Network, data: FFData, readout: str, batch_size: int = 1000
         layer.set_task(task)
     if network.roles.supervised and not goodness:
         data = neutral(data)
+    if goodness:   # batch_size counts rows; each image becomes one row per label
+        batch_size = max(1, batch_size // max(layer.duped_rows for layer in network.layers.values()))
     preds = []
     for start in range(0, len(data), batch_size):
         sl = slice(start, start + batch_size)

@@ -66,6 +66,9 @@ class BaseFFLayer:
         self.positive = True          # whether the data of an EVAL pass is positive
         self.metrics: dict[str, keras.metrics.Metric] = {}
 
+    #: rows this layer makes of each input row under EVAL_DUPED (the overlay: one per label)
+    duped_rows: int = 1
+
     # --- task plumbing -----------------------------------------------------------------
     def set_task(self, task: Task, positive: bool = True) -> None:
         self.task = task
@@ -398,6 +401,7 @@ class FFOverlay(BaseFFLayer):
             raise ValueError(f"overlay mode must be one of {self.MODES}, got {mode!r}")
         super().__init__(None, name)
         self.num_classes = num_classes
+        self.duped_rows = num_classes
         self.mode = mode
         self.value = float(value)
 

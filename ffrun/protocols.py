@@ -53,6 +53,9 @@ class PerEpoch:
 
     def __call__(self, epoch: int):
         if epoch != self._epoch:
+            # Let go of the last epoch's set before drawing the next: two 50k-image sets at once
+            # were the peak of an unsupervised run.
+            self._epoch, self._value = None, None
             self._epoch, self._value = epoch, self.make(epoch)
         return self._value
 

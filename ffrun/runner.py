@@ -168,13 +168,13 @@ def train(cfg: DictConfig, run_dir: Path, console: Console | None = None,
         "status": "running", "reason": None, "run_dir": str(run_dir),
         "mode": cfg.mode.name, "protocol": cfg.protocol.name, "val_set": plan.val_set, "test_set": "test",
         "primary": primary, "epochs_planned": total_epochs, "overrides": list(overrides or []),
-        "data": {"name": run.splits.name, **plan.info}, "resumed_from_epoch": start_epoch if resume else None,
+        "data": {"name": run.data_name, **plan.info}, "resumed_from_epoch": start_epoch if resume else None,
     }
     reporting.write_json(run_dir / "results.json", results)
     tb = tf.summary.create_file_writer(str(run_dir / "tb")) if cfg.tensorboard.enabled else None
     hist_every = int(cfg.tensorboard.histogram_every)
     log.info("run folder: %s", run_dir)
-    log.info("%s / %s on %s: %s, %d epochs planned", cfg.mode.name, cfg.protocol.name, run.splits.name,
+    log.info("%s / %s on %s: %s, %d epochs planned", cfg.mode.name, cfg.protocol.name, run.data_name,
              " -> ".join(f"{n}({l.units})" if hasattr(l, "units") else n for n, l in layers.items()),
              total_epochs)
     stop = StopRequest()

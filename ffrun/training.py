@@ -121,6 +121,11 @@ class TrainMgr:
         self._built = False
         self._base_lr = {}
 
+    @property
+    def duped_rows(self) -> int:
+        """Rows per image in an all-labels (EVAL_DUPED) pass."""
+        return max(layer.duped_rows for layer in self.layers.values())
+
     # --- building ------------------------------------------------------------------------
     def build(self, sample: FFData | None = None) -> None:
         """Build every Keras layer and optimizer eagerly (no variables may be born in a graph)."""
@@ -219,6 +224,10 @@ class TrainMgr:
         else:
             perm = np.arange(n, dtype=np.int32)
         bs = self.batch_size if training else self.eval_batch_size
+        if entry.task == Task.EVAL_DUPED:
+            # eval_batch_size counts rows: an all-labels pass makes one row per (image, label), and
+            # 1000 images x 10 labels would hold ~0.6 GB more activations at 4 x 2000.
+            bs = max(1, bs // self.duped_rows)
         key = (entry.task, pos.positive, active, bs)
         self._set_tasks(active, entry.task, pos.positive)
         fn = self._graph(key, entry.task, bs)

@@ -72,7 +72,7 @@ def test_executed_flops_halve_the_weight_gradient_under_half_split(cfg_factory):
     for split in ("true", "false"):
         cfg = cfg_factory(["debug=tiny", "protocol=split", "mode=unsup", "units=32",
                            f"model.split_gradient={split}"])
-        run = build_run(cfg)
+        run = build_run(cfg, keep_splits=True)
         TrainMgr(run.network.layers, run.network.seq, run.plan.train).build()
         counts[split] = bench.ff_epoch_flop(run.network.layers, run.plan.train)
     n = len(run.splits.x_train)

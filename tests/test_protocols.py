@@ -113,3 +113,31 @@ def test_readout_step_same_step_trains_the_readout_in_the_pair_step(cfg_factory)
     assert "softmax" in fused[0].layers and "dense1" in fused[0].layers
     with pytest.raises(ConfigError, match="pairing=same_step"):
         build_run(cfg_factory([*base, "pairing=separate", "readout_step=same_step"]))
+
+
+def test_per_epoch_sets_let_go_of_the_last_epoch_before_drawing():
+    # Two 50k-image hybrid sets alive at once were an unsup run's memory peak.
+    import gc
+    import weakref
+
+    from ffrun.protocols import PerEpoch
+
+    class Images:  # stands in for a drawn FFData
+        pass
+
+    alive_when_drawing = []
+    last = []
+
+    def make(epoch):
+        gc.collect()
+        alive_when_drawing.append(bool(last) and last[-1]() is not None)
+        obj = Images()
+        last.append(weakref.ref(obj))
+        return obj
+
+    per_epoch = PerEpoch(make)
+    first = per_epoch(1)
+    assert per_epoch(1) is first        # passes of one epoch share the draw
+    del first
+    per_epoch(2)
+    assert alive_when_drawing == [False, False]

@@ -94,3 +94,36 @@ def test_same_seed_same_weights():
         TrainMgr(layers, seq, [(Task.TRAIN_POS, pos), (Task.TRAIN_NEG, neg)], batch_size=32, seed=3).fit([("all", 2)])
         return layers["dense2"].layer.kernel.numpy()
     np.testing.assert_array_equal(run(), run())
+
+
+class _Passes:
+    """A progress hook that records (pass label, batches) as TrainMgr announces them."""
+
+    def __init__(self):
+        self.passes = []
+
+    def start_pass(self, label, batches):
+        self.passes.append((label, batches))
+
+    def advance(self, batches_done):
+        pass
+
+    def end_pass(self):
+        pass
+
+
+def test_all_labels_evaluation_batches_count_rows_not_images(cfg_factory):
+    # eval_batch_size bounds the rows in memory: 10 labels per image means 1/10 the images per batch
+    from ffrun.builder import build_run
+    run = build_run(cfg_factory(["data=digits", "mode=sup", "protocol=wrong_label", "units=8", "num_layers=2"]))
+    duped = [e for e in run.plan.test if e.task == Task.EVAL_DUPED]
+    assert duped
+    accs = []
+    for eval_bs in (40, 1000):
+        hook = _Passes()
+        mgr = TrainMgr(run.network.layers, run.network.seq, run.plan.train, batch_size=32,
+                       eval_batch_size=eval_bs, progress=hook)
+        accs.append(mgr.evaluate(duped)["goodness/acc"])
+        n = len(duped[0].data)
+        assert hook.passes == [(duped[0].label, -(-n // max(1, eval_bs // 10)))]
+    assert accs[0] == accs[1]          # batching changes memory, never the result
