@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -33,23 +35,54 @@ def load_run_config(run_dir: Path) -> DictConfig:
 
 def config_for_resume(run_dir: Path, cfg: DictConfig, task_overrides: list[str]) -> DictConfig:
     """The saved config of ``run_dir`` with what belongs to this invocation: how far to go
-    (``stop_after_epoch``, and ``epochs`` to extend a run), and how to show it (``progress``).
+    (``stop_after_epoch``; ``epochs`` and ``readout_epochs`` to extend a run), and how to show it
+    (``progress``).
 
-    Extending is exact only when nothing else depends on the planned length: a constant learning
-    rate (a cool-down is planned over the total) and no readout-only stage after the FF epochs."""
+    Extending is exact only when it changes no epoch already run: more FF epochs need a constant
+    learning rate (a cool-down is planned over the stage) and no readout-only stage after them; a
+    longer readout-only stage needs a constant rate or no readout-only epochs before (each stage
+    runs its own cool-down). An accepted extension is written to the run's ``.hydra/config.yaml``
+    (the plan as first composed stays in ``.hydra/config.planned.yaml``), so that the folder says
+    what it holds and a later plain ``resume=`` finishes the extended plan."""
     from ffrun.errors import ConfigError
     saved = load_run_config(run_dir)
+    planned = {k: saved.get(k) for k in ("epochs", "readout_epochs")}
     saved.stop_after_epoch, saved.progress = cfg.stop_after_epoch, cfg.progress
-    if any(o.split("=", 1)[0] == "epochs" for o in task_overrides) and int(cfg.epochs) != int(saved.epochs):
-        if saved.get("lr_schedule", "constant") != "constant" or int(saved.get("readout_epochs") or 0):
+    given = {o.split("=", 1)[0] for o in task_overrides}
+    constant = saved.get("lr_schedule", "constant") == "constant"
+    old_readout = int(saved.get("readout_epochs") or 0)
+    if "epochs" in given and int(cfg.epochs) != int(saved.epochs):
+        if not constant or old_readout:
             raise ConfigError("epochs can be changed on resume only for runs with lr_schedule=constant and "
                               "readout_epochs=0 (otherwise the schedule depends on the planned length)")
         saved.epochs = int(cfg.epochs)
-    ignored = [o for o in task_overrides
-               if o.split("=", 1)[0].lstrip("+~") not in ("resume", "stop_after_epoch", "progress", "epochs")]
+    if "readout_epochs" in given and int(cfg.readout_epochs) != old_readout:
+        if len(saved.schedule) < 2:
+            raise ConfigError(f"mode {saved.mode.name} has no readout-only stage; readout_epochs does nothing here")
+        if int(cfg.readout_epochs) < old_readout or (old_readout and not constant):
+            raise ConfigError("readout_epochs can only grow on resume, and only from 0 unless "
+                              "lr_schedule=constant (its cool-down is planned over the stage)")
+        saved.readout_epochs = int(cfg.readout_epochs)
+    changed = {k: saved.get(k) for k in planned if saved.get(k) != planned[k]}
+    if changed:
+        _record_extension(run_dir, changed)
+    ignored = [o for o in task_overrides if o.split("=", 1)[0].lstrip("+~")
+               not in ("resume", "stop_after_epoch", "progress", "epochs", "readout_epochs")]
     if ignored:
         logging.getLogger("ffrun").warning("resume keeps the run's saved config; ignored: %s", " ".join(ignored))
     return saved
+
+
+def _record_extension(run_dir: Path, changed: dict) -> None:
+    hydra_dir = run_dir / ".hydra"
+    on_disk = OmegaConf.load(hydra_dir / "config.yaml")
+    if not (hydra_dir / "config.planned.yaml").exists():
+        shutil.copy2(hydra_dir / "config.yaml", hydra_dir / "config.planned.yaml")
+    for key, value in changed.items():
+        on_disk[key] = value
+    tmp = hydra_dir / "config.yaml.tmp"
+    OmegaConf.save(on_disk, tmp)
+    os.replace(tmp, hydra_dir / "config.yaml")     # atomic: a crash leaves the old or the new plan
 
 
 class _DropRetracingWarning(logging.Filter):

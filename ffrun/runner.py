@@ -8,7 +8,7 @@ import statistics
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import keras
 import tensorflow as tf
@@ -24,15 +24,22 @@ from ffrun.training import EpochResult, NonFiniteLoss, TrainMgr
 log = logging.getLogger("ffrun")
 
 
-def lr_multiplier(cfg: DictConfig, total_epochs: int) -> Callable[[int], float] | None:
-    """``constant``, or ``linear_cooldown``: constant for the first half of training, then decayed
-    linearly to about zero (the paper; lr * 2 * (1 + E - e) / E with e counted from 0)."""
+def lr_multiplier(cfg: DictConfig, stage_epochs: Sequence[int]) -> Callable[[int], float] | None:
+    """``constant``, or ``linear_cooldown``: constant for the first half of a stage, then decayed
+    linearly to about zero (the paper; lr * 2 * (1 + E - e) / E with e counted from 0 in a stage of
+    E epochs). Each stage (the FF epochs, then any readout-only epochs) runs the schedule afresh:
+    a readout trained alone after the cool-down should not start at a learning rate of zero."""
     if cfg.lr_schedule == "constant":
         return None
     if cfg.lr_schedule == "linear_cooldown":
+        starts = [0]
+        for n in stage_epochs:
+            starts.append(starts[-1] + int(n))
+
         def mult(epoch: int) -> float:
-            e = epoch - 1
-            return 1.0 if e <= total_epochs // 2 else 2.0 * (1 + total_epochs - e) / total_epochs
+            stage = max(i for i in range(len(stage_epochs)) if starts[i] < epoch) if epoch > 0 else 0
+            e, total = epoch - 1 - starts[stage], int(stage_epochs[stage])
+            return 1.0 if e <= total // 2 else 2.0 * (1 + total - e) / total
         return mult
     raise ConfigError(f"lr_schedule must be constant or linear_cooldown, got {cfg.lr_schedule!r}")
 
@@ -131,12 +138,11 @@ def train(cfg: DictConfig, run_dir: Path, console: Console | None = None,
     run: Run = build_run(cfg)
     layers, plan = run.network.layers, run.plan
     total_epochs = sum(e for _, e in run.schedule)
-    ff_epochs = run.schedule[0][1] if run.schedule else 0
     interactive = console.is_interactive and bool(cfg.progress)
     progress = reporting.RichProgress(console, total_epochs) if interactive else None
     mgr = TrainMgr(layers, run.network.seq, plan.train + plan.val, batch_size=int(cfg.batch_size),
                    eval_batch_size=int(cfg.eval_batch_size), seed=int(cfg.seed), shuffle=bool(cfg.shuffle),
-                   lr_multiplier=lr_multiplier(cfg, ff_epochs), progress=progress)
+                   lr_multiplier=lr_multiplier(cfg, [n for _, n in run.schedule]), progress=progress)
     mgr.build()
 
     acc_keys = [f"{n}/acc" for n in run.network.roles.goodness + run.network.roles.softmax]

@@ -115,12 +115,41 @@ def test_a_finished_run_extends_to_more_epochs_exactly(tmp_path):
     assert extended["status"] == "completed" and extended["resumed_from_epoch"] == 3
     assert _metrics_without_timing(tmp_path / "short") == _metrics_without_timing(tmp_path / "full")
     assert extended["test_acc"] == full["test_acc"]
-    # without an `epochs` override the saved plan stands; a planned cool-down cannot be stretched
-    assert config_for_resume(tmp_path / "short", now, ["resume=x"]).epochs == 3
+    # the folder now says it was planned for 5 (the first plan is kept beside it), so a later plain
+    # resume finishes the extended plan; a planned cool-down cannot be stretched
+    assert config_for_resume(tmp_path / "short", now, ["resume=x"]).epochs == 5
+    assert OmegaConf.load(tmp_path / "short" / ".hydra" / "config.planned.yaml").epochs == 3
     OmegaConf.save(compose_config([*BASE, *plan, "epochs=3", "lr_schedule=linear_cooldown"]),
                    tmp_path / "short" / ".hydra" / "config.yaml")
     with pytest.raises(ConfigError, match="lr_schedule=constant"):
         config_for_resume(tmp_path / "short", now, ["resume=x", "epochs=5"])
+
+
+def test_a_finished_run_gets_a_readout_only_stage_exactly(tmp_path):
+    """`ffrun resume=<run> readout_epochs=N` trains the readout alone after a finished FF run, with a
+    cool-down of its own, as if the stage had been planned from the start."""
+    from omegaconf import OmegaConf
+
+    from ffrun.cli import config_for_resume
+    from ffrun.errors import ConfigError
+    plan = ["epochs=3", "lr_schedule=linear_cooldown"]
+    full = _train(tmp_path / "full", [*plan, "readout_epochs=2"])
+    _train(tmp_path / "ff_only", [*plan, "readout_epochs=0"])
+    (tmp_path / "ff_only" / ".hydra").mkdir()
+    OmegaConf.save(compose_config([*BASE, *plan, "readout_epochs=0"]), tmp_path / "ff_only" / ".hydra" / "config.yaml")
+    cfg = config_for_resume(tmp_path / "ff_only", compose_config([*BASE, "readout_epochs=2"]),
+                            ["resume=x", "readout_epochs=2"])
+    extended = runner.train(cfg, tmp_path / "ff_only", reporting.make_console(), resume=True)
+    assert extended["status"] == "completed" and extended["epochs"] == 5
+    assert _metrics_without_timing(tmp_path / "ff_only") == _metrics_without_timing(tmp_path / "full")
+    assert extended["test_acc"] == full["test_acc"]
+    # a planned readout stage with a cool-down cannot be stretched, nor shrunk; sup has none
+    with pytest.raises(ConfigError, match="can only grow"):
+        config_for_resume(tmp_path / "ff_only", compose_config([*BASE, "readout_epochs=3"]), ["resume=x", "readout_epochs=3"])
+    OmegaConf.save(compose_config([*BASE, *plan, "mode=sup", "protocol=wrong_label"]),
+                   tmp_path / "ff_only" / ".hydra" / "config.yaml")
+    with pytest.raises(ConfigError, match="no readout-only stage"):
+        config_for_resume(tmp_path / "ff_only", compose_config([*BASE, "readout_epochs=4"]), ["resume=x", "readout_epochs=4"])
 
 
 def test_resume_says_which_overrides_it_ignores(tmp_path, caplog):

@@ -89,10 +89,19 @@ def test_hybrid_masks_are_blobs_not_pixel_noise():
 
 def test_linear_cooldown():
     cfg = OmegaConf.create({"lr_schedule": "linear_cooldown"})
-    mult = lr_multiplier(cfg, 10)
+    mult = lr_multiplier(cfg, [10])
     assert [mult(e) for e in (1, 6)] == [1.0, 1.0]
     assert mult(7) == pytest.approx(2 * (1 + 10 - 6) / 10) and mult(10) == pytest.approx(0.4)
-    assert lr_multiplier(OmegaConf.create({"lr_schedule": "constant"}), 10) is None
+    assert lr_multiplier(OmegaConf.create({"lr_schedule": "constant"}), [10]) is None
+
+
+def test_linear_cooldown_restarts_for_a_readout_only_stage():
+    # After 10 FF epochs the readout trains alone for 4: its rate must not run past zero into
+    # negative values (the single-stage formula gives -0.2 at epoch 12).
+    mult = lr_multiplier(OmegaConf.create({"lr_schedule": "linear_cooldown"}), [10, 4])
+    assert mult(10) == pytest.approx(0.4)
+    assert [mult(e) for e in (11, 12, 13, 14)] == pytest.approx([1.0, 1.0, 1.0, 2 * (1 + 4 - 3) / 4])
+    assert all(mult(e) > 0 for e in range(1, 15))
 
 
 def test_five_digits_protocol_sets(cfg_factory):
