@@ -77,6 +77,7 @@ def train(cfg: DictConfig, run_dir: Path, console: Console | None = None,
     keras.backend.clear_session()
     keras.utils.set_random_seed(int(cfg.seed))
     t_start = time.perf_counter()
+    reporting.reset_peak_memory()   # a sweep's jobs share a process; each reports its own peak
     d = cfg.data
     splits = load_splits(d.name, d.get("path"), _int(d.val_size, "data.val_size", 0), d.normalize,
                          d.get("train_size"), d.get("test_size"))

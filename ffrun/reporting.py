@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import os
+import re
 import resource
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -69,9 +70,32 @@ class RichProgress:
         self.progress.update(self.epochs, completed=epoch, stats=stats)
 
 
+def _vm_hwm_kib() -> int | None:
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    m = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
+    return int(m.group(1)) if m else None
+
+
+def reset_peak_memory() -> bool:
+    """Restart the peak-memory count (Linux: VmHWM), so that each job of a sweep, which shares one
+    process, reports its own peak. False where the kernel does not allow it."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
 def peak_memory_mb() -> float:
-    """Peak resident memory of this process (Linux reports KiB)."""
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
+    """Peak resident memory of this process since the last ``reset_peak_memory`` (Linux VmHWM),
+    else since it started (ru_maxrss; Linux and BSD report KiB)."""
+    kib = _vm_hwm_kib()
+    if kib is None:
+        kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(kib / 1024.0, 1)
 
 
 class MetricsCSV:

@@ -134,6 +134,7 @@ def train(cfg: DictConfig, run_dir: Path, console: Console | None = None,
     keras.backend.clear_session()        # multirun jobs share a process: no names or graphs leak
     keras.utils.set_random_seed(int(cfg.seed))
     t_start = time.perf_counter()
+    reporting.reset_peak_memory()   # a sweep's jobs share a process; each reports its own peak
 
     run: Run = build_run(cfg)
     layers, plan = run.network.layers, run.plan

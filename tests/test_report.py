@@ -180,3 +180,16 @@ def test_callback_never_raises(tmp_path: Path, caplog: pytest.LogCaptureFixture)
         SweepReport().on_multirun_end(config=OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "x")}}}))
         SweepReport().on_multirun_end(config=OmegaConf.create({}))   # no hydra node at all
     assert len([r for r in caplog.records if "sweep report not written" in r.getMessage()]) == 2
+
+
+def test_peak_memory_is_per_job_after_a_reset():
+    # A sweep runs its jobs in one process: a small job after a big one must not report the big peak.
+    import numpy as np
+
+    from ffrun import reporting
+    big = np.ones(200 * 2**20 // 8)        # 200 MB, touched
+    del big
+    high = reporting.peak_memory_mb()
+    if not reporting.reset_peak_memory():
+        pytest.skip("this kernel does not let a process reset its peak (/proc/self/clear_refs)")
+    assert reporting.peak_memory_mb() < high - 150
