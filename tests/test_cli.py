@@ -41,10 +41,29 @@ def test_multirun_with_basic_launcher(tmp_path):
 
 def test_unknown_override_fails_with_one_line(tmp_path):
     proc = _run(["debug=tiny", "unitz=5"], cwd=tmp_path)
-    assert proc.returncode != 0
-    assert "unitz" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "ffrun: unknown config key 'unitz'; did you mean units? (to add a new key on purpose: +unitz=5)"]
     assert not (tmp_path / "outputs").exists()
+
+
+def test_bad_overrides_name_the_fix_in_one_line():
+    from ffrun.cli import override_problem
+    # a nested key inside a group an experiment selects
+    assert "did you mean protocol.blur_steps?" in override_problem(
+        ["experiment=paper_unsup", "protocol.blur_step=3"])
+    # a misspelt preset names the nearest one
+    assert override_problem(["experiment=paper_supp"]).startswith(
+        "no config 'paper_supp' in group 'experiment'; did you mean experiment=paper_sup?")
+    # a sweep is checked job by job: its values are fine, the misspelt key is not
+    assert "'unitz'" in override_problem(["-m", "units=100,500", "unitz=3"])
+    assert override_problem(["-m", "units=100,500", "splitting=random,same"]) is None
+    # every config choice of a sweep is checked, not only the first job's
+    assert "'paper_supp'" in override_problem(["-m", "experiment=paper_small,paper_supp"])
+    assert override_problem(["units=[1,2"]).startswith("cannot parse the override 'units=[1,2'")
+    assert override_problem(["debug=tiny", "+model.note=x", "hydra.run.dir=/tmp/x"]) is None
+    for problem in (override_problem(["unitz=5"]), override_problem(["mode=nope"])):
+        assert "\n" not in problem
 
 
 def test_missing_data_file_fails_with_one_line(tmp_path):
