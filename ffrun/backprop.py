@@ -99,21 +99,36 @@ def train(cfg: DictConfig, run_dir: Path, console: Console | None = None,
     best_ckpt.parent.mkdir(exist_ok=True)
     log.info("run folder: %s", run_dir)
     log.info("bp on %s: %s, %d epochs", splits.name, " -> ".join(l.name for l in model.layers[1:]), epochs)
+    callbacks = [_Recorder(csv_out, rows, len(x_tr), epochs),
+                 keras.callbacks.ModelCheckpoint(str(best_ckpt), monitor="val_acc", mode="max",
+                                                 save_best_only=True, save_weights_only=True)]
+    if cfg.tensorboard.enabled:   # Keras' own writer: <run>/tb/train and tb/validation
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "tb"), write_graph=False))
+    interrupted = False
     try:
         model.fit(x_tr, y_tr, batch_size=int(cfg.batch_size), epochs=epochs, shuffle=bool(cfg.shuffle),
-                  validation_data=(x_val, y_val), verbose=0,
-                  callbacks=[_Recorder(csv_out, rows, len(x_tr), epochs),
-                             keras.callbacks.ModelCheckpoint(str(best_ckpt), monitor="val_acc", mode="max",
-                                                             save_best_only=True, save_weights_only=True)])
+                  validation_data=(x_val, y_val), verbose=0, callbacks=callbacks)
+    except KeyboardInterrupt:
+        # Ctrl-C: keep what the finished epochs earned (metrics.csv, the best weights) and report it
+        interrupted = True
+        log.warning("interrupted after %d of %d epochs (a bp run cannot be resumed)", len(rows), epochs)
     finally:
         csv_out.close()
-    status = "completed" if rows and np.isfinite(rows[-1]["bp/loss"]) else "failed"
+    if not rows:
+        results = {"status": "interrupted" if interrupted else "failed", "reason": "no epoch finished",
+                   "run_dir": str(run_dir), "mode": "bp", "epochs": 0, "epochs_planned": epochs,
+                   "overrides": list(overrides or [])}
+        reporting.write_json(run_dir / "results.json", results)
+        return results
+    status = ("interrupted" if interrupted else
+              "completed" if np.isfinite(rows[-1]["bp/loss"]) else "failed")
     _, test_final = model.evaluate(x_te, y_te, batch_size=int(cfg.eval_batch_size), verbose=0)
     best_row = max(rows, key=lambda r: r["bp/acc"])
     model.load_weights(str(best_ckpt))
     _, test_best = model.evaluate(x_te, y_te, batch_size=int(cfg.eval_batch_size), verbose=0)
     results = {
-        "status": status, "reason": None if status == "completed" else "non-finite loss",
+        "status": status,
+        "reason": {"completed": None, "failed": "non-finite loss", "interrupted": "stopped by the user"}[status],
         "run_dir": str(run_dir), "mode": "bp", "protocol": cfg.protocol.name,
         "val_set": "test" if cfg.eval_on == "test" else "validation", "test_set": "test", "primary": "bp/acc",
         "readouts": {"bp/acc": {"final": rows[-1]["bp/acc"], "best": best_row["bp/acc"],

@@ -210,16 +210,15 @@ class Bench:
     args: argparse.Namespace
     console: Console
     notes: list[str] = field(default_factory=list)
-    fallback: dict[str, str] = field(default_factory=dict)   # mode -> protocol used instead of split
 
     def note(self, text: str) -> None:
         self.notes.append(text)
         self.console.log(f"[yellow]note:[/] {text}")
 
-    def overrides(self, mode: str, units: int, protocol: str | None = None) -> list[str]:
+    def overrides(self, mode: str, units: int) -> list[str]:
         a = self.args
         # eval_on=test: with data.val_size=0 (all 60k images train) there is no validation set.
-        base = {"protocol": protocol or "split", "mode": mode, "units": str(units),
+        base = {"protocol": "split", "mode": mode, "units": str(units),
                 "batch_size": str(a.batch_size), "data": a.data, "data.val_size": "0", "eval_on": "test",
                 "model.precision": a.precision, "progress": "false"}
         if a.train_size:
@@ -235,20 +234,9 @@ class Bench:
             return compose("config", overrides=overrides)
 
     def build(self, mode: str, units: int) -> tuple[DictConfig, Run, TrainMgr, float]:
-        """Compose and build an FF run and trace its training graphs with a warm-up epoch.
-        If protocol split does not build or train (it is still being written), fall back to
-        five_digits for this mode and say so. Returns (cfg, run, mgr, warm-up seconds)."""
-        user_protocol = any(o.startswith("protocol=") for o in self.args.overrides)
-        protocol = self.fallback.get(mode)
-        try:
-            return self._build(self.overrides(mode, units, protocol))
-        except Exception as exc:
-            if user_protocol or protocol is not None:
-                raise
-            self.fallback[mode] = "five_digits"
-            self.note(f"protocol split failed for mode={mode} ({type(exc).__name__}: {exc}); "
-                      f"fell back to protocol five_digits (digits 0-4 positive, 5-9 negative)")
-            return self._build(self.overrides(mode, units, "five_digits"))
+        """Compose and build an FF run (protocol split unless the user overrides it) and trace its
+        training graphs with a warm-up epoch. Returns (cfg, run, mgr, warm-up seconds)."""
+        return self._build(self.overrides(mode, units))
 
     def _build(self, overrides: list[str]) -> tuple[DictConfig, Run, TrainMgr, float]:
         cfg = self.compose(overrides)

@@ -137,8 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         evaluate_run(args.run, console, best=args.best)
-    except FFRunError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
+    except FFRunError as exc:   # as argparse's own usage errors: one line on stderr, exit code 2
+        print(f"ffrun-eval: error: {exc}", file=sys.stderr)
         return 2
     return 0
 

@@ -27,7 +27,7 @@ log = logging.getLogger("ffrun")
 def lr_multiplier(cfg: DictConfig, stage_epochs: Sequence[int]) -> Callable[[int], float] | None:
     """``constant``, or ``linear_cooldown``: constant for the first half of a stage, then decayed
     linearly to about zero (the paper; lr * 2 * (1 + E - e) / E with e counted from 0 in a stage of
-    E epochs). Each stage (the FF epochs, then any readout-only epochs) runs the schedule afresh:
+    E epochs, as Hinton's code and its PyTorch port, capped at lr). Each stage (the FF epochs, then any readout-only epochs) runs the schedule afresh:
     a readout trained alone after the cool-down should not start at a learning rate of zero."""
     if cfg.lr_schedule == "constant":
         return None
@@ -39,7 +39,8 @@ def lr_multiplier(cfg: DictConfig, stage_epochs: Sequence[int]) -> Callable[[int
         def mult(epoch: int) -> float:
             stage = max(i for i in range(len(stage_epochs)) if starts[i] < epoch) if epoch > 0 else 0
             e, total = epoch - 1 - starts[stage], int(stage_epochs[stage])
-            return 1.0 if e <= total // 2 else 2.0 * (1 + total - e) / total
+            # min(): for an odd E the formula starts the second half above 1 (4/3 at E=3)
+            return 1.0 if e <= total // 2 else min(1.0, 2.0 * (1 + total - e) / total)
         return mult
     raise ConfigError(f"lr_schedule must be constant or linear_cooldown, got {cfg.lr_schedule!r}")
 

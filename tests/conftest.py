@@ -29,6 +29,17 @@ def compose_config(overrides: list[str], run_dir: Path | None = None) -> DictCon
     return cfg
 
 
+def colored_pixels(png: Path) -> int:
+    """Pixels of a saved figure that are not gray. Axes, ticks, titles, grids and the background
+    are black, gray or white; only drawn data (curves, points, a colour map) has colour, so an
+    empty figure scores 0 (its file still weighs 30 KB: a size floor cannot tell)."""
+    import matplotlib.image as mpimg
+    import numpy as np
+    rgb = mpimg.imread(png)[..., :3]
+    gray = (np.abs(rgb[..., 0] - rgb[..., 1]) < 0.02) & (np.abs(rgb[..., 1] - rgb[..., 2]) < 0.02)
+    return int((~gray).sum())
+
+
 @pytest.fixture
 def cfg_factory():
     return compose_config

@@ -29,10 +29,9 @@ def test_bench_tiny_writes_all_sections(tmp_path):
     for mode in ("unsup", "sup"):
         ff = res["ff"][mode]
         assert ff["layers"] == [[64, 32], [32, 32], [32, 32], [32, 32]]
-        # protocol split: every training image positive, the same images negative; the fallback
-        # (five_digits, while split is being reworked) uses every image once
-        per_image = 2 if ff["protocol"] == "split" else 1
-        assert ff["samples_per_epoch"] == per_image * ff["train_images"]
+        # protocol split: every training image positive, the same images negative
+        assert ff["protocol"] == "split"
+        assert ff["samples_per_epoch"] == 2 * ff["train_images"]
         for key in ("median_epoch_s", "samples_per_s", "gflop_per_epoch", "gflops", "ratio_fp32_roofline"):
             assert _positive(ff[key]), (mode, key, ff[key])
         assert ff["retraces_while_timed"] == 0

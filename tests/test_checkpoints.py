@@ -132,15 +132,15 @@ def test_a_finished_run_gets_a_readout_only_stage_exactly(tmp_path):
 
     from ffrun.cli import config_for_resume
     from ffrun.errors import ConfigError
-    plan = ["epochs=3", "lr_schedule=linear_cooldown"]
-    full = _train(tmp_path / "full", [*plan, "readout_epochs=2"])
+    plan = ["epochs=6", "lr_schedule=linear_cooldown"]   # both stages decay
+    full = _train(tmp_path / "full", [*plan, "readout_epochs=6"])
     _train(tmp_path / "ff_only", [*plan, "readout_epochs=0"])
     (tmp_path / "ff_only" / ".hydra").mkdir()
     OmegaConf.save(compose_config([*BASE, *plan, "readout_epochs=0"]), tmp_path / "ff_only" / ".hydra" / "config.yaml")
-    cfg = config_for_resume(tmp_path / "ff_only", compose_config([*BASE, "readout_epochs=2"]),
-                            ["resume=x", "readout_epochs=2"])
+    cfg = config_for_resume(tmp_path / "ff_only", compose_config([*BASE, "readout_epochs=6"]),
+                            ["resume=x", "readout_epochs=6"])
     extended = runner.train(cfg, tmp_path / "ff_only", reporting.make_console(), resume=True)
-    assert extended["status"] == "completed" and extended["epochs"] == 5
+    assert extended["status"] == "completed" and extended["epochs"] == 12
     assert _metrics_without_timing(tmp_path / "ff_only") == _metrics_without_timing(tmp_path / "full")
     assert extended["test_acc"] == full["test_acc"]
     # a planned readout stage with a cool-down cannot be stretched, nor shrunk; sup has none

@@ -54,11 +54,14 @@ def test_unsup_split_none_is_rejected(cfg_factory):
 def test_split_unsup_negatives_use_the_other_half(cfg_factory):
     run = build_run(cfg_factory(["data=digits", "protocol=split", "splitting=same", "mode=unsup", "units=8"]))
     dense = run.network.layers["dense1"]
-    h = tf.ones([1, 8])
+    h = tf.range(1.0, 9.0)[None, :]              # every unit a different activity
     y = tf.constant([3])
-    assert float(dense._goodness(h, y, True)[0]) == 4.0 and float(dense._goodness(h, y, False)[0]) == 4.0
-    mask_pos = dense._mask(y, True).numpy()
-    assert np.array_equal(mask_pos + dense._mask(y, False).numpy(), np.ones((1, 8)))
+    mask_pos, mask_neg = dense._mask(y, True).numpy(), dense._mask(y, False).numpy()
+    assert np.array_equal(mask_pos + mask_neg, np.ones((1, 8))) and mask_pos.sum() == 4
+    squares = h.numpy() ** 2
+    # the positive pass scores the half that owns class 3, the negative pass the other half
+    assert float(dense._goodness(h, y, True)[0]) == pytest.approx(float((squares * mask_pos).sum()))
+    assert float(dense._goodness(h, y, False)[0]) == pytest.approx(float((squares * mask_neg).sum()))
 
 
 def test_hybrid_images_mix_two_different_images():
@@ -96,12 +99,22 @@ def test_linear_cooldown():
 
 
 def test_linear_cooldown_restarts_for_a_readout_only_stage():
-    # After 10 FF epochs the readout trains alone for 4: its rate must not run past zero into
-    # negative values (the single-stage formula gives -0.2 at epoch 12).
-    mult = lr_multiplier(OmegaConf.create({"lr_schedule": "linear_cooldown"}), [10, 4])
+    # After 10 FF epochs the readout trains alone for 8: its rate must not run past zero into
+    # negative values (the single-stage formula gives -0.4 at epoch 13); it decays afresh.
+    mult = lr_multiplier(OmegaConf.create({"lr_schedule": "linear_cooldown"}), [10, 8])
     assert mult(10) == pytest.approx(0.4)
-    assert [mult(e) for e in (11, 12, 13, 14)] == pytest.approx([1.0, 1.0, 1.0, 2 * (1 + 4 - 3) / 4])
-    assert all(mult(e) > 0 for e in range(1, 15))
+    assert [mult(e) for e in range(11, 19)] == pytest.approx([1.0] * 6 + [0.75, 0.5])
+
+
+@pytest.mark.parametrize("epochs", range(1, 12))
+def test_linear_cooldown_never_raises_the_rate(epochs):
+    # odd stage lengths: the port's formula would start the second half above the base rate
+    mult = lr_multiplier(OmegaConf.create({"lr_schedule": "linear_cooldown"}), [epochs])
+    rates = [mult(e) for e in range(1, epochs + 1)]
+    assert all(0 < r <= 1.0 for r in rates)
+    assert all(b <= a for a, b in zip(rates, rates[1:]))
+    if epochs >= 5:   # shorter stages end before the formula drops below 1
+        assert rates[-1] < 1.0
 
 
 def test_five_digits_protocol_sets(cfg_factory):
@@ -109,8 +122,8 @@ def test_five_digits_protocol_sets(cfg_factory):
     pos = run.plan.train[0].data
     neg = run.plan.train[1].data
     assert set(np.unique(pos.y.numpy())) == {0, 1, 2, 3, 4}
-    assert set(np.unique(neg.y.numpy())) <= {5, 6, 7, 8, 9}
-    assert set(np.unique(neg.y_ff.numpy())) <= {0, 1, 2, 3, 4} and not neg.positive
+    assert set(np.unique(neg.y.numpy())) == {5, 6, 7, 8, 9}
+    assert set(np.unique(neg.y_ff.numpy())) == {0, 1, 2, 3, 4} and not neg.positive
 
 
 def test_readout_step_same_step_trains_the_readout_in_the_pair_step(cfg_factory):

@@ -13,6 +13,7 @@ from rich.console import Console
 
 from ffrun.callbacks import SweepReport
 from ffrun.report import find_runs, main, parse_overrides, varying_params, write_report
+from tests.conftest import colored_pixels
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -90,7 +91,7 @@ def test_summary_png_is_written(sweep: Path) -> None:
 
     png = sweep / "summary.png"
     assert png.read_bytes()[:8] == PNG_MAGIC
-    assert png.stat().st_size > 10_000
+    assert colored_pixels(png) > 100          # curves and points are drawn
 
 
 def test_categorical_parameter_and_several_varying_parameters(tmp_path: Path) -> None:
@@ -101,7 +102,24 @@ def test_categorical_parameter_and_several_varying_parameters(tmp_path: Path) ->
     rows = write_report(tmp_path, recording_console())
 
     assert [r["run"] for r in rows] == ["2", "1", "0"]
+    assert [(r["override.model.goodness"], r["override.model.th_pos"]) for r in rows] == [
+        ("sum", "1.0"), ("mean", "1.0"), ("sum", "0.1")]
     assert (tmp_path / "summary.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_categorical_parameter_gets_a_category_axis() -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ffrun.report import _plot_param
+    runs = [{"params": {"model.goodness": g}, "best_val_acc": a} for g, a in [("sum", 0.5), ("mean", 0.6), ("sum", 0.7)]]
+    assert varying_params(runs) == ["model.goodness"]
+    fig, ax = plt.subplots()
+    _plot_param(ax, "model.goodness", runs, skipped=0, alone=True)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["sum", "mean"]
+    assert ax.collections[0].get_offsets().tolist() == [[0, 0.5], [1, 0.6], [0, 0.7]]
+    plt.close(fig)
 
 
 def test_nested_runs_natural_order_and_fallbacks(tmp_path: Path) -> None:
