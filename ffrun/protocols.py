@@ -71,22 +71,23 @@ def wrong_labels(y: np.ndarray, num_classes: int, rng: np.random.Generator) -> n
 
 
 def make_entries(roles: Roles, pos: FFData, neg: FFData | PerEpoch, *, paired: bool, split: str,
-                 readout_in_step: bool = False) -> list[TaskEntry]:
+                 readout_in_step: bool = False, hard_from: str | None = None) -> list[TaskEntry]:
     """The passes for one split. ``split='train'`` gives training passes, else evaluation passes.
     Positives are fixed; negatives may be drawn afresh every epoch.
 
     Supervised nets see the label in the input, so their softmax readouts are trained and scored
     only on neutral-label inputs: a readout that saw the true label would be leaky. They train in
     a pass of their own after the FF pass, or (``readout_in_step``, paired only) in the FF step
-    itself on a neutral-label copy of the positives, as Hinton's code does."""
+    itself on a neutral-label copy of the positives, as Hinton's code does. ``hard_from`` (paired
+    only) names the softmax readout that picks every batch's wrong labels inside the step."""
     ff, sm, sup = roles.ff, roles.softmax, roles.supervised
     entries: list[TaskEntry] = []
     if split == "train":
         if paired:
             pair = (lambda epoch: (pos, neg(epoch))) if callable(neg) else (pos, neg)
             if sup and sm and readout_in_step:
-                return [TaskEntry(Task.TRAIN_PAIR_READOUT, pair, ff + sm, "train pos+neg+readout")]
-            entries.append(TaskEntry(Task.TRAIN_PAIR, pair, ff if sup else None, "train pos+neg"))
+                return [TaskEntry(Task.TRAIN_PAIR_READOUT, pair, ff + sm, "train pos+neg+readout", hard_from)]
+            entries.append(TaskEntry(Task.TRAIN_PAIR, pair, ff if sup else None, "train pos+neg", hard_from))
         else:
             entries.append(TaskEntry(Task.TRAIN_POS, pos, ff if sup else None, "train pos"))
             entries.append(TaskEntry(Task.TRAIN_NEG, neg, ff, "train neg"))
@@ -295,11 +296,16 @@ def make_plan(proto, splits: ImageSplits, roles: Roles, *, seed: int, eval_on: s
     pos, draw = source(splits.x_train, splits.y_train, 1)
     fresh = name == "hybrid" or _draw_mode(proto.get("neg_labels", "once")) == "every_epoch"
     negatives = proto.get("negatives", "uniform")
-    if negatives not in ("uniform", "hard"):
-        raise ConfigError(f"protocol.negatives must be uniform or hard, got {negatives!r}")
+    if negatives not in ("uniform", "hard", "hard_batch"):
+        raise ConfigError(f"protocol.negatives must be uniform, hard or hard_batch, got {negatives!r}")
+    if negatives != "uniform" and (name != "wrong_label" or not roles.softmax):
+        raise ConfigError("hard negatives need protocol=wrong_label and a softmax readout (model.readouts)")
+    if negatives == "hard_batch" and not paired:
+        raise ConfigError("negatives=hard_batch draws each batch's wrong labels in the pos+neg step: it needs "
+                          "pairing=same_step")
     if negatives == "hard":
-        if name != "wrong_label" or not roles.softmax or readout_probs is None:
-            raise ConfigError("hard negatives need protocol=wrong_label and a softmax readout (model.readouts)")
+        if readout_probs is None:
+            raise ConfigError("hard negatives need the network's softmax readout to draw from")
         y_np = pos.y.numpy()
         draw = lambda epoch: FFData(pos.X, pos.y, tf.constant(hard_wrong_labels(
             readout_probs(pos), y_np, np.random.default_rng([seed, 1, epoch]))), positive=False)
@@ -310,7 +316,8 @@ def make_plan(proto, splits: ImageSplits, roles: Roles, *, seed: int, eval_on: s
     test_pos, test_draw = source(*sets["test"], 3)
     return Plan(
         num_classes=splits.num_classes if name != "five_digits" else len(_positive_classes(proto, splits)),
-        train=make_entries(roles, pos, neg, paired=paired, split="train", readout_in_step=readout_step == "same_step"),
+        train=make_entries(roles, pos, neg, paired=paired, split="train", readout_in_step=readout_step == "same_step",
+                           hard_from=roles.softmax[0] if negatives == "hard_batch" else None),
         val=make_entries(roles, val_pos, val_draw(0), paired=False, split="val"),
         test=make_entries(roles, test_pos, test_draw(0), paired=False, split="test"),
         val_set="test" if eval_on == "test" else "validation",

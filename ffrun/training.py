@@ -61,6 +61,9 @@ class TaskEntry:
     data: DataSource
     layers: tuple[str, ...] | None = None
     label: str = ""
+    #: paired passes only: a softmax readout whose neutral-label prediction picks every batch's
+    #: wrong labels afresh, just before the step (Hinton's code); the negatives' own y_ff is unused
+    hard_from: str | None = None
 
     def resolve(self, epoch: int):
         return self.data(epoch) if callable(self.data) else self.data
@@ -172,15 +175,26 @@ class TrainMgr:
         for name, layer in self.layers.items():
             layer.set_task(task if name in active else Task.TRANSFORM, positive)
 
-    def _graph(self, key: tuple, task: Task, batch_size: int):
+    def hard_labels(self, X: tf.Tensor, y: tf.Tensor, readout: str, seed: tf.Tensor) -> tf.Tensor:
+        """A wrong label per row, drawn from ``readout``'s softmax on the neutral-label input with
+        the true class masked out. Runs every layer as TRANSFORM and leaves them so: callers that
+        train next set their tasks again (inside a graph this happens while tracing)."""
+        self._set_tasks((), Task.TRANSFORM)
+        logits = tf.cast(self.seq(X, y, tf.fill(tf.shape(y), -1))[readout], tf.float32)
+        masked = logits - 1e9 * tf.one_hot(y, tf.shape(logits)[1])
+        return tf.cast(tf.random.stateless_categorical(masked, 1, seed)[:, 0], tf.int32)
+
+    def _graph(self, key: tuple, entry: TaskEntry, active: frozenset[str], positive: bool, batch_size: int):
         fn = self._graphs.get(key)
         if fn is not None:
             return fn
+        task = entry.task
         with_progress = self.progress is not None
         paired = task in PAIRED_TASKS
         with_neutral = task == Task.TRAIN_PAIR_READOUT
+        hard_from = entry.hard_from if paired else None
 
-        def one_pass(X, y, y_ff, perm, Xn, yn, y_ffn):
+        def one_pass(X, y, y_ff, perm, Xn, yn, y_ffn, rng):
             self.trace_counts[key] += 1       # runs only while tracing
             n = tf.shape(perm)[0]
             batches = (n + batch_size - 1) // batch_size
@@ -188,7 +202,11 @@ class TrainMgr:
                 idx = perm[i * batch_size: tf.minimum((i + 1) * batch_size, n)]
                 xb, yb, yffb = tf.gather(X, idx), tf.gather(y, idx), tf.gather(y_ff, idx)
                 if paired:   # positives then their aligned negatives, one step for both
-                    xs, ys, yffs = [xb, tf.gather(Xn, idx)], [yb, tf.gather(yn, idx)], [yffb, tf.gather(y_ffn, idx)]
+                    yffn_b = tf.gather(y_ffn, idx)
+                    if hard_from is not None:   # this batch's wrong labels from the current softmax
+                        yffn_b = self.hard_labels(xb, yb, hard_from, tf.stack([rng[0], rng[1] + tf.cast(i, tf.int64)]))
+                        self._set_tasks(active, task, positive)
+                    xs, ys, yffs = [xb, tf.gather(Xn, idx)], [yb, tf.gather(yn, idx)], [yffb, yffn_b]
                     if with_neutral:   # and the positives again, neutral label, for the readouts
                         xs, ys, yffs = xs + [xb], ys + [yb], yffs + [tf.fill(tf.shape(yb), -1)]
                     xb, yb, yffb = tf.concat(xs, 0), tf.concat(ys, 0), tf.concat(yffs, 0)
@@ -199,7 +217,7 @@ class TrainMgr:
 
         spec = [tf.TensorSpec([None, None], tf.float32), tf.TensorSpec([None], tf.int32),
                 tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int32)]
-        fn = tf.function(one_pass, input_signature=spec + spec[:3])
+        fn = tf.function(one_pass, input_signature=spec + spec[:3] + [tf.TensorSpec([2], tf.int64)])
         self._graphs[key] = fn
         return fn
 
@@ -228,12 +246,14 @@ class TrainMgr:
             # eval_batch_size counts rows: an all-labels pass makes one row per (image, label), and
             # 1000 images x 10 labels would hold ~0.6 GB more activations at 4 x 2000.
             bs = max(1, bs // self.duped_rows)
-        key = (entry.task, pos.positive, active, bs)
+        key = (entry.task, pos.positive, active, bs, entry.hard_from if paired else None)
         self._set_tasks(active, entry.task, pos.positive)
-        fn = self._graph(key, entry.task, bs)
+        fn = self._graph(key, entry, active, pos.positive, bs)
         if self.progress is not None:
             self.progress.start_pass(entry.label or entry.task.value, math.ceil(n / bs))
-        fn(pos.X, pos.y, pos.y_ff, tf.constant(perm), neg.X, neg.y, neg.y_ff)
+        # in-graph draws (hard labels) are keyed by (seed, epoch, pass, batch): a resumed run redraws the same
+        rng = tf.constant([self.seed, (epoch * 64 + index) * 1_000_000], tf.int64)
+        fn(pos.X, pos.y, pos.y_ff, tf.constant(perm), neg.X, neg.y, neg.y_ff, rng)
         if self.progress is not None:
             self.progress.end_pass()
         return n * (2 if paired else 1) if training else 0

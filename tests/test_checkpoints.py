@@ -27,7 +27,9 @@ def _train(run_dir: Path, overrides, resume=False):
     return runner.train(cfg, run_dir, reporting.make_console(), resume=resume)
 
 
-@pytest.mark.parametrize("extra", [[], ["mode=sup", "protocol=wrong_label", "pairing=same_step"]])
+@pytest.mark.parametrize("extra", [[], ["mode=sup", "protocol=wrong_label", "pairing=same_step"],
+                                   ["mode=sup", "protocol=wrong_label", "pairing=same_step", "protocol.negatives=hard_batch",
+                                    "+model.readouts.softmax={type: softmax, inputs: [norm2..], optimizer: {class_name: Adam, learning_rate: 1e-3}}"]])
 def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, extra):
     full = _train(tmp_path / "full", extra)
     part = _train(tmp_path / "part", [*extra, "stop_after_epoch=3"])

@@ -163,3 +163,34 @@ def test_per_epoch_sets_let_go_of_the_last_epoch_before_drawing():
     del first
     per_epoch(2)
     assert alive_when_drawing == [False, False]
+
+
+def test_per_batch_hard_labels_follow_the_current_softmax(cfg_factory):
+    """negatives=hard_batch: every batch's wrong labels come from the softmax as it is at that
+    step (Hinton's code), never the true label."""
+    from ffrun.training import TrainMgr
+    run = build_run(cfg_factory(["experiment=paper_small", "data=digits", "data.val_size=300", "units=16",
+                                 "protocol.negatives=hard_batch"]))
+    (entry,) = [e for e in run.plan.train if e.task in (Task.TRAIN_PAIR, Task.TRAIN_PAIR_READOUT)]
+    assert entry.hard_from == "softmax"
+    mgr = TrainMgr(run.network.layers, run.network.seq, run.plan.train, batch_size=32)
+    mgr.build()
+    pos, _ = entry.resolve(1)
+    X, y = pos.X[:400], pos.y[:400]
+    kernel = run.network.layers["softmax"].layer.kernel
+    weights = np.zeros(kernel.shape, np.float32)
+    weights[:, 3] = 100.0                        # the softmax now says "3" for every image
+    kernel.assign(weights)
+    labels = mgr.hard_labels(X, y, "softmax", tf.constant([0, 1], tf.int64)).numpy()
+    y = y.numpy()
+    assert np.all(labels != y)
+    assert np.all(labels[y != 3] == 3)           # the most probable wrong label, at this step
+    assert len(set(labels[y == 3])) > 3          # with the truth masked, the rest are equally likely
+    again = mgr.hard_labels(X, tf.constant(y), "softmax", tf.constant([0, 1], tf.int64)).numpy()
+    assert np.array_equal(labels, again)         # keyed by the seed: a resumed run redraws the same
+
+
+def test_per_batch_hard_negatives_need_the_pair_step(cfg_factory):
+    with pytest.raises(ConfigError, match="pairing=same_step"):
+        build_run(cfg_factory(["experiment=paper_small", "data=digits", "data.val_size=300", "units=8",
+                               "protocol.negatives=hard_batch", "pairing=separate", "readout_step=separate"]))
