@@ -1,8 +1,9 @@
 """``ffrun-report``: one table, summary.csv and summary.png over every run below a folder.
 
 Point it at a sweep (``outputs/multirun/<stamp>``) or at ``outputs/``: every folder holding a
-results.json is a run. Runs are ranked by best validation accuracy; failed runs come last with their
-reason. The Hydra callback ``ffrun.callbacks.SweepReport`` calls :func:`write_report` when a sweep ends.
+results.json is a run. Several folders (``ffrun-report runA runB sweepC``) compare runs that live
+apart; their summary goes to ``--out``. Runs are ranked by best validation accuracy; failed runs come
+last with their reason. The Hydra callback ``ffrun.callbacks.SweepReport`` calls :func:`write_report` when a sweep ends.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import argparse
 import csv
 import json
 import math
+import os
 import re
 import sys
 from pathlib import Path
@@ -297,36 +299,55 @@ def _plot_param(ax, key: str, runs: Sequence[dict[str, Any]], skipped: int, alon
     ax.grid(alpha=0.3)
 
 
-def write_report(folder: Path, console: Console) -> list[dict[str, Any]]:
-    """Collect every run below ``folder``, print the ranked table on ``console`` and write
-    ``summary.csv`` and ``summary.png`` into ``folder``. Returns the summary.csv rows, best first.
-    Raises ReportError when the folder does not exist or holds no runs."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ReportError(f"no such folder: {folder}")
-    run_dirs = find_runs(folder)
+def write_report(folder: Path | Sequence[Path], console: Console,
+                 out: Path | None = None) -> list[dict[str, Any]]:
+    """Collect every run below ``folder`` (or below each of several folders), print the ranked table
+    on ``console`` and write ``summary.csv`` and ``summary.png`` into ``out`` (default: the folder
+    itself; required for several). Runs are named relative to the folders' common parent. Returns the
+    summary.csv rows, best first. Raises ReportError when a folder does not exist or none holds runs."""
+    folders = [Path(folder)] if isinstance(folder, (str, Path)) else [Path(f) for f in folder]
+    if not folders:
+        raise ReportError("no folder given")
+    for f in folders:
+        if not f.is_dir():
+            raise ReportError(f"no such folder: {f}")
+    if out is None:
+        if len(folders) > 1:
+            raise ReportError("several folders: say where the summary goes (--out DIR)")
+        out = folders[0]
+    # Name runs relative to what the folders share, so runA and runB keep telling names
+    root = Path(os.path.commonpath([f.resolve() for f in folders]))
+    run_dirs = sorted({d.resolve() for f in folders for d in find_runs(f)},
+                      key=lambda p: _natural_key(p.relative_to(root).as_posix()))
     if not run_dirs:
-        raise ReportError(f"no runs (no results.json) below {folder}")
-    runs = rank_runs([load_run(d, folder) for d in run_dirs])
+        raise ReportError(f"no runs (no results.json) below {' or '.join(str(f) for f in folders)}")
+    runs = rank_runs([load_run(d, root) for d in run_dirs])
     varying = varying_params(runs)
     failed = sum(r["status"] == "failed" for r in runs)
-    title = f"{folder.resolve().name}: {len(runs)} runs" + (f", {failed} failed" if failed else "")
+    name = folders[0].resolve().name if len(folders) == 1 else f"{len(folders)} folders"
+    title = f"{name}: {len(runs)} runs" + (f", {failed} failed" if failed else "")
     rows = csv_rows(runs)
-    write_csv(rows, folder / "summary.csv")
-    plot_summary(runs, varying, folder / "summary.png", title)
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(rows, out / "summary.csv")
+    plot_summary(runs, varying, out / "summary.png", title)
     console.print(summary_table(runs, varying, title))
-    console.print(f"summary: {folder / 'summary.csv'}, {folder / 'summary.png'}")
+    console.print(f"summary: {out / 'summary.csv'}, {out / 'summary.png'}")
     return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="ffrun-report",
-        description="Rank every ffrun run below a folder; write summary.csv and summary.png there.")
-    parser.add_argument("folder", type=Path, help="a sweep folder (outputs/multirun/<stamp>) or outputs/")
+        description="Rank every ffrun run below one or more folders; write summary.csv and summary.png.")
+    parser.add_argument("folders", type=Path, nargs="+", metavar="folder",
+                        help="a run, a sweep folder (outputs/multirun/<stamp>) or outputs/; "
+                             "several to compare runs kept apart")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="where summary.csv and summary.png go (default: the folder; "
+                             "required with several folders)")
     args = parser.parse_args(argv)
     try:
-        write_report(args.folder, reporting.make_console())
+        write_report(args.folders, reporting.make_console(), out=args.out)
     except ReportError as exc:
         # A usage problem, like argparse's own: one line on stderr, exit code 2
         print(f"ffrun-report: error: {exc}", file=sys.stderr)

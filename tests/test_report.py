@@ -177,6 +177,28 @@ def test_cli_folder_without_runs_exits_2(tmp_path: Path, capsys: pytest.CaptureF
     assert not (tmp_path / "empty" / "summary.csv").exists()
 
 
+def test_compare_runs_from_several_folders(sweep: Path, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture) -> None:
+    """Runs kept apart (a lone run, a sweep, a job of that sweep given again) in one table."""
+    ov = ["experiment=paper_small", "protocol.negatives=hard_batch"]
+    lone = make_run(tmp_path / "elsewhere" / "hard", ov, completed(0.95, [0.9, 0.95], ov), [0.9, 0.95])
+    out = tmp_path / "cmp"
+    assert main([str(lone), str(sweep), str(sweep / "2"), "--out", str(out)]) == 0
+    rows = list(csv.DictReader(open(out / "summary.csv")))
+    assert [r["run"] for r in rows] == ["elsewhere/hard", "sweep/2", "sweep/3", "sweep/1", "sweep/0"]
+    assert rows[0]["override.protocol.negatives"] == "hard_batch" and rows[1]["override.units"] == "32"
+    assert colored_pixels(out / "summary.png") > 0
+    assert not (sweep / "summary.csv").exists() and not (lone / "summary.csv").exists()
+    assert "3 folders: 5 runs, 1 failed" in capsys.readouterr().out   # sweep/2 counted once
+
+
+def test_several_folders_need_out(sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main([str(sweep / "1"), str(sweep / "2")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ffrun-report: error:") and "--out" in err and len(err.splitlines()) == 1
+    assert not (sweep / "1" / "summary.csv").exists()
+
+
 def test_callback_writes_report_into_sweep_dir(sweep: Path, capsys: pytest.CaptureFixture) -> None:
     config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}})
     with pytest.raises(SystemExit) as exit_info:      # job 0 of the fixture failed
