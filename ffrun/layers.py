@@ -89,22 +89,22 @@ class BaseFFLayer:
     def transform(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
         return self.layer(x) if self.layer is not None else x
 
-    def train_pos(self, x, y):
+    def train_pos(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
         return self.transform(x, y)
 
-    def train_neg(self, x, y):
+    def train_neg(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
         return self.transform(x, y)
 
-    def train_pair(self, x, y):
+    def train_pair(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
         return self.transform(x, y)
 
-    def train_pair_readout(self, x, y):
+    def train_pair_readout(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
         return self.transform(x, y)
 
-    def evaluate(self, x, y):
+    def evaluate(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
         return self.transform(x, y)
 
-    def evaluate_duped(self, x, y):
+    def evaluate_duped(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
         return self.transform(x, y)
 
     # --- weights and optimizer ---------------------------------------------------------
@@ -222,7 +222,7 @@ class FFDense(BaseFFLayer):
         self.running_mean.assign(tf.stop_gradient(running))
         return self.peer_norm * losses.peer_normalization_loss(running)
 
-    def train_pos(self, x, y):
+    def train_pos(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
         if self.owns_first_half is not None and not self.peer_norm:
             h, loss = self._half_split_step(x, y, True)
         else:
@@ -234,7 +234,7 @@ class FFDense(BaseFFLayer):
         self.metrics["loss_pos"].update_state(loss)
         return h
 
-    def train_neg(self, x, y):
+    def train_neg(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
         if self.owns_first_half is not None:
             h, loss = self._half_split_step(x, y, False)
         else:
@@ -296,10 +296,10 @@ class FFDense(BaseFFLayer):
         x, z = self._forward_z(x)
         return self._step_on_z(x, z, loss_of_h, kernel_grad)
 
-    def train_pair(self, x, y):
+    def train_pair(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
         return self._pair_step(x, y, parts=2)
 
-    def train_pair_readout(self, x, y):
+    def train_pair_readout(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
         return self._pair_step(x, y, parts=3)
 
     def _pair_step(self, x, y, parts: int):
@@ -332,7 +332,7 @@ class FFDense(BaseFFLayer):
         self.metrics["loss_neg"].update_state(loss_neg)
         return h
 
-    def evaluate(self, x, y):
+    def evaluate(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
         h = self.layer(x)
         g = self._goodness(h, y, self.positive)
         suffix = "pos" if self.positive else "neg"
@@ -377,7 +377,7 @@ class FFPreNorm(BaseFFLayer):
         self.kind = kind
         self.eps = eps
 
-    def transform(self, x, y):
+    def transform(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
         x = tf.cast(x, tf.float32)
         sq = tf.reduce_sum(tf.square(x), -1, keepdims=True) if self.kind == "l2" \
             else tf.reduce_mean(tf.square(x), -1, keepdims=True)
@@ -415,10 +415,10 @@ class FFOverlay(BaseFFLayer):
         pad = tf.zeros([tf.shape(x)[0], tf.shape(x)[1] - c], x.dtype)
         return x + tf.concat([onehot, pad], axis=1)
 
-    def transform(self, x, y):
+    def transform(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
         return self.overlay(x, y)
 
-    def evaluate_duped(self, x, y):
+    def evaluate_duped(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
         c = self.num_classes
         n = tf.shape(x)[0]
         return self.overlay(tf.repeat(x, c, axis=0), tf.tile(tf.range(c), [n]))
@@ -439,7 +439,7 @@ class FFGoodness(BaseFFLayer):
         g = losses.goodness(x, "sum")
         return tf.argmax(tf.reshape(g, [-1, self.num_classes]), axis=1, output_type=tf.int32)
 
-    def evaluate_duped(self, x, y):
+    def evaluate_duped(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
         self.metrics["acc"].update_state(tf.cast(y, tf.int32), self.predict_duped(x))
         return x
 
@@ -464,10 +464,10 @@ class FFSoftmax(BaseFFLayer):
             "acc": keras.metrics.SparseCategoricalAccuracy(name="acc"),
         }
 
-    def logits(self, x):
+    def logits(self, x: tf.Tensor) -> tf.Tensor:
         return tf.cast(self.layer(tf.stop_gradient(x)), tf.float32)
 
-    def train_pos(self, x, y):
+    def train_pos(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
         with tf.GradientTape() as tape:
             logits = self.logits(x)
             loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
@@ -476,17 +476,17 @@ class FFSoftmax(BaseFFLayer):
         self.metrics["loss"].update_state(loss)
         return logits
 
-    def train_pair(self, x, y):
+    def train_pair(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
         return self.train_pos(_part(x, 2, 0), _part(y, 2, 0))
 
-    def train_pair_readout(self, x, y):
+    def train_pair_readout(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
         return self.train_pos(_part(x, 3, 2), _part(y, 3, 2))
 
-    def evaluate(self, x, y):
+    def evaluate(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
         logits = self.logits(x)
         if self.positive:
             self.metrics["acc"].update_state(y, logits)
         return logits
 
-    def transform(self, x, y):
+    def transform(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
         return self.logits(x)
