@@ -17,6 +17,7 @@ from ffrun import reporting
 from ffrun.builder import _int, _per_layer, make_initializer, make_optimizer
 from ffrun.data import load_splits
 from ffrun.errors import ConfigError
+from ffrun.runner import lr_multiplier
 
 log = logging.getLogger("ffrun")
 
@@ -38,10 +39,15 @@ def build_mlp(cfg: DictConfig, input_dim: int, num_classes: int) -> keras.Model:
     dtype = "mixed_bfloat16" if m.get("precision", "fp32") == "bf16" else None
     inputs = keras.Input((input_dim,))
     h = inputs
+    dropout = float(cfg.mode.get("dropout", 0.0))
+    if not 0.0 <= dropout < 1.0:
+        raise ConfigError(f"mode.dropout must be in [0, 1), got {dropout}")
     for i, u in enumerate(units):
         # backprop uses the plain activation: a full-gradient ReLU is an FF training device
         h = keras.layers.Dense(u, activation=m.activation.removesuffix("_full_grad"), kernel_initializer=make_initializer(m.init),
                                name=f"dense{i + 1}", dtype=dtype)(h)
+        if dropout:   # the regularizer of the paper's backprop figures; FF layers have none
+            h = keras.layers.Dropout(dropout, name=f"dropout{i + 1}")(h)
     out = keras.layers.Dense(num_classes, name="softmax", dtype="float32")(h)
     model = keras.Model(inputs, out, name="bp_mlp")
     # no XLA: the FF graphs do not use it either, and it showed no gain on this CPU
@@ -63,7 +69,8 @@ class _Recorder(keras.callbacks.Callback):
         seconds = time.perf_counter() - self.t0
         row = {"epoch": epoch + 1, "stage": 0, "seconds": round(seconds, 4),
                "samples_per_s": round(self.n_train / seconds, 1), "bp/loss": float(logs["loss"]),
-               "bp/train_acc": float(logs["acc"]), "bp/acc": float(logs["val_acc"])}
+               "bp/train_acc": float(logs["acc"]), "bp/acc": float(logs["val_acc"]),
+               "bp/lr": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))}
         self.csv_out.write(row)
         self.rows.append(row)
         log.info("epoch %d/%d  %.1fs  bp acc %.4f  loss %.4f", epoch + 1, self.total, seconds, row["bp/acc"], row["bp/loss"])
@@ -94,7 +101,7 @@ def train(cfg: DictConfig, run_dir: Path, console: Console | None = None,
     epochs = _int(cfg.epochs, "epochs")
     rows: list[dict] = []
     csv_out = reporting.MetricsCSV(run_dir / "metrics.csv", ["epoch", "stage", "seconds", "samples_per_s",
-                                                             "bp/loss", "bp/train_acc", "bp/acc"])
+                                                             "bp/loss", "bp/train_acc", "bp/acc", "bp/lr"])
     best_ckpt = run_dir / "checkpoints" / "best.weights.h5"
     best_ckpt.parent.mkdir(exist_ok=True)
     log.info("run folder: %s", run_dir)
@@ -102,6 +109,11 @@ def train(cfg: DictConfig, run_dir: Path, console: Console | None = None,
     callbacks = [_Recorder(csv_out, rows, len(x_tr), epochs),
                  keras.callbacks.ModelCheckpoint(str(best_ckpt), monitor="val_acc", mode="max",
                                                  save_best_only=True, save_weights_only=True)]
+    mult = lr_multiplier(cfg, [epochs])   # the FF runs' schedule (lr_schedule=linear_cooldown)
+    if mult is not None:
+        base_lr = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+        # Keras counts epochs from 0, lr_multiplier from 1
+        callbacks.insert(0, keras.callbacks.LearningRateScheduler(lambda epoch, lr: base_lr * mult(epoch + 1)))
     if cfg.tensorboard.enabled:   # Keras' own writer: <run>/tb/train and tb/validation
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "tb"), write_graph=False))
     interrupted = False
@@ -143,7 +155,7 @@ def train(cfg: DictConfig, run_dir: Path, console: Console | None = None,
         "peak_memory_mb": reporting.peak_memory_mb(), "overrides": list(overrides or []),
     }
     reporting.write_json(run_dir / "results.json", results)
-    reporting.plot_curves(rows, run_dir / "curves.png", title=f"backprop baseline — {run_dir.name}")
+    reporting.plot_bp_curves(rows, run_dir / "curves.png", title=f"backprop baseline — {run_dir.name}")
     console.print(reporting.results_table(results))
     log.info("outputs: %s (metrics.csv, results.json, curves.png)", run_dir)
     return results

@@ -202,6 +202,31 @@ def plot_curves(rows: Sequence[Mapping[str, float]], path: Path, title: str = ""
     plt.close(fig)
 
 
+def plot_bp_curves(rows: Sequence[Mapping[str, float]], path: Path, title: str = "") -> None:
+    """curves.png of a backprop baseline: accuracy (evaluation and training set), training loss and
+    learning rate; the FF panels (per-layer losses, goodness) have nothing to show for it."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in rows]
+    fig, (ax_acc, ax_loss, ax_lr) = plt.subplots(1, 3, figsize=(15, 4.5), constrained_layout=True)
+    ax_acc.plot(epochs, [r["bp/acc"] for r in rows], label="evaluation set")
+    ax_acc.plot(epochs, [r["bp/train_acc"] for r in rows], linestyle="--", label="training set")
+    ax_acc.set(title="accuracy", xlabel="epoch", ylabel="accuracy")
+    ax_acc.legend(fontsize=7)
+    ax_loss.plot(epochs, [r["bp/loss"] for r in rows])
+    ax_loss.set(title="training loss (cross-entropy)", xlabel="epoch", yscale="log")
+    ax_lr.plot(epochs, [r.get("bp/lr", math.nan) for r in rows])
+    ax_lr.set(title="learning rate", xlabel="epoch", ylim=(0, None))
+    for ax in (ax_acc, ax_loss, ax_lr):
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def results_table(results: Mapping) -> Table:
     table = Table(title=f"ffrun results — {results.get('status', '?')} "
                         f"(final/best on the {results.get('val_set')} set)")

@@ -1,8 +1,11 @@
 """Short real runs on the 8x8 digits: they learn and leave every output behind."""
 import json
 
+import keras
 import pytest
+from omegaconf import OmegaConf
 
+from ffrun.errors import ConfigError
 from ffrun.reporting import read_metrics
 from tests.conftest import colored_pixels
 
@@ -105,3 +108,20 @@ def test_backprop_baseline_learns_and_ctrl_c_keeps_its_epochs(train_tiny, monkey
     assert len(read_metrics(run_dir / "metrics.csv")) == 2
     saved = json.loads((run_dir / "results.json").read_text())
     assert saved["status"] == "interrupted" and saved["test_acc"] == results["test_acc"]
+
+
+def test_backprop_baseline_follows_the_lr_schedule_and_dropout(train_tiny):
+    from ffrun import backprop
+    results, run_dir = train_tiny(["mode=bp", "epochs=8", "lr_schedule=linear_cooldown",
+                                   "mode.dropout=0.2", "mode.optimizer.learning_rate=0.002"], name="sched")
+    assert results["status"] == "completed"
+    lrs = [row["bp/lr"] for row in read_metrics(run_dir / "metrics.csv")]
+    # constant for the first half, then 2 (1 + E - e) / E of the base rate, as the FF runs
+    assert lrs == pytest.approx([0.002] * 6 + [0.0015, 0.001])
+    assert colored_pixels(run_dir / "curves.png") > 0
+    cfg = OmegaConf.create({"mode": {"dropout": 0.2, "optimizer": {"class_name": "Adam"}},
+                            "model": {"num_layers": 2, "units": 8, "activation": "relu", "init": "glorot_uniform"}})
+    model = backprop.build_mlp(cfg, 64, 10)
+    assert [l.name for l in model.layers if isinstance(l, keras.layers.Dropout)] == ["dropout1", "dropout2"]
+    with pytest.raises(ConfigError, match="mode.dropout"):
+        backprop.build_mlp(OmegaConf.merge(cfg, {"mode": {"dropout": 1.0}}), 64, 10)
