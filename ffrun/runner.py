@@ -93,7 +93,14 @@ class StopTraining(Exception):
     pass
 
 
-def _epoch_line(result: EpochResult, total: int, acc_keys: list[str], ff_names) -> str:
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def _epoch_line(result: EpochResult, total: int, acc_keys: list[str], ff_names,
+                eta_seconds: float | None = None) -> str:
     m = result.metrics
     parts = [f"epoch {result.epoch}/{total}", f"{result.seconds:.1f}s"]
     parts += [f"{k.split('/')[0]} acc {m[k]:.4f}" for k in acc_keys if k in m]
@@ -103,6 +110,8 @@ def _epoch_line(result: EpochResult, total: int, acc_keys: list[str], ff_names) 
     seps = [m[f"{n}/separation"] for n in ff_names if f"{n}/separation" in m]
     if seps:
         parts.append(f"sep {min(seps):.3f}-{max(seps):.3f}")
+    if eta_seconds is not None and result.epoch < total:
+        parts.append(f"eta {_duration(eta_seconds)}")
     return "  ".join(parts)
 
 
@@ -186,13 +195,18 @@ def train(cfg: DictConfig, run_dir: Path, console: Console | None = None,
              " -> ".join(f"{n}({l.units})" if hasattr(l, "units") else n for n, l in layers.items()),
              total_epochs)
     stop = StopRequest()
+    epoch_seconds: list[float] = []
 
     def on_epoch_end(result: EpochResult) -> None:
         row = result.row()
         csv_out.write(row)
         rows.append(row)
         tracker.update(row)
-        log.info(_epoch_line(result, total_epochs, acc_keys, run.network.ff_names))
+        # the remaining time from this process's epochs (a resumed run's earlier epochs may have
+        # run on another machine or load); evaluation epochs and plain ones average out
+        epoch_seconds.append(result.seconds)
+        eta = statistics.fmean(epoch_seconds) * (total_epochs - result.epoch)
+        log.info(_epoch_line(result, total_epochs, acc_keys, run.network.ff_names, eta))
         if progress is not None:
             progress.end_epoch(result.epoch, f"{primary.split('/')[0]} {row[primary]:.4f}" if primary in row else "")
         if tb is not None:

@@ -125,3 +125,18 @@ def test_backprop_baseline_follows_the_lr_schedule_and_dropout(train_tiny):
     assert [l.name for l in model.layers if isinstance(l, keras.layers.Dropout)] == ["dropout1", "dropout2"]
     with pytest.raises(ConfigError, match="mode.dropout"):
         backprop.build_mlp(OmegaConf.merge(cfg, {"mode": {"dropout": 1.0}}), 64, 10)
+
+
+def test_log_lines_say_how_long_the_rest_takes(train_tiny, caplog):
+    """A background run (progress=false) is watched through its log: every epoch line but the last
+    gives the remaining time."""
+    with caplog.at_level("INFO", logger="ffrun"):
+        train_tiny(["epochs=3", "readout_epochs=0"])
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert [line.split()[1] for line in lines] == ["1/3", "2/3", "3/3"]
+    assert all(" eta " in line for line in lines[:2]) and " eta " not in lines[2]
+
+
+def test_durations_read_as_hours_or_minutes():
+    from ffrun.runner import _duration
+    assert _duration(7260) == "2h01m" and _duration(312.4) == "5m12s" and _duration(0.2) == "0m00s"
