@@ -3,7 +3,8 @@
 Point it at a sweep (``outputs/multirun/<stamp>``) or at ``outputs/``: every folder holding a
 results.json is a run. Several folders (``ffrun-report runA runB sweepC``) compare runs that live
 apart; their summary goes to ``--out``. Runs are ranked by best validation accuracy; failed runs come
-last with their reason. The Hydra callback ``ffrun.callbacks.SweepReport`` calls :func:`write_report` when a sweep ends.
+last with their reason. Runs that differ only in ``seed`` are also summarized over their seeds (mean and
+spread, ``seeds.csv``). The Hydra callback ``ffrun.callbacks.SweepReport`` calls :func:`write_report` when a sweep ends.
 """
 from __future__ import annotations
 
@@ -32,6 +33,11 @@ RESULT_COLUMNS = ("rank", "run", "status", "best_val_acc", "best_epoch", "final_
 PARAM_PREFIX = "override."
 MAX_PARAM_PANELS = 3   # a report over all of outputs/ can vary dozens of keys; the plot stays readable
 MAX_LEGEND_RUNS = 20
+SEED_KEY = "seed"
+# Overrides that cannot change what a run learns: runs differing only in these are the same setting
+BOOKKEEPING_KEYS = ("checkpoint.", "tensorboard.", "hydra.", "progress", "eval_batch_size")
+SEED_COLUMNS = ("n", "seeds", "best_val_mean", "best_val_std", "test_mean", "test_std",
+                "test_final_mean", "test_final_std")
 
 
 class ReportError(FFRunError):
@@ -91,6 +97,7 @@ def load_run(run_dir: Path, root: Path) -> dict[str, Any]:
         "best_epoch": results.get("best_epoch"),
         "final_val_acc": _num(results.get("final_val_acc")),
         "test_acc": _num(results.get("test_acc")),
+        "test_acc_final": _num(results.get("test_acc_final")),
         "epochs": results.get("epochs"),
         "wall_seconds": _num(results.get("wall_seconds")),
         "mean_epoch_seconds": _num(results.get("mean_epoch_seconds")),
@@ -98,6 +105,7 @@ def load_run(run_dir: Path, root: Path) -> dict[str, Any]:
         "peak_memory_mb": _num(results.get("peak_memory_mb")),
         "overrides": overrides,
         "params": parse_overrides(overrides),
+        "seed": _read_seed(run_dir),
         "curve": (epochs, curve),
     }
 
@@ -119,6 +127,16 @@ def _read_overrides(run_dir: Path) -> list[str] | None:
     except (OSError, yaml.YAMLError):
         return None
     return [str(o) for o in data] if isinstance(data, list) else []
+
+
+def _read_seed(run_dir: Path) -> str | None:
+    """The seed the run used, from its composed config (a run without a seed= override has one too)."""
+    path = run_dir / ".hydra" / "config.yaml"
+    try:
+        data = yaml.safe_load(path.read_text()) if path.exists() else None
+    except (OSError, yaml.YAMLError):
+        return None
+    return str(data[SEED_KEY]) if isinstance(data, dict) and data.get(SEED_KEY) is not None else None
 
 
 def _read_curve(run_dir: Path, primary: str | None) -> tuple[list[float], list[float], str | None]:
@@ -165,6 +183,70 @@ def varying_params(runs: Sequence[dict[str, Any]]) -> list[str]:
     return [k for k in keys if len({run["params"].get(k) for run in runs}) > 1]
 
 
+def seed_groups(runs: Sequence[dict[str, Any]], varying: Sequence[str]) -> list[dict[str, Any]]:
+    """Completed runs that differ only in ``seed``, one record per setting of the other swept
+    parameters: how many seeds, and the mean and sample standard deviation of the best validation
+    accuracy, the test accuracy at the best epoch and the final test accuracy. A single run's accuracy
+    says little on 10k test images; a setting is judged by its seeds. Empty unless ``seed`` is swept
+    and some setting has at least two completed runs."""
+    if SEED_KEY not in varying:
+        return []
+    others = _setting_keys(varying)
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for run in runs:
+        if run["status"] == "completed" and run["best_val_acc"] is not None:
+            groups.setdefault(tuple(run["params"].get(k) for k in others), []).append(run)
+    if not any(len(members) > 1 for members in groups.values()):
+        return []
+    records = []
+    for values, members in groups.items():
+        record: dict[str, Any] = dict(zip(others, values))
+        record["n"] = len(members)
+        record["seeds"] = " ".join(sorted((r["params"].get(SEED_KEY) or r["seed"] or "?" for r in members),
+                                          key=_natural_key))
+        for name, field in (("best_val", "best_val_acc"), ("test", "test_acc"), ("test_final", "test_acc_final")):
+            record[f"{name}_mean"], record[f"{name}_std"] = _mean_std([r[field] for r in members])
+        records.append(record)
+    records.sort(key=lambda r: -(r["best_val_mean"] or 0.0))
+    return records
+
+
+def _setting_keys(varying: Sequence[str]) -> list[str]:
+    """The swept keys that define a setting: not the seed, not bookkeeping such as checkpoint.every."""
+    return [k for k in varying if k != SEED_KEY and not k.startswith(BOOKKEEPING_KEYS)]
+
+
+def _mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (n - 1) of the values present; no spread from one value."""
+    xs = [v for v in values if v is not None]
+    if not xs:
+        return None, None
+    mean = sum(xs) / len(xs)
+    std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else None
+    return mean, std
+
+
+def seed_table(records: Sequence[dict[str, Any]], varying: Sequence[str]) -> Table:
+    """The seed summary: one row per setting, accuracies as mean +- sample std over its seeds."""
+    others = _setting_keys(varying)
+    table = Table(title="over seeds (mean +- sample std)")
+    for key in others:
+        table.add_column(key, overflow="fold")
+    table.add_column("n", justify="right", no_wrap=True)
+    table.add_column("seeds", overflow="fold")
+    for label in ("best val", "test at best", "test final"):
+        table.add_column(label, justify="right", no_wrap=True)
+    for rec in records:
+        cells = []
+        for name in ("best_val", "test", "test_final"):
+            mean, std = rec[f"{name}_mean"], rec[f"{name}_std"]
+            cells.append("-" if mean is None else f"{100 * mean:.2f}%"
+                         + ("" if std is None else f" +- {100 * std:.2f}"))
+        table.add_row(*[_short(str(rec[k])) if rec[k] is not None else "-" for k in others],
+                      str(rec["n"]), rec["seeds"], *cells)
+    return table
+
+
 def _as_float(value: str | None) -> float | None:
     try:
         return float(value) if value is not None else None
@@ -190,8 +272,12 @@ def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
     columns = list(RESULT_COLUMNS)
     for row in rows:
         columns += [k for k in row if k not in columns]
+    write_csv_columns(rows, columns, path)
+
+
+def write_csv_columns(rows: Sequence[dict[str, Any]], columns: Sequence[str], path: Path) -> None:
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, restval="")
+        writer = csv.DictWriter(f, fieldnames=list(columns), restval="", extrasaction="ignore")
         writer.writeheader()
         for row in rows:
             writer.writerow({k: "" if v is None else v for k, v in row.items()})
@@ -331,7 +417,14 @@ def write_report(folder: Path | Sequence[Path], console: Console,
     write_csv(rows, out / "summary.csv")
     plot_summary(runs, varying, out / "summary.png", title)
     console.print(summary_table(runs, varying, title))
-    console.print(f"summary: {out / 'summary.csv'}, {out / 'summary.png'}")
+    written = [out / "summary.csv", out / "summary.png"]
+    by_seed = seed_groups(runs, varying)
+    if by_seed:
+        others = _setting_keys(varying)
+        write_csv_columns(by_seed, others + list(SEED_COLUMNS), out / "seeds.csv")
+        console.print(seed_table(by_seed, varying))
+        written.append(out / "seeds.csv")
+    console.print("summary: " + ", ".join(str(p) for p in written))
     return rows
 
 

@@ -163,6 +163,44 @@ def test_cli_writes_report(sweep: Path, capsys: pytest.CaptureFixture) -> None:
     assert "sweep: 4 runs, 1 failed" in capsys.readouterr().out
 
 
+def test_runs_that_differ_only_in_seed_are_summarized_over_seeds(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    """`ffrun -m seed=0,1,2 units=16,32`: one row per units, mean and sample std over its seeds;
+    a failed seed does not count. A run with the default seed (no seed= override; its config says 0)
+    and an extra bookkeeping override (checkpoint.every) still belongs to its setting."""
+    import statistics
+    root = tmp_path / "seeds"
+    bests = {("16", "0"): 0.90, ("16", "1"): 0.94, ("16", "2"): 0.92, ("32", "0"): 0.97, ("32", "1"): 0.95}
+    for job, ((units, seed), best) in enumerate(bests.items()):
+        ov = [f"units={units}"] + (["checkpoint.every=5"] if job == 0 else [f"seed={seed}"])
+        results = completed(best, [best - 0.1, best], ov) | {"test_acc_final": best - 0.02}
+        run = make_run(root / str(job), ov, results, [best - 0.1, best])
+        (run / ".hydra" / "config.yaml").write_text(f"seed: {seed}\nunits: {units}\n")
+    make_run(root / "5", ["units=32", "seed=2"], {"status": "failed", "reason": "NaN loss"})
+    assert main([str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "over seeds" in out
+    rows = list(csv.DictReader(open(root / "seeds.csv")))
+    assert [(r["units"], r["n"], r["seeds"]) for r in rows] == [("32", "2", "0 1"), ("16", "3", "0 1 2")]
+    for row in rows:
+        best = [b for (u, _), b in bests.items() if u == row["units"]]
+        assert float(row["best_val_mean"]) == pytest.approx(statistics.mean(best))
+        assert float(row["best_val_std"]) == pytest.approx(statistics.stdev(best))
+        assert float(row["test_mean"]) == pytest.approx(statistics.mean(best) - 0.01)
+        assert float(row["test_final_mean"]) == pytest.approx(statistics.mean(best) - 0.02)
+
+
+def test_no_seed_summary_without_repeated_seeds(sweep: Path, tmp_path: Path) -> None:
+    write_report(sweep, recording_console())          # seed not swept
+    assert not (sweep / "seeds.csv").exists()
+    root = tmp_path / "one_each"                         # seed swept, but every setting has one run
+    for job, (units, seed) in enumerate([("16", "0"), ("32", "1")]):
+        ov = [f"units={units}", f"seed={seed}"]
+        make_run(root / str(job), ov, completed(0.9, [0.9], ov), [0.9])
+    write_report(root, recording_console())
+    assert not (root / "seeds.csv").exists()
+
+
 def test_cli_nonexistent_folder_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main([str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err.strip()
