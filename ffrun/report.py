@@ -14,6 +14,7 @@ import json
 import math
 import os
 import re
+import statistics
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -221,9 +222,7 @@ def _mean_std(values: Sequence[float | None]) -> tuple[float | None, float | Non
     xs = [v for v in values if v is not None]
     if not xs:
         return None, None
-    mean = sum(xs) / len(xs)
-    std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else None
-    return mean, std
+    return statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else None
 
 
 def seed_table(records: Sequence[dict[str, Any]], varying: Sequence[str]) -> Table:
