@@ -143,6 +143,19 @@ def read_metrics(path: Path) -> list[dict[str, float]]:
     return rows
 
 
+def best_by_stage(rows: Sequence[Mapping[str, float]], key: str) -> list[dict[str, float | int]]:
+    """The best value of ``key`` and its epoch in each stage of the schedule (stages in order; a
+    stage whose rows never hold ``key`` is left out). The first epoch reaching the best wins."""
+    best: dict[int, dict[str, float | int]] = {}
+    for row in rows:
+        if key not in row or not math.isfinite(row[key]):
+            continue
+        stage = int(row.get("stage", 0))
+        if stage not in best or row[key] > best[stage]["best"]:
+            best[stage] = {"stage": stage, "best": row[key], "epoch": int(row["epoch"])}
+    return [best[s] for s in sorted(best)]
+
+
 def write_json(path: Path, data: Mapping) -> None:
     """Write atomically: a crash mid-write never leaves half a results.json."""
     tmp = path.with_suffix(path.suffix + ".tmp")

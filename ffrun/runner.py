@@ -176,8 +176,10 @@ def train(cfg: DictConfig, run_dir: Path, console: Console | None = None,
         for row in rows:
             tracker.update(row, take_snapshot=False)   # best weights came back with the checkpoint
         log.info("resuming %s from epoch %d", run_dir, start_epoch)
+    track_test = bool(cfg.get("track_test", False)) and plan.val_set != "test"
     columns = ["epoch", "stage", "seconds", "samples_per_s"] + \
-              [f"{n}/{k}" for n, layer in layers.items() for k in layer.metrics]
+              [f"{n}/{k}" for n, layer in layers.items() for k in layer.metrics] + \
+              ([f"test/{k}" for k in acc_keys] if track_test else [])
     if resume:   # drop epochs after the checkpoint; atomically, so a crash here loses nothing
         reporting.rewrite_metrics(run_dir / "metrics.csv", columns, rows)
     csv_out = reporting.MetricsCSV(run_dir / "metrics.csv", columns, append=resume)
@@ -199,6 +201,9 @@ def train(cfg: DictConfig, run_dir: Path, console: Console | None = None,
 
     def on_epoch_end(result: EpochResult) -> None:
         row = result.row()
+        if track_test and primary in row:   # the seed's way, recorded beside the honest one; never selects
+            test = mgr.evaluate(plan.test, prefix="test/")
+            row.update({f"test/{k}": test[f"test/{k}"] for k in acc_keys if f"test/{k}" in test})
         csv_out.write(row)
         rows.append(row)
         tracker.update(row)
@@ -248,7 +253,12 @@ def train(cfg: DictConfig, run_dir: Path, console: Console | None = None,
             tb.close()
 
     readouts = {k: {"final": tracker.final.get(k), "best": tracker.best[k][0] if tracker.best[k][0] >= 0 else None,
-                    "best_epoch": tracker.best[k][1] or None} for k in acc_keys}
+                    "best_epoch": tracker.best[k][1] or None,
+                    # the seed reads its best per stage (an unsup FF stage, then its softmax-only stage)
+                    "best_by_stage": reporting.best_by_stage(rows, k)} for k in acc_keys}
+    if track_test:
+        for k in acc_keys:
+            readouts[k]["test_best_by_stage"] = reporting.best_by_stage(rows, f"test/{k}")
     if results["status"] == "completed":
         test = mgr.evaluate(plan.test, prefix="test/")
         for k in acc_keys:
