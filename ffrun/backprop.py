@@ -87,7 +87,7 @@ def train(cfg: DictConfig, run_dir: Path, console: Console | None = None,
     reporting.reset_peak_memory()   # a sweep's jobs share a process; each reports its own peak
     d = cfg.data
     splits = load_splits(d.name, d.get("path"), _int(d.val_size, "data.val_size", 0), d.normalize,
-                         d.get("train_size"), d.get("test_size"))
+                         d.get("train_size"), d.get("test_size"), num_classes=d.get("num_classes"))
     x_tr, y_tr = _classes(cfg, splits.x_train, splits.y_train)
     if cfg.eval_on == "test":
         x_val, y_val = _classes(cfg, splits.x_test, splits.y_test)

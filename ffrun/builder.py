@@ -231,7 +231,7 @@ def build_run(cfg: DictConfig, keep_splits: bool = False) -> Run:
     """YAML -> composed config -> (data, layers dict + sequence, plan, schedule)."""
     d = cfg.data
     splits = load_splits(d.name, d.get("path"), _int(d.val_size, "data.val_size", 0), d.normalize,
-                         d.get("train_size"), d.get("test_size"))
+                         d.get("train_size"), d.get("test_size"), num_classes=d.get("num_classes"))
     mode = cfg.mode.name
     if mode not in ("sup", "unsup"):
         raise ConfigError(f"mode {mode!r} is not an FF mode (sup or unsup)")

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -39,15 +39,20 @@ class SweepReport(Callback):
 
 
 def unwritable_reason(folder: Path) -> str | None:
-    """Why ``folder`` could not be created and written, or None. Creates nothing: Hydra resolves
-    ``${now:...}`` again when it makes the folder, so a folder made here could be a stray twin."""
+    """Why ``folder`` could not be created and written, or None. Writes and removes a probe file in
+    the nearest folder that exists: ``os.access`` answers yes for root even where nothing can be
+    written (/proc, a read-only mount). Creates no folder: Hydra resolves ``${now:...}`` again when
+    it makes the run folder, so a folder made here could be a stray twin."""
     probe = folder.expanduser().absolute()
     while not probe.exists():
         probe = probe.parent
     if not probe.is_dir():
         return f"{probe} is not a folder"
-    if not os.access(probe, os.W_OK | os.X_OK):
-        return f"{probe} is not writable"
+    try:
+        with tempfile.NamedTemporaryFile(dir=probe, prefix=".ffrun-probe-"):
+            pass
+    except OSError as exc:
+        return f"{probe} is not writable ({exc.strerror or type(exc).__name__})"
     return None
 
 

@@ -5,11 +5,12 @@ run needs to draw exactly what an uninterrupted run would.
 """
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import tensorflow as tf
 
-from ffrun.errors import CheckpointError
+from ffrun.errors import CheckpointError, OutputError
 from ffrun.layers import BaseFFLayer
 
 
@@ -57,8 +58,20 @@ class Checkpointer:
         self.manager = tf.train.CheckpointManager(self.ckpt, str(folder), max_to_keep=keep)
 
     def save(self, epoch: int) -> str:
+        """Write ckpt-<epoch>. TF writes it into a temporary folder and only then points the index at
+        it, so a failed write (a full disk) leaves the previous checkpoint the latest and whole; the
+        half-written temporary folder is removed and the failure is one line naming both."""
         self.epoch.assign(epoch)
-        return self.manager.save(checkpoint_number=epoch)
+        try:
+            return self.manager.save(checkpoint_number=epoch)
+        except (tf.errors.OpError, OSError) as exc:
+            for partial in self.folder.glob(f"ckpt-{epoch}_temp*"):
+                shutil.rmtree(partial, ignore_errors=True)
+            cause = exc.message if isinstance(exc, tf.errors.OpError) else str(exc)
+            cause = cause.rsplit(";", 1)[-1].split("[Op:")[0].strip() or type(exc).__name__
+            latest = self.manager.latest_checkpoint
+            kept = f"the latest complete checkpoint is {Path(latest).name}" if latest else "no checkpoint was written"
+            raise OutputError(f"cannot write checkpoint ckpt-{epoch} in {self.folder} ({cause}); {kept}") from None
 
     def restore_latest(self) -> int:
         """Restore the newest checkpoint; returns its epoch. Every saved value must find its

@@ -90,10 +90,28 @@ class _DropRetracingWarning(logging.Filter):
         return "triggered tf.function retracing" not in record.getMessage()
 
 
+#: exit codes of a single run: bad input 2 (as argparse), a failed run 1, an interrupted one 130 (Ctrl-C)
+EXIT_CODES = {"completed": 0, "failed": 1, "interrupted": 130}
+EXIT_BAD_INPUT = 2
+
+
+def _log_to_file_only(level: int, message: str, exc_info=None) -> None:
+    """Write a record to the run's ffrun.log (Hydra's file handler) but not to the console, which
+    gets the one stderr line instead of a second copy (or a traceback)."""
+    record = log.makeRecord(log.name, level, __file__, 0, message, (), exc_info)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
 def run_job(cfg: DictConfig) -> float:
-    """Run one job of a run or a sweep. Returns the best validation accuracy (what a sweeper
-    maximizes). A bad input ends a single run with one line and exit code 2; in a sweep the job
-    records its failure and the sweep goes on."""
+    """Run one job of a run or a sweep, and map its outcome to results.json, one stderr line and an
+    exit code (lightning-hydra-template's task_wrapper). Returns the best validation accuracy (what
+    a sweeper maximizes); a sweep's failed job returns NaN and the sweep goes on with the others.
+
+    Bad input (FFRunError) exits 2; any other error (a bug, a full disk) is a failed run, exit 1,
+    its traceback in ffrun.log; both leave results.json ``failed`` with the reason, keeping every
+    field the run had already written."""
     from ffrun import _import_tensorflow_quietly
     _import_tensorflow_quietly()
     from ffrun import reporting, runner
@@ -110,23 +128,29 @@ def run_job(cfg: DictConfig) -> float:
     console = reporting.make_console()
     reporting.route_logging_to(console)
     multirun = hc.mode == RunMode.MULTIRUN
+    overrides = list(hc.overrides.task)
     try:
         if cfg.resume:
             run_dir = Path(cfg.resume).expanduser().resolve()
-            saved = config_for_resume(run_dir, cfg, list(hc.overrides.task))
-            results = runner.train(saved, run_dir, console, resume=True, overrides=list(hc.overrides.task))
+            saved = config_for_resume(run_dir, cfg, overrides)
+            results = runner.train(saved, run_dir, console, resume=True, overrides=overrides)
         else:
-            results = runner.train(cfg, run_dir, console, overrides=list(hc.overrides.task))
+            results = runner.train(cfg, run_dir, console, overrides=overrides)
+        status, reason = results["status"], results.get("reason")
+        code = EXIT_CODES[status]
     except FFRunError as exc:
-        log.error("%s", exc)
-        if not cfg.resume:   # a failed resume must not overwrite the run's own results
-            reporting.write_json(run_dir / "results.json", {"status": "failed", "reason": str(exc)})
-        if multirun:
-            return math.nan
-        sys.exit(2)
-    if results["status"] != "completed" and not multirun:
-        sys.exit(130 if results["status"] == "interrupted" else 1)
-    best = results.get("best_val_acc")
+        status, reason, code = "failed", str(exc), EXIT_BAD_INPUT
+        _log_to_file_only(logging.ERROR, reason)
+    except Exception as exc:  # noqa: BLE001 - whatever went wrong, the run says so and the sweep goes on
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        status, reason, code = "failed", f"{type(exc).__name__}: {first}", 1
+        _log_to_file_only(logging.ERROR, f"run failed: {reason}", exc_info=sys.exc_info())
+    if status == "failed":
+        reporting.record_failure(run_dir / "results.json", reason)
+        print(f"ffrun: {reason} ({run_dir})", file=sys.stderr)
+    if code and not multirun:
+        sys.exit(code)
+    best = results.get("best_val_acc") if status != "failed" else None
     return math.nan if best is None else float(best)
 
 
@@ -135,8 +159,8 @@ register_resolvers()
 
 def _job_overrides(args: list[str]) -> list[list[str]]:
     """Override lists that cover the jobs of ``args`` for checking: the first value of every sweep,
-    then each other value of a sweep over names (config choices such as ``experiment=a,b``, which
-    can each be missing); numeric sweeps change no key, so their first value stands for all."""
+    then each other value of each sweep in turn (one composition per value, not per job: a 4 x 4
+    grid is checked with 7, not 16)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     parser = OverridesParser.create()
     first: list[str] = []
@@ -153,20 +177,12 @@ def _job_overrides(args: list[str]) -> list[list[str]]:
             continue
         values = list(override.sweep_string_iterator())
         first.append(f"{key}={values[0]}")
-        if not all(_is_number(v) for v in values):
-            others.append((i, [f"{key}={v}" for v in values[1:]]))
+        # every value is checked (numbers too: a NaN or a zero batch size must not wait for its job)
+        others.append((i, [f"{key}={v}" for v in values[1:]]))
     jobs = [first]
     for i, variants in others:
         jobs += [first[:i] + [v] + first[i + 1:] for v in variants]
     return jobs
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _config_keys(overrides: list[str]) -> list[str]:
@@ -219,9 +235,16 @@ def _compose_problem(single: list[str]) -> str | None:
     from hydra import compose, initialize_config_module
     from hydra.errors import MissingConfigException
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+    from omegaconf.errors import ValidationError
+
+    from ffrun.errors import FFRunError
+    from ffrun.experiment.schema import typed
     try:
         with initialize_config_module(config_module="ffrun.conf", version_base="1.3"):
-            compose("config", overrides=single, return_hydra_config=True)
+            cfg = compose("config", overrides=single, return_hydra_config=True)
+        typed(cfg)      # ranges and cross-key rules: the same check every run makes at its start
+    except FFRunError as exc:
+        return str(exc)
     except MissingConfigException as exc:
         group, _, choice = str(exc.missing_cfg_file or "").rpartition("/")
         options = list(exc.options or [])
@@ -233,6 +256,11 @@ def _compose_problem(single: list[str]) -> str | None:
         return f"no config {choice!r} in group {group!r}; {hint}choices: {', '.join(options)}"
     except Exception as exc:  # noqa: BLE001 - Hydra raises several types; each gets one line
         cause = exc.__cause__
+        if isinstance(cause, ValidationError) and not isinstance(cause, (ConfigAttributeError, ConfigKeyError)):
+            # the schema refused a value: "splitting=bogus: Invalid value 'bogus', expected one of [...]"
+            key = str(getattr(cause, "full_key", "") or "")
+            given = next((o for o in single if o.lstrip("+~").split("=", 1)[0] == key), key)
+            return f"{given}: {str(cause).splitlines()[0]}"
         if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and getattr(cause, "full_key", None):
             key = str(cause.full_key)
             given = next((o for o in single if o.lstrip("+~").split("=", 1)[0] == key), key)
@@ -269,13 +297,49 @@ def hydra_main(cfg: DictConfig) -> float:
     return run_job(cfg)
 
 
+def resume_problem(args: list[str]) -> tuple[str, int] | None:
+    """(one line, exit code) when ``resume=<folder>`` must not reach Hydra, which would write
+    .hydra_resume/ and ffrun.log into the folder before anything checks it: the folder is not a run
+    of ffrun (exit 2), or the run is already complete and nothing asks to extend it (exit 0)."""
+    given = dict(a.split("=", 1) for a in args if "=" in a and not a.startswith("-"))
+    folder = given.get("resume")
+    if not folder:
+        return None
+    run_dir = Path(folder).expanduser().resolve()
+    if not (run_dir / ".hydra" / "config.yaml").is_file():
+        what = "does not exist" if not run_dir.exists() else "is not an ffrun run folder (no .hydra/config.yaml)"
+        return f"cannot resume {run_dir}: it {what}", 2
+    from ffrun.reporting import read_json
+    results = read_json(run_dir / "results.json")
+    if results.get("status") != "completed":
+        return None
+    try:
+        saved = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    except Exception as exc:  # noqa: BLE001 - a damaged config is the resume's own error to report
+        return f"cannot resume {run_dir}: its .hydra/config.yaml is unreadable ({type(exc).__name__})", 2
+    extends = any(str(saved.get(k)) != given[k] for k in ("epochs", "readout_epochs") if k in given)
+    if extends:
+        return None
+    return (f"{run_dir} is already complete ({results.get('epochs')} epochs); nothing was changed. "
+            f"To train further: ffrun resume={run_dir} epochs=<more>; to evaluate again: ffrun-eval {run_dir}"), 0
+
+
 def main() -> None:
-    """The ``ffrun`` console script: overrides that would not compose stop here with one line and
-    exit code 2, before Hydra makes a run folder; everything else goes to Hydra's main."""
+    """The ``ffrun`` console script: overrides that would not compose, and a ``resume=`` that must
+    not start, stop here with one line before Hydra makes or touches a run folder; everything else
+    goes to Hydra's main."""
+    # A full disk makes every log write fail; logging would print a traceback for each to stderr,
+    # burying the one line that says what happened.
+    logging.raiseExceptions = False
     problem = override_problem(sys.argv[1:])
     if problem is not None:
         print(f"ffrun: {problem}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(EXIT_BAD_INPUT)
+    stop = resume_problem(sys.argv[1:])
+    if stop is not None:
+        line, code = stop
+        print(f"ffrun: {line}", file=sys.stderr if code else sys.stdout)
+        sys.exit(code)
     hydra_main()
 
 

@@ -15,3 +15,7 @@ class DataError(FFRunError):
 
 class CheckpointError(FFRunError):
     """A checkpoint is missing, corrupt, or does not match the configured network."""
+
+
+class OutputError(FFRunError):
+    """An output (run folder, checkpoint) cannot be written: the folder is read-only or the disk is full."""

@@ -62,7 +62,12 @@ class GoodnessSeparation(keras.metrics.Metric):
         self.neg_hist = self.add_variable(shape=(bins,), initializer="zeros", name="neg_hist")
 
     def _hist(self, g: tf.Tensor) -> tf.Tensor:
-        logg = tf.math.log(tf.maximum(tf.cast(g, tf.float32), 1e-30))
+        g = tf.cast(g, tf.float32)
+        # Non-finite goodness is left out explicitly: tf.maximum(nan, x) is NaN on some CPUs (AVX2)
+        # and not on others, and tf.histogram_fixed_width raises on NaN. The losses carry the NaN
+        # to TrainMgr's check, which stops the run with the layer's name.
+        g = tf.boolean_mask(g, tf.math.is_finite(g))
+        logg = tf.math.log(tf.maximum(g, 1e-30))
         lo, hi = self.log_range
         return tf.cast(tf.histogram_fixed_width(logg, [lo, hi], nbins=self.bins), tf.float32)
 

@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import yaml
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from ffrun import reporting
 from ffrun.errors import FFRunError
@@ -39,6 +40,14 @@ SEED_KEY = "seed"
 BOOKKEEPING_KEYS = ("checkpoint.", "tensorboard.", "hydra.", "progress", "eval_batch_size")
 SEED_COLUMNS = ("n", "seeds", "best_val_mean", "best_val_std", "test_mean", "test_std",
                 "test_final_mean", "test_final_std")
+# The results.json fields the report reads, by what a wrong type costs. These decide what a row
+# means (did the run succeed, which readout its accuracies belong to): a wrong type fails the row.
+MEANING_FIELDS = ("status", "reason", "primary")
+# Only shown: a wrong type blanks the cell and the rest of the row still counts.
+LABEL_FIELDS = ("val_set",)
+NUMBER_FIELDS = ("best_val_acc", "final_val_acc", "test_acc", "test_acc_final", "wall_seconds",
+                 "mean_epoch_seconds", "samples_per_s", "peak_memory_mb")
+COUNT_FIELDS = ("best_epoch", "epochs")
 
 
 class ReportError(FFRunError):
@@ -71,39 +80,30 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, str]:
 def load_run(run_dir: Path, root: Path) -> dict[str, Any]:
     """One run as a flat record: results.json fields, its overrides and its primary accuracy curve.
     A damaged results.json becomes a failed run instead of stopping the whole report."""
-    try:
-        results = json.loads((run_dir / "results.json").read_text())
-        if not isinstance(results, dict):
-            raise ValueError("not a JSON object")
-    except (OSError, ValueError) as exc:
-        results = {"status": "failed", "reason": f"unreadable results.json: {exc}"}
+    results, problems = read_results(run_dir / "results.json")
     overrides = _read_overrides(run_dir)
     if overrides is None:   # no .hydra folder (e.g. copied results): runner.train also stores them
-        overrides = [str(o) for o in results.get("overrides") or []]
-    status = str(results.get("status") or "unknown")
-    if status == "running":
+        overrides = results["overrides"] or []
+    status = results["status"] or "unknown"
+    reason = results["reason"]
+    if problems:
+        # runner.train never writes such a file: whatever it says, the run cannot count as done.
+        # The run's own reason, if it had one, still follows.
+        status = "failed"
+        reason = "; ".join(problems + ([reason] if reason else []))
+    elif status == "running":
         # runner.train writes "running" first and overwrites it at the end: the job is still going,
         # or its process was killed before the final write
         status = "unfinished"
-        results["reason"] = results.get("reason") or "no final results (still running, or killed)"
-    epochs, curve, primary = _read_curve(run_dir, results.get("primary"))
+        reason = reason or "no final results (still running, or killed)"
+    epochs, curve, primary = _read_curve(run_dir, results["primary"])
     return {
         "run": run_dir.relative_to(root).as_posix() or ".",
         "path": run_dir,
         "status": status,
-        "reason": results.get("reason"),
+        "reason": reason,
         "primary": primary,
-        "val_set": results.get("val_set"),
-        "best_val_acc": _num(results.get("best_val_acc")),
-        "best_epoch": results.get("best_epoch"),
-        "final_val_acc": _num(results.get("final_val_acc")),
-        "test_acc": _num(results.get("test_acc")),
-        "test_acc_final": _num(results.get("test_acc_final")),
-        "epochs": results.get("epochs"),
-        "wall_seconds": _num(results.get("wall_seconds")),
-        "mean_epoch_seconds": _num(results.get("mean_epoch_seconds")),
-        "samples_per_s": _num(results.get("samples_per_s")),
-        "peak_memory_mb": _num(results.get("peak_memory_mb")),
+        **{key: results[key] for key in LABEL_FIELDS + NUMBER_FIELDS + COUNT_FIELDS},
         "overrides": overrides,
         "params": parse_overrides(overrides),
         "seed": _read_seed(run_dir),
@@ -111,23 +111,76 @@ def load_run(run_dir: Path, root: Path) -> dict[str, Any]:
     }
 
 
+def read_results(path: Path) -> tuple[dict[str, Any], list[str]]:
+    """results.json as the fields the report reads, and what is wrong with the file (empty when
+    nothing). Never raises: an unreadable file gives every field None and one problem."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError) as exc:   # ValueError: bad JSON or bad UTF-8
+        return check_results({})[0], [f"unreadable results.json: {exc}"]
+    if not isinstance(data, dict):
+        return check_results({})[0], [f"unreadable results.json: not a JSON object, got {_type_name(data)}"]
+    return check_results(data)
+
+
+def check_results(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Every field the report reads, with its type checked: ``status``, ``reason``, ``primary`` and
+    ``val_set`` strings, ``overrides`` a list of strings, the others numbers (counts for best_epoch and
+    epochs). A missing or null field is None and no problem (a failed run writes few fields); a
+    wrong-typed one is None too, and for ``overrides`` and the fields in MEANING_FIELDS it is a
+    problem that names the field and the type found. Other fields (readouts, data, ...) are not read."""
+    record: dict[str, Any] = {}
+    problems: list[str] = []
+    for key in MEANING_FIELDS + LABEL_FIELDS:
+        value = data.get(key)
+        record[key] = value if isinstance(value, str) else None
+        if value is not None and record[key] is None and key in MEANING_FIELDS:
+            problems.append(f"results.json: {key!r} must be a string, got {_type_name(value)}")
+    overrides = data.get("overrides")
+    record["overrides"] = None
+    if isinstance(overrides, list) and all(isinstance(o, str) for o in overrides):
+        record["overrides"] = list(overrides)
+    elif overrides is not None:
+        # Overrides place the run in the table's columns and its seed group: a guess would put it
+        # in the wrong one
+        found = _type_name(overrides) if not isinstance(overrides, list) else \
+            "a list holding " + ", ".join(sorted({_type_name(o) for o in overrides if not isinstance(o, str)}))
+        problems.append(f"results.json: 'overrides' must be a list of strings, got {found}")
+    for key in NUMBER_FIELDS:
+        record[key] = _num(data.get(key))
+    for key in COUNT_FIELDS:
+        number = _num(data.get(key))
+        record[key] = int(number) if number is not None and number.is_integer() and number >= 0 else None
+    return record, problems
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
 def _num(value: Any) -> float | None:
+    if isinstance(value, bool):   # float(True) is 1.0: a 100% accuracy nobody measured
+        return None
     try:
         value = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):   # OverflowError: a JSON integer beyond float
         return None
     return value if math.isfinite(value) else None
 
 
 def _read_overrides(run_dir: Path) -> list[str] | None:
+    """The run's overrides from Hydra's overrides.yaml; None (use results.json's) when it is missing
+    or is not the list of strings Hydra writes."""
     path = run_dir / ".hydra" / "overrides.yaml"
     if not path.exists():
         return None
     try:
         data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
+    except (OSError, ValueError, RecursionError, yaml.YAMLError):   # ValueError: bad UTF-8
         return None
-    return [str(o) for o in data] if isinstance(data, list) else []
+    if isinstance(data, list) and all(isinstance(o, str) for o in data):
+        return data
+    return None
 
 
 def _read_seed(run_dir: Path) -> str | None:
@@ -135,32 +188,38 @@ def _read_seed(run_dir: Path) -> str | None:
     path = run_dir / ".hydra" / "config.yaml"
     try:
         data = yaml.safe_load(path.read_text()) if path.exists() else None
-    except (OSError, yaml.YAMLError):
+    except (OSError, ValueError, RecursionError, yaml.YAMLError):
         return None
-    return str(data[SEED_KEY]) if isinstance(data, dict) and data.get(SEED_KEY) is not None else None
+    seed = data.get(SEED_KEY) if isinstance(data, dict) else None
+    # A seed is a number (or a string someone typed): a mapping or list there is no seed to show
+    return str(seed) if isinstance(seed, (int, float, str)) and not isinstance(seed, bool) else None
 
 
 def _read_curve(run_dir: Path, primary: str | None) -> tuple[list[float], list[float], str | None]:
     """(epochs, accuracies) of the primary readout. A failed run's results.json may not name the
-    primary, so fall back to the first readout accuracy column, as runner.train does."""
+    primary, so fall back to the first readout accuracy column, as runner.train does. Cells that are
+    not numbers, and short or long rows, are skipped; a file that stops parsing keeps the rows before."""
     path = run_dir / "metrics.csv"
+    primary = primary if isinstance(primary, str) else None
+    xs: list[float] = []
+    ys: list[float] = []
     if not path.exists():
-        return [], [], primary
+        return xs, ys, primary
     try:
-        with open(path, newline="") as f:
+        # errors="replace": a torn multi-byte character becomes a non-number cell, not an exception
+        with open(path, newline="", errors="replace") as f:
             reader = csv.DictReader(f)
-            columns = reader.fieldnames or []
+            columns = [c for c in reader.fieldnames or [] if isinstance(c, str)]
             if primary not in columns:
                 accs = [c for c in columns if c.endswith("/acc") and not c.startswith("test/")]
                 primary = accs[0] if accs else primary
-            xs, ys = [], []
             for row in reader:
                 x, y = _num(row.get("epoch")), _num(row.get(primary)) if primary else None
                 if x is not None and y is not None:
                     xs.append(x)
                     ys.append(y)
-    except (OSError, csv.Error):   # a crash mid-write can leave a torn last line; show what exists
-        return [], [], primary
+    except (OSError, ValueError, csv.Error):   # a crash mid-write can leave a torn last line; show what exists
+        pass
     return xs, ys, primary
 
 
@@ -241,8 +300,8 @@ def seed_table(records: Sequence[dict[str, Any]], varying: Sequence[str]) -> Tab
             mean, std = rec[f"{name}_mean"], rec[f"{name}_std"]
             cells.append("-" if mean is None else f"{100 * mean:.2f}%"
                          + ("" if std is None else f" +- {100 * std:.2f}"))
-        table.add_row(*[_short(str(rec[k])) if rec[k] is not None else "-" for k in others],
-                      str(rec["n"]), rec["seeds"], *cells)
+        table.add_row(*[Text(_short(str(rec[k]))) if rec[k] is not None else "-" for k in others],
+                      str(rec["n"]), Text(rec["seeds"]), *cells)
     return table
 
 
@@ -285,7 +344,9 @@ def write_csv_columns(rows: Sequence[dict[str, Any]], columns: Sequence[str], pa
 def summary_table(runs: Sequence[dict[str, Any]], varying: Sequence[str], title: str) -> Table:
     """Ranked runs; only the swept parameters get columns, the common overrides go in the caption."""
     pct = lambda v: "-" if v is None else f"{100 * v:.2f}%"
-    table = Table(title=title)
+    # Run names, overrides, status and reasons come from the runs' files: as Text, rich shows them as
+    # they are instead of reading markup (a reason such as "loss [/] nan" would raise, "[bold]" vanish)
+    table = Table(title=Text(title, style="table.title"))
     # Numbers and status never wrap; at the 80 columns of a pipe the reason takes what is left
     table.add_column("#", justify="right", no_wrap=True)
     table.add_column("run", overflow="fold")
@@ -302,16 +363,17 @@ def summary_table(runs: Sequence[dict[str, Any]], varying: Sequence[str], title:
     for run in runs:
         style = "red" if run["status"] == "failed" else ("yellow" if run["status"] != "completed" else None)
         sec = run["mean_epoch_seconds"]
-        table.add_row(str(run["rank"]), run["run"], *[_short(run["params"].get(k, "-")) for k in varying],
-                      run["status"], pct(run["best_val_acc"]), str(run["best_epoch"] or "-"),
+        table.add_row(str(run["rank"]), Text(run["run"]),
+                      *[Text(_short(run["params"].get(k, "-"))) for k in varying],
+                      Text(run["status"]), pct(run["best_val_acc"]), str(run["best_epoch"] or "-"),
                       pct(run["test_acc"]), "-" if sec is None else f"{sec:.2f}",
-                      *([run["reason"] or ""] if reasons else []), style=style)
+                      *([Text(run["reason"] or "")] if reasons else []), style=style)
     common = {k: v for k, v in runs[0]["params"].items() if k not in varying} if runs else {}
     primaries = sorted({r["primary"] for r in runs if r["primary"]})
-    table.caption = "  ".join(filter(None, [
+    table.caption = Text("  ".join(filter(None, [
         f"readout: {', '.join(primaries)}" if primaries else "",
         ("common overrides: " + " ".join(f"{k}={v}" for k, v in common.items())) if common else "",
-    ]))
+    ])), style="table.caption")
     return table
 
 

@@ -159,8 +159,35 @@ def best_by_stage(rows: Sequence[Mapping[str, float]], key: str) -> list[dict[st
 def write_json(path: Path, data: Mapping) -> None:
     """Write atomically: a crash mid-write never leaves half a results.json."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)   # a full disk: the old file stays whole, no half-written twin
+        raise
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object from ``path``, or {} when the file is missing, unreadable or not an object."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def record_failure(path: Path, reason: str) -> None:
+    """Mark results.json ``failed`` with ``reason``, keeping every field already in it (a run that
+    failed in epoch 40 still says what epochs 1-39 reached). Best effort: on a full disk or an
+    unwritable folder the caller's one line is all there is, and nothing written before is lost."""
+    data = read_json(path)
+    if data.get("status") not in (None, "failed", "running"):
+        data["previous_status"] = data["status"]
+    data.update(status="failed", reason=reason)
+    try:
+        write_json(path, data)
+    except OSError:
+        pass
 
 
 def _json_default(o):

@@ -19,7 +19,8 @@ from ffrun import reporting
 from ffrun.builder import Run, build_run
 from ffrun.checkpoints import BestWeights, Checkpointer
 from ffrun.errors import ConfigError
-from ffrun.training import EpochResult, NonFiniteLoss, TrainMgr
+from ffrun.experiment.schema import typed
+from ffrun.training import EpochResult, TrainingDiverged, TrainMgr
 
 log = logging.getLogger("ffrun")
 
@@ -128,19 +129,22 @@ def _tensorboard_histograms(writer, network, data, epoch: int, n: int = 512) -> 
             tf.summary.histogram(f"{name}/goodness", tf.reduce_sum(tf.square(h), -1))
 
 
+def _num(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
 def train(cfg: DictConfig, run_dir: Path, console: Console | None = None,
           overrides: list[str] | None = None, resume: bool = False) -> dict[str, Any]:
     """Train the configured FF network; write metrics.csv, results.json, curves.png, checkpoints
     and TensorBoard scalars to run_dir. With ``resume``, continue from run_dir's last checkpoint."""
+    spec = typed(cfg)                    # every type, choice and range, before anything is built
     if cfg.mode.name == "bp":
         if resume:
             raise ConfigError("mode=bp runs cannot be resumed")
         from ffrun import backprop
         return backprop.train(cfg, run_dir, console, overrides)
     console = console or reporting.make_console()
-    eval_every = int(cfg.get("eval_every", 1))
-    if eval_every < 1:
-        raise ConfigError(f"eval_every must be >= 1, got {eval_every}")
+    eval_every = spec.eval_every
     keras.backend.clear_session()        # multirun jobs share a process: no names or graphs leak
     keras.utils.set_random_seed(int(cfg.seed))
     t_start = time.perf_counter()
@@ -153,7 +157,8 @@ def train(cfg: DictConfig, run_dir: Path, console: Console | None = None,
     progress = reporting.RichProgress(console, total_epochs) if interactive else None
     mgr = TrainMgr(layers, run.network.seq, plan.train + plan.val, batch_size=int(cfg.batch_size),
                    eval_batch_size=int(cfg.eval_batch_size), seed=int(cfg.seed), shuffle=bool(cfg.shuffle),
-                   lr_multiplier=lr_multiplier(cfg, [n for _, n in run.schedule]), progress=progress)
+                   lr_multiplier=lr_multiplier(cfg, [n for _, n in run.schedule]), progress=progress,
+                   max_loss=spec.max_loss)
     mgr.build()
 
     acc_keys = [f"{n}/acc" for n in run.network.roles.goodness + run.network.roles.softmax]
@@ -168,7 +173,9 @@ def train(cfg: DictConfig, run_dir: Path, console: Console | None = None,
 
     rows: list[dict[str, float]] = []
     start_epoch = 0
+    before: dict[str, Any] = {}   # what earlier sessions of a resumed run recorded (time, memory)
     if resume:
+        before = reporting.read_json(run_dir / "results.json")
         start_epoch = checkpointer.restore_latest()
         metrics_path = run_dir / "metrics.csv"
         if metrics_path.exists():
@@ -176,7 +183,7 @@ def train(cfg: DictConfig, run_dir: Path, console: Console | None = None,
         for row in rows:
             tracker.update(row, take_snapshot=False)   # best weights came back with the checkpoint
         log.info("resuming %s from epoch %d", run_dir, start_epoch)
-    track_test = bool(cfg.get("track_test", False)) and plan.val_set != "test"
+    track_test = spec.track_test and plan.val_set != "test"
     columns = ["epoch", "stage", "seconds", "samples_per_s"] + \
               [f"{n}/{k}" for n, layer in layers.items() for k in layer.metrics] + \
               ([f"test/{k}" for k in acc_keys] if track_test else [])
@@ -239,7 +246,7 @@ def train(cfg: DictConfig, run_dir: Path, console: Console | None = None,
         results["status"] = "completed"
         if rows and checkpointer.manager.latest_checkpoint != str(run_dir / "checkpoints" / f"ckpt-{int(rows[-1]['epoch'])}"):
             checkpointer.save(int(rows[-1]["epoch"]))
-    except NonFiniteLoss as exc:
+    except TrainingDiverged as exc:
         results.update(status="failed", reason=str(exc))
         log.error("training stopped: %s", exc)
     except (StopTraining, KeyboardInterrupt) as exc:
@@ -274,11 +281,12 @@ def train(cfg: DictConfig, run_dir: Path, console: Console | None = None,
         final_val_acc=p["final"], best_val_acc=p["best"], best_epoch=p["best_epoch"],
         test_acc=p.get("test_at_best"), test_acc_final=p.get("test_final"),
         epochs=len(rows),
-        wall_seconds=round(time.perf_counter() - t_start, 2),
+        # a resumed run adds this session's time to the earlier ones' and keeps the highest peak
+        wall_seconds=round(time.perf_counter() - t_start + (_num(before.get("wall_seconds")) or 0.0), 2),
         mean_epoch_seconds=round(statistics.fmean(r["seconds"] for r in train_rows), 3) if train_rows else None,
         median_epoch_seconds=round(statistics.median(r["seconds"] for r in train_rows), 3) if train_rows else None,
         samples_per_s=round(statistics.median(r["samples_per_s"] for r in train_rows), 1) if train_rows else None,
-        peak_memory_mb=reporting.peak_memory_mb(),
+        peak_memory_mb=max(reporting.peak_memory_mb(), _num(before.get("peak_memory_mb")) or 0.0),
     )
     reporting.write_json(run_dir / "results.json", results)
     if rows:

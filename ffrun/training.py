@@ -75,8 +75,12 @@ class ProgressHook(Protocol):
     def end_pass(self) -> None: ...
 
 
-class NonFiniteLoss(RuntimeError):
-    """A loss or metric became NaN or Inf."""
+class TrainingDiverged(RuntimeError):
+    """A loss or metric became NaN or Inf, or a training loss exceeded the bound (``max_loss``)."""
+
+
+#: metric names that hold a training loss (per-sample means): checked against ``max_loss``
+TRAINING_LOSSES = ("loss_pos", "loss_neg", "loss")
 
 
 def _as_entry(t) -> TaskEntry:
@@ -109,7 +113,7 @@ class TrainMgr:
                  tasks: Sequence[TaskEntry | tuple] = (), *, batch_size: int = 128,
                  eval_batch_size: int | None = None, seed: int = 0, shuffle: bool = True,
                  lr_multiplier: Callable[[int], float] | None = None,
-                 progress: ProgressHook | None = None):
+                 progress: ProgressHook | None = None, max_loss: float = math.inf):
         self.layers = dict(layers)
         self.seq = seq
         self.tasks = [_as_entry(t) for t in tasks]
@@ -119,6 +123,7 @@ class TrainMgr:
         self.shuffle = shuffle
         self.lr_multiplier = lr_multiplier
         self.progress = progress
+        self.max_loss = float(max_loss)
         self.trace_counts: collections.Counter = collections.Counter()
         self._graphs: dict[tuple, tf.types.experimental.GenericFunction] = {}
         self._built = False
@@ -181,6 +186,9 @@ class TrainMgr:
         train next set their tasks again (inside a graph this happens while tracing)."""
         self._set_tasks((), Task.TRANSFORM)
         logits = tf.cast(self.seq(X, y, tf.fill(tf.shape(y), -1))[readout], tf.float32)
+        # a diverged readout must not draw labels out of range (the routing gather would raise
+        # before the NaN reaches the loss check): non-finite logits draw uniformly
+        logits = tf.where(tf.math.is_finite(logits), logits, 0.0)
         masked = logits - 1e9 * tf.one_hot(y, tf.shape(logits)[1])
         return tf.cast(tf.random.stateless_categorical(masked, 1, seed)[:, 0], tf.int32)
 
@@ -290,11 +298,19 @@ class TrainMgr:
                       if evaluate or entry.task in TRAIN_TASKS)
         seconds = time.perf_counter() - t0
         result = EpochResult(epoch, stage, seconds, samples, self.metric_results())
-        bad = {k: v for k, v in result.metrics.items() if not math.isfinite(v)}
-        if bad:
-            key, value = next(iter(bad.items()))
-            raise NonFiniteLoss(f"{key} became {value} in epoch {epoch}")
+        self.check_losses(result)
         return result
+
+    def check_losses(self, result: EpochResult) -> None:
+        """Raise TrainingDiverged when a metric of the epoch is NaN/Inf or a training loss exceeds
+        ``max_loss``: a run whose losses reach 1e22 learns nothing and must not look completed."""
+        # one pass in layer order: the first layer that went wrong is the one named
+        for key, value in result.metrics.items():
+            if not math.isfinite(value):
+                raise TrainingDiverged(f"{key} became {value} in epoch {result.epoch}")
+            if key.rsplit("/", 1)[-1] in TRAINING_LOSSES and value > self.max_loss:
+                raise TrainingDiverged(f"{key} reached {value:.3g} in epoch {result.epoch}, above max_loss="
+                                       f"{self.max_loss:g}: training diverged (lower the learning rate?)")
 
     def evaluate(self, tasks: Sequence[TaskEntry | tuple], prefix: str = "") -> dict[str, float]:
         """Run evaluation passes with fresh metrics and return their results."""

@@ -50,16 +50,27 @@ def test_typo_in_override_is_rejected(cfg_factory):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("units=abc", "units must be an integer"),
-    ("num_layers=0", "num_layers must be an integer >= 1"),
-    ("model.th_pos=[0.1,0.2]", "model.th_pos has 2 values but the model has 4"),
-    ("model.goodness=median", "goodness must be one of"),
-    ("model.optimizer.class_name=Adamm", "cannot build optimizer"),
-    ("model.norm=batch", "norm must be one of"),
+    ("units=abc", "units must be an integer or a list of them, got 'abc'"),
+    ("num_layers=0", "num_layers must be >= 1, got 0"),
+    ("model.goodness=median", "model.goodness=median: Invalid value 'median', expected one of [sum, mean]"),
+    ("model.optimizer.class_name=Adamm", "model.optimizer.class_name must be one of SGD, Adam,"),
+    ("model.norm=batch", "model.norm=batch: Invalid value 'batch', expected one of [l2, rms, none]"),
+    ("eval_every=0", "eval_every must be >= 1, got 0"),
+    ("model.readouts.softmax.type=linear", "model.readouts.softmax: Invalid value 'linear'"),
+    # keys the chosen protocol (five_digits) does not read are checked all the same
+    ("splitting=bogus", "splitting=bogus: Invalid value 'bogus', expected one of [random, same, none]"),
+    ("pairing=both", "pairing=both: Invalid value 'both'"),
 ])
-def test_bad_values_give_a_config_error(cfg_factory, override, message):
-    cfg = cfg_factory(["data=digits", override])
-    with pytest.raises(ConfigError, match=message):
+def test_bad_values_are_refused_in_one_line_before_a_run(override, message):
+    from ffrun.cli import override_problem
+    problem = override_problem(["data=digits", override])
+    assert problem is not None and problem.startswith(message), problem
+    assert "\n" not in problem
+
+
+def test_a_threshold_list_must_fit_the_layers(cfg_factory):
+    cfg = cfg_factory(["data=digits", "model.th_pos=[0.1,0.2]"])
+    with pytest.raises(ConfigError, match="model.th_pos has 2 values but the model has 4"):
         build_run(cfg)
 
 

@@ -271,3 +271,222 @@ def test_peak_memory_is_per_job_after_a_reset():
     if not reporting.reset_peak_memory():
         pytest.skip("this kernel does not let a process reset its peak (/proc/self/clear_refs)")
     assert reporting.peak_memory_mb() < high - 150
+
+
+# --- malformed run files: a failed (or blank) cell with its reason, never a traceback ---------------
+
+GOOD_OV, BAD_OV = ["units=16"], ["units=32"]
+
+
+def good_and_bad(root: Path, patch: dict | None = None, raw: bytes | None = None) -> Path:
+    """A folder with one intact run ("good", best 0.9) and one ("bad", best 0.8) whose results.json
+    gets ``patch`` merged in, or is replaced by ``raw`` bytes. Returns the bad run's folder."""
+    make_run(root / "good", GOOD_OV, completed(0.9, [0.8, 0.9], GOOD_OV), [0.8, 0.9])
+    bad = make_run(root / "bad", BAD_OV, completed(0.8, [0.7, 0.8], BAD_OV) | (patch or {}), [0.7, 0.8])
+    if raw is not None:
+        (bad / "results.json").write_bytes(raw)
+    return bad
+
+
+def report_rows(root: Path) -> tuple[dict[str, dict], dict[str, dict], str]:
+    """write_report on ``root``: its rows by run, summary.csv's rows by run, and the printed table."""
+    console = recording_console()
+    rows = write_report(root, console)
+    assert (root / "summary.png").read_bytes()[:8] == PNG_MAGIC
+    with open(root / "summary.csv", newline="") as f:
+        written = {r["run"]: r for r in csv.DictReader(f)}
+    by_run = {r["run"]: r for r in rows}
+    assert set(by_run) == set(written) == {"good", "bad"}
+    good = by_run["good"]
+    assert (good["rank"], good["status"], good["reason"]) == (1, "completed", None)
+    assert good["best_val_acc"] == pytest.approx(0.9) and good["best_epoch"] == 2 and good["epochs"] == 2
+    assert good["override.units"] == "16" and written["good"]["overrides"] == "units=16"
+    return by_run, written, console.file.getvalue()
+
+
+@pytest.mark.parametrize("patch, raw, problem", [
+    ({"overrides": 5}, None, "'overrides' must be a list of strings, got int"),
+    ({"overrides": "units=32"}, None, "'overrides' must be a list of strings, got str"),
+    ({"overrides": ["units=32", {"x": 1}, 7]}, None,
+     "'overrides' must be a list of strings, got a list holding dict, int"),
+    ({"reason": 123}, None, "'reason' must be a string, got int"),
+    ({"status": ["x"]}, None, "'status' must be a string, got list"),
+    ({"status": True}, None, "'status' must be a string, got bool"),
+    ({"primary": 7}, None, "'primary' must be a string, got int"),
+    ({"primary": ["softmax/acc"]}, None, "'primary' must be a string, got list"),   # unhashable: row.get()
+    (None, b"[1, 2]", "not a JSON object, got list"),
+    (None, b"null", "not a JSON object, got null"),
+    (None, b"[" * 100_000, "unreadable results.json"),         # RecursionError inside json
+    (None, b"\xff\xfe{\x00}", "unreadable results.json"),       # not UTF-8
+], ids=["overrides-int", "overrides-str", "overrides-list-of-dicts", "reason-int", "status-list",
+        "status-bool", "primary-int", "primary-list", "top-list", "top-null", "deeply-nested", "binary"])
+def test_malformed_results_json_is_a_failed_row(tmp_path: Path, patch: dict | None, raw: bytes | None,
+                                                problem: str) -> None:
+    good_and_bad(tmp_path, patch, raw)
+    by_run, written, text = report_rows(tmp_path)
+
+    bad = by_run["bad"]
+    assert bad["status"] == "failed" and bad["rank"] == 2
+    assert problem in bad["reason"] and problem in written["bad"]["reason"]
+    assert f"{tmp_path.name}: 2 runs, 1 failed" in text
+    if raw is None:   # what can still be shown is: the accuracy, and the overrides from .hydra
+        assert bad["best_val_acc"] == pytest.approx(0.8) and bad["override.units"] == "32"
+
+
+def test_malformed_results_keep_the_runs_own_reason(tmp_path: Path) -> None:
+    good_and_bad(tmp_path, {"status": "failed", "reason": "NaN loss", "overrides": {"units": 32}})
+    by_run, _, _ = report_rows(tmp_path)
+    assert by_run["bad"]["reason"] == "results.json: 'overrides' must be a list of strings, got dict; NaN loss"
+
+
+@pytest.mark.parametrize("patch, field", [
+    ({"best_epoch": "abc"}, "best_epoch"),
+    ({"best_epoch": 1.5}, "best_epoch"),
+    ({"epochs": {}}, "epochs"),
+    ({"epochs": -3}, "epochs"),
+    ({"val_set": None}, "val_set"),
+    ({"val_set": 5}, "val_set"),
+    ({"test_acc": "high"}, "test_acc"),
+    ({"mean_epoch_seconds": [0.5]}, "mean_epoch_seconds"),
+    ({"wall_seconds": 10 ** 400}, "wall_seconds"),        # a JSON integer float() cannot hold
+    ({"peak_memory_mb": float("nan")}, "peak_memory_mb"),  # json.dumps writes NaN, json.loads reads it
+    ({"best_val_acc": True}, "best_val_acc"),              # float(True) would be a 100% nobody measured
+    ({"readouts": "odd", "data": [1, 2]}, None),           # fields the report does not read
+    ({"readouts": {"softmax/acc": 5, "x": None}, "test_set": {}}, None),
+], ids=["best_epoch-str", "best_epoch-float", "epochs-dict", "epochs-negative", "val_set-null", "val_set-int",
+        "test_acc-str", "seconds-list", "wall_seconds-huge-int", "nan", "best_val_acc-bool", "readouts-str",
+        "readouts-odd"])
+def test_wrong_typed_shown_fields_are_blank_and_the_row_stays(tmp_path: Path, patch: dict,
+                                                              field: str | None) -> None:
+    """Fields that are only shown (numbers, the validation set's name) cost their cell, not the run."""
+    good_and_bad(tmp_path, patch)
+    by_run, written, _ = report_rows(tmp_path)
+
+    bad = by_run["bad"]
+    assert (bad["status"], bad["reason"], bad["override.units"]) == ("completed", None, "32")
+    if field is not None:
+        assert bad[field] is None and written["bad"][field] == ""
+    if field != "best_val_acc":
+        assert bad["rank"] == 2 and bad["best_val_acc"] == pytest.approx(0.8)
+
+
+def test_results_overrides_not_a_list_without_hydra_folder(tmp_path: Path) -> None:
+    """A copied run has no .hydra: its overrides come from results.json, where an int used to be iterated."""
+    import shutil
+    bad = good_and_bad(tmp_path, {"overrides": 5})
+    shutil.rmtree(bad / ".hydra")
+    by_run, written, _ = report_rows(tmp_path)
+    bad_row = by_run["bad"]
+    assert bad_row["status"] == "failed" and "'overrides' must be a list of strings, got int" in bad_row["reason"]
+    assert bad_row["override.units"] is None and written["bad"]["overrides"] == ""
+
+
+def test_reason_with_brackets_is_shown_as_written(tmp_path: Path) -> None:
+    """rich reads "[/]" as a closing tag and raises; "[bold]" would silently vanish."""
+    reason = "loss [/] is nan at [bold] step\\"
+    good_and_bad(tmp_path, {"status": "failed", "reason": reason})
+    by_run, written, text = report_rows(tmp_path)
+    assert by_run["bad"]["reason"] == written["bad"]["reason"] == reason
+    assert reason in text
+
+
+def write_metrics(path: Path, lines: list[list]) -> None:
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows(lines)
+
+
+HEADER = ["epoch", "stage", "seconds", "samples_per_s", "dense1/loss_pos", "softmax/acc"]
+
+
+@pytest.mark.parametrize("content, curve", [
+    ([HEADER, [1, 0, 0.5, 1e3, 0.1, "abc"], [2, 0, 0.5, 1e3, 0.1, 0.8], ["x", 0, 0.5, 1e3, 0.1, 0.9],
+      [3, 0, 0.5, 1e3, 0.1, "inf"]], ([2.0], [0.8])),
+    ([HEADER, [1, 0, 0.5], [2, 0, 0.5, 1e3, 0.1, 0.8, "extra", "more"], []], ([2.0], [0.8])),
+    ([["epoch", "stage"], [1, 0]], ([], [])),
+    ([], ([], [])),
+    (b"\xff\xfe\x00\x01garbage\n\x80,\x81\n", ([], [])),
+    (b"epoch,softmax/acc\n1,0.7\n2,0.\x008\n", ([1.0], [0.7])),
+], ids=["non-numeric", "ragged", "no-acc-column", "empty", "binary", "nul-after-a-row"])
+def test_damaged_metrics_csv_gives_what_it_can(tmp_path: Path, content: list | bytes, curve: tuple) -> None:
+    from ffrun.report import load_run
+    bad = good_and_bad(tmp_path)
+    if isinstance(content, bytes):
+        (bad / "metrics.csv").write_bytes(content)
+    else:
+        write_metrics(bad / "metrics.csv", content)
+    by_run, _, _ = report_rows(tmp_path)
+
+    assert by_run["bad"]["status"] == "completed"
+    assert load_run(bad, tmp_path)["curve"] == curve
+
+
+@pytest.mark.parametrize("overrides_yaml", [
+    "- units: 32\n- seed: 1\n",      # a list of mappings
+    "units=32\n",                    # a scalar
+    "7\n",
+    "",                              # empty: null
+    "- units=32\n- [1, 2]\n",        # a list holding a list
+    "- units=[1\n  - : :\n",         # not YAML
+    "\udcff",                        # not UTF-8 (written with surrogateescape below)
+], ids=["list-of-dicts", "scalar-str", "scalar-int", "empty", "nested-list", "broken", "binary"])
+def test_malformed_overrides_yaml_falls_back_to_results_json(tmp_path: Path, overrides_yaml: str) -> None:
+    bad = good_and_bad(tmp_path)
+    (bad / ".hydra" / "overrides.yaml").write_bytes(overrides_yaml.encode("utf-8", "surrogateescape"))
+    by_run, written, _ = report_rows(tmp_path)
+
+    assert by_run["bad"]["status"] == "completed"
+    assert by_run["bad"]["override.units"] == "32" and written["bad"]["overrides"] == "units=32"
+
+
+@pytest.mark.parametrize("config_yaml", [
+    "- seed: 1\n", "seed: {a: 1}\n", "seed: [1, 2]\n", "seed: true\n", "seed: [\n", "42\n", "\udcff",
+], ids=["list", "seed-dict", "seed-list", "seed-bool", "broken", "scalar", "binary"])
+def test_malformed_config_yaml_has_no_seed(tmp_path: Path, config_yaml: str) -> None:
+    from ffrun.report import load_run
+    bad = good_and_bad(tmp_path)
+    (bad / ".hydra" / "config.yaml").write_bytes(config_yaml.encode("utf-8", "surrogateescape"))
+    by_run, _, _ = report_rows(tmp_path)
+
+    assert by_run["bad"]["status"] == "completed"
+    assert load_run(bad, tmp_path)["seed"] is None
+
+
+def test_cli_on_malformed_runs_writes_everything_and_no_traceback(tmp_path: Path) -> None:
+    """The installed console script, as a user runs it: a seed sweep beside runs with every kind of
+    damage. Exit code 0 as for any folder holding failed runs (the table says which failed)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    script = Path(sys.executable).with_name("ffrun-report")
+    script = str(script) if script.exists() else shutil.which("ffrun-report")
+    if script is None:
+        pytest.skip("the ffrun-report console script is not installed")
+    root = tmp_path / "sweep"
+    for job, (seed, best) in enumerate([(0, 0.9), (1, 0.92)]):
+        ov = ["units=16", f"seed={seed}"]
+        make_run(root / str(job), ov, completed(best, [best - 0.1, best], ov), [best - 0.1, best])
+    damaged = {"overrides-int": {"overrides": 5}, "reason-int": {"status": "failed", "reason": 123},
+               "status-list": {"status": ["x"]}, "primary-int": {"primary": 7},
+               "best-epoch-abc": {"best_epoch": "abc", "epochs": {}, "val_set": None},
+               "markup": {"status": "failed", "reason": "x=[/tmp] failed"}}
+    for job, (name, patch) in enumerate(damaged.items(), 2):
+        ov = ["units=32", f"seed={job}"]
+        make_run(root / name, ov, completed(0.8, [0.7, 0.8], ov) | patch, [0.7, 0.8])
+    (root / "markup" / ".hydra" / "overrides.yaml").write_text("- units: 32\n")
+    (root / "markup" / ".hydra" / "config.yaml").write_text("- seed\n")
+    (root / "markup" / "metrics.csv").write_bytes(b"epoch,softmax/acc\n1\n\xff,0.5,9\n")
+
+    proc = subprocess.run([script, str(root)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "COLUMNS": "200"})
+
+    assert "Traceback" not in proc.stderr and proc.stderr == ""
+    assert proc.returncode == 0
+    assert "sweep: 8 runs, 5 failed" in proc.stdout and "x=[/tmp] failed" in proc.stdout
+    assert "'reason' must be a string, got int" in proc.stdout
+    for name in ("summary.csv", "summary.png", "seeds.csv"):
+        assert (root / name).exists()
+    rows = {r["run"]: r for r in csv.DictReader(open(root / "summary.csv"))}
+    assert {n for n, r in rows.items() if r["status"] == "failed"} == \
+        {"overrides-int", "reason-int", "status-list", "primary-int", "markup"}
+    assert rows["1"]["rank"] == "1" and rows["best-epoch-abc"]["status"] == "completed"

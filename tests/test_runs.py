@@ -32,13 +32,47 @@ def test_short_run_learns_and_writes_outputs(train_tiny, overrides, readout, cha
     assert colored_pixels(run_dir / "curves.png") > 100    # curves are drawn, not only axes
 
 
-def test_nan_loss_fails_cleanly_and_keeps_metrics(train_tiny):
-    results, run_dir = train_tiny(["model.th_pos=[0.1,0.1,nan,0.1]"])
+def test_nan_loss_fails_cleanly_and_keeps_metrics(train_tiny, monkeypatch):
+    """A NaN that appears in epoch 2 (whichever kernel makes it): the run ends failed, naming the
+    layer and the epoch, and metrics.csv keeps epoch 1."""
+    from ffrun.training import TrainMgr
+    real = TrainMgr.metric_results
+
+    def nan_in_epoch_2(self, prefix=""):
+        out = real(self, prefix)
+        if self._epoch_now == 2 and "dense3/loss_pos" in out:
+            out["dense3/loss_pos"] = float("nan")
+        return out
+
+    real_run_epoch = TrainMgr.run_epoch
+
+    def run_epoch(self, epoch, *args, **kwargs):
+        self._epoch_now = epoch
+        return real_run_epoch(self, epoch, *args, **kwargs)
+    monkeypatch.setattr(TrainMgr, "metric_results", nan_in_epoch_2)
+    monkeypatch.setattr(TrainMgr, "run_epoch", run_epoch)
+    results, run_dir = train_tiny(["epochs=3"])
     assert results["status"] == "failed"
-    assert "dense3" in results["reason"]
+    assert results["reason"] == "dense3/loss_pos became nan in epoch 2"
     saved = json.loads((run_dir / "results.json").read_text())
-    assert saved["status"] == "failed" and "dense3" in saved["reason"]
-    assert (run_dir / "metrics.csv").exists()
+    assert saved["status"] == "failed" and saved["reason"] == results["reason"]
+    assert [int(r["epoch"]) for r in read_metrics(run_dir / "metrics.csv")] == [1]
+
+
+def test_track_test_records_the_seed_style_figure_beside_the_validation_choice(train_tiny):
+    results, run_dir = train_tiny(["track_test=true", "epochs=3", "readout_epochs=1"])
+    rows = read_metrics(run_dir / "metrics.csv")
+    assert all("test/softmax/acc" in r and "softmax/acc" in r for r in rows)
+    readout = results["readouts"]["softmax/acc"]
+    # per stage, the best of each column and its epoch, straight from metrics.csv
+    for key, by_stage in (("softmax/acc", readout["best_by_stage"]), ("test/softmax/acc", readout["test_best_by_stage"])):
+        assert [b["stage"] for b in by_stage] == [0, 1]
+        for b in by_stage:
+            in_stage = [r for r in rows if r["stage"] == b["stage"]]
+            assert b["best"] == pytest.approx(max(r[key] for r in in_stage), abs=1e-6)
+    # the epoch is still chosen on validation; the test figure at that epoch is the tracked one
+    chosen = next(r for r in rows if r["epoch"] == results["best_epoch"])
+    assert results["test_acc"] == pytest.approx(chosen["test/softmax/acc"], abs=1e-5)
 
 
 def test_seed_style_eval_on_test(train_tiny):

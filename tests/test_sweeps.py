@@ -85,20 +85,30 @@ def test_submitit_local_sweep(tmp_path: Path) -> None:
 
 
 def test_basic_sweep_with_a_failing_job(tmp_path: Path) -> None:
-    """A config error ends only its own job: it records the failure and the sweep goes on; at the
-    end the sweep says how many jobs failed and exits 1."""
-    proc, sweep_dir = run_sweep(tmp_path, ["model.goodness=sum,bogus"])
+    """A job that diverges (NaN at run time) ends only itself: it records the failure and the sweep
+    goes on; at the end the sweep says how many jobs failed and exits 1."""
+    proc, sweep_dir = run_sweep(tmp_path, ["units=16", "model.optimizer.learning_rate=1e-3,1e38"])
 
     assert proc.returncode == 1, explain(proc)
     assert "1 of 2 sweep jobs failed (runs 1)" in proc.stderr, explain(proc)
+    assert "Traceback" not in proc.stderr
     assert results_of(sweep_dir, 0)["status"] == "completed"
     failed = results_of(sweep_dir, 1)
     assert failed["status"] == "failed"
-    assert "bogus" in failed["reason"] and "goodness" in failed["reason"]
+    assert "epoch 1" in failed["reason"] and failed["reason"].startswith(("dense", "norm", "softmax"))
 
     # The report reads real run folders as the runner and Hydra leave them
     from ffrun.report import write_report
     rows = write_report(sweep_dir, Console(file=io.StringIO(), width=200))
     assert [(r["run"], r["status"]) for r in rows] == [("0", "completed"), ("1", "failed")]
-    assert rows[-1]["override.model.goodness"] == "bogus"
+    assert rows[-1]["override.model.optimizer.learning_rate"] == "1e+38"   # as Hydra records it
     assert rows[0]["best_val_acc"] is not None and rows[0]["primary"] == "softmax/acc"
+
+
+def test_a_sweep_with_a_bad_value_stops_before_its_first_job(tmp_path: Path) -> None:
+    """Every value of every sweep is checked before Hydra starts: no job runs, no folder is made."""
+    proc, sweep_dir = run_sweep(tmp_path, ["model.goodness=sum,bogus"])
+    assert proc.returncode == 2, explain(proc)
+    assert proc.stderr.strip().splitlines() == [
+        "ffrun: model.goodness=bogus: Invalid value 'bogus', expected one of [sum, mean]"]
+    assert not sweep_dir.exists()

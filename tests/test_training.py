@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from ffrun import FFData, FFDense, FFPreNorm, FFSoftmax, Task, TrainMgr
-from ffrun.training import NonFiniteLoss
+from ffrun.training import TrainingDiverged
 
 
 def _toy_net():
@@ -83,7 +83,27 @@ def test_non_finite_loss_stops_training():
     layers["dense1"].th_pos = float("nan")
     pos, neg = _toy_data()
     mgr = TrainMgr(layers, seq, [(Task.TRAIN_POS, pos)], batch_size=50)
-    with pytest.raises(NonFiniteLoss, match="dense1/loss_pos"):
+    with pytest.raises(TrainingDiverged, match="dense1/loss_pos became nan in epoch 1"):
+        mgr.fit([("all", 1)])
+
+
+def test_nan_goodness_does_not_reach_the_separation_histogram():
+    """tf.maximum(nan, x) is NaN on AVX2 CPUs and histogram_fixed_width raises on NaN: the metric
+    must leave non-finite goodness out itself, whatever the CPU, and count the rest as before."""
+    from ffrun.losses import GoodnessSeparation
+    m = GoodnessSeparation()
+    m.update_state(tf.constant([2.0, float("nan"), 3.0, float("inf")]), positive=True)
+    m.update_state(tf.constant([1.0, float("-inf"), float("nan")]), positive=False)
+    assert float(tf.reduce_sum(m.pos_hist)) == 2 and float(tf.reduce_sum(m.neg_hist)) == 1
+    assert float(m.result()) == 1.0
+
+
+def test_a_loss_above_max_loss_stops_training():
+    """Losses of 1e22 are a diverged run, not a completed one at chance accuracy."""
+    layers, seq = _toy_net()
+    pos, neg = _toy_data()
+    mgr = TrainMgr(layers, seq, [(Task.TRAIN_POS, pos), (Task.TRAIN_NEG, neg)], batch_size=50, max_loss=1e-6)
+    with pytest.raises(TrainingDiverged, match=r"dense1/loss_pos reached .* above max_loss=1e-06"):
         mgr.fit([("all", 1)])
 
 

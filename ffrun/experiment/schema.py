@@ -1,0 +1,390 @@
+"""The typed schema of ffrun's config: dataclasses registered in Hydra's ConfigStore.
+
+Hydra merges the YAML of conf/ onto these classes when it composes a config, so a value of the
+wrong type (``batch_size=abc``) or an unknown choice (``splitting=bogus``) is rejected at compose
+time, whether or not the chosen protocol reads the key. Ranges (``batch_size=0``) are checked by
+each class's ``__post_init__``, which runs when :func:`typed` turns a composed config into these
+objects; the CLI does that before Hydra makes a run folder, and every run does it again at its start.
+
+The choices are ``StrEnum``s: a chosen value compares equal to its string (``cfg.pairing ==
+"same_step"``) and is saved in the run's config.yaml as that string.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+
+from ffrun.errors import ConfigError
+
+
+class Mode(StrEnum):
+    unsup = "unsup"
+    sup = "sup"
+    bp = "bp"
+
+
+class EvalOn(StrEnum):
+    validation = "validation"
+    test = "test"
+
+
+class StepChoice(StrEnum):
+    separate = "separate"
+    same_step = "same_step"
+
+
+class Splitting(StrEnum):
+    random = "random"
+    same = "same"
+    none = "none"
+
+
+class LRSchedule(StrEnum):
+    constant = "constant"
+    linear_cooldown = "linear_cooldown"
+
+
+class DataName(StrEnum):
+    mnist = "mnist"
+    npz = "npz"
+    digits = "digits"
+
+
+class Normalize(StrEnum):
+    none = "none"
+    standard = "standard"
+
+
+class Goodness(StrEnum):
+    sum = "sum"
+    mean = "mean"
+
+
+class Norm(StrEnum):
+    l2 = "l2"
+    rms = "rms"
+    none = "none"
+
+
+class Precision(StrEnum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+class OverlayMode(StrEnum):
+    add = "add"
+    replace = "replace"
+
+
+class ReadoutType(StrEnum):
+    softmax = "softmax"
+    goodness = "goodness"
+
+
+class NegLabels(StrEnum):
+    once = "once"
+    every_epoch = "every_epoch"
+
+
+class Negatives(StrEnum):
+    uniform = "uniform"
+    hard = "hard"
+    hard_batch = "hard_batch"
+
+
+class ProtocolName(StrEnum):
+    five_digits = "five_digits"
+    split = "split"
+    wrong_label = "wrong_label"
+    hybrid = "hybrid"
+
+
+#: Keras 3 optimizers by class name (``keras.optimizers.get`` also accepts the abstract base
+#: ``Optimizer``, which cannot train); kept here so that the check runs without importing TensorFlow.
+OPTIMIZERS = ("SGD", "Adam", "AdamW", "Adamax", "Adadelta", "Adafactor", "Adagrad", "Ftrl", "Lamb",
+              "Lion", "Nadam", "RMSprop")
+
+
+def _at_least(value: Any, minimum: float, key: str) -> None:
+    if value is not None and value < minimum:
+        raise ConfigError(f"{key} must be >= {minimum}, got {value!r}")
+
+
+def _finite(value: Any, key: str) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key} must be a finite number, got {value!r}")
+
+
+def check_optimizer(spec: Any, key: str) -> None:
+    """An optimizer is a mapping with a known ``class_name`` and a finite, positive learning rate."""
+    if not isinstance(spec, (dict, DictConfig)):
+        raise ConfigError(f"{key} must be a mapping such as {{class_name: Adam, learning_rate: 1e-3}}, got {spec!r}")
+    name = spec.get("class_name")
+    if name not in OPTIMIZERS:
+        raise ConfigError(f"{key}.class_name must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
+    lr = spec.get("learning_rate", 1e-3)
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+        raise ConfigError(f"{key}.learning_rate must be a finite number > 0, got {lr!r}")
+
+
+def check_per_layer(value: Any, key: str, kind: type, minimum: float | None = None) -> None:
+    """A scalar, or a list with one value per layer (its length is checked by the builder)."""
+    values = list(value) if isinstance(value, (list, tuple, ListConfig)) else [value]
+    if not values:
+        raise ConfigError(f"{key} must not be an empty list")
+    for v in values:
+        ok = not isinstance(v, bool) and isinstance(v, (int, float) if kind is float else kind)
+        if not ok or (kind is float and not math.isfinite(v)):
+            what = "an integer" if kind is int else "a finite number"
+            raise ConfigError(f"{key} must be {what} or a list of them, got {value!r}")
+        if minimum is not None and v < minimum:
+            raise ConfigError(f"{key} must be >= {minimum}, got {value!r}")
+
+
+@dataclass
+class DataConfig:
+    name: DataName = DataName.mnist
+    path: Optional[str] = None
+    val_size: int = 10000
+    normalize: Normalize = Normalize.none
+    train_size: Optional[int] = None
+    test_size: Optional[int] = None
+    num_classes: int = 10
+
+    def __post_init__(self) -> None:
+        _at_least(self.val_size, 0, "data.val_size")
+        _at_least(self.train_size, 1, "data.train_size")
+        _at_least(self.test_size, 1, "data.test_size")
+        _at_least(self.num_classes, 2, "data.num_classes")
+
+
+@dataclass
+class OverlayConfig:
+    mode: OverlayMode = OverlayMode.add
+    value: float = 1.0
+
+    def __post_init__(self) -> None:
+        _finite(self.value, "model.overlay.value")
+
+
+@dataclass
+class ReadoutConfig:
+    type: ReadoutType = ReadoutType.softmax
+    inputs: List[str] = field(default_factory=list)
+    optimizer: Optional[Dict[str, Any]] = None
+    use_bias: bool = True
+    init: Any = "glorot_uniform"
+    weight_decay: float = 0.0
+
+    @classmethod
+    def parse(cls, spec: Any, key: str) -> "ReadoutConfig":
+        """A readout's mapping, checked: its keys, their types, its inputs and its optimizer."""
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{key} must be a mapping with type and inputs, got {spec!r}")
+        unknown = sorted(set(spec) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ConfigError(f"{key} has unknown key(s) {unknown}; keys are {list(cls.__dataclass_fields__)}")
+        try:
+            spec = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), spec))
+        except Exception as exc:  # noqa: BLE001 - OmegaConf's validation error, in one line
+            raise ConfigError(f"{key}: {str(exc).splitlines()[0]}") from None
+        if not spec.inputs:
+            raise ConfigError(f"{key}.inputs must name at least one node (e.g. [norm2..])")
+        if spec.type == ReadoutType.softmax:
+            check_optimizer(spec.optimizer, f"{key}.optimizer")
+        _at_least(spec.weight_decay, 0.0, f"{key}.weight_decay")
+        return spec
+
+
+@dataclass
+class ModelConfig:
+    num_layers: int = 4
+    units: Any = 500
+    activation: str = "relu"
+    goodness: Goodness = Goodness.sum
+    th_pos: Any = 0.1
+    th_neg: Any = None
+    norm: Norm = Norm.l2
+    input_norm: Norm = Norm.none
+    init: Any = "glorot_uniform"
+    optimizer: Dict[str, Any] = field(default_factory=lambda: {"class_name": "Adam", "learning_rate": 1e-4})
+    weight_decay: float = 0.0
+    peer_norm: float = 0.0
+    peer_init: float = 0.0
+    precision: Precision = Precision.fp32
+    split_gradient: bool = True
+    overlay: OverlayConfig = field(default_factory=OverlayConfig)
+    # a mapping name -> readout (or null to drop one); parsed into ReadoutConfig below, not typed
+    # here, so that a readout can also be added from the command line (+model.readouts.x={...})
+    readouts: Dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _at_least(self.num_layers, 1, "num_layers")
+        check_per_layer(self.units, "units", int, minimum=1)
+        check_per_layer(self.th_pos, "model.th_pos", float)
+        if self.th_neg is not None:
+            check_per_layer(self.th_neg, "model.th_neg", float)
+        check_optimizer(self.optimizer, "model.optimizer")
+        for key in ("weight_decay", "peer_norm"):
+            _finite(getattr(self, key), f"model.{key}")
+            _at_least(getattr(self, key), 0.0, f"model.{key}")
+        _finite(self.peer_init, "model.peer_init")
+        self.readouts = {name: ReadoutConfig.parse(spec, f"model.readouts.{name}")
+                         for name, spec in self.readouts.items() if spec is not None}
+
+
+@dataclass
+class ModeConfig:
+    name: Mode = Mode.unsup
+    optimizer: Optional[Dict[str, Any]] = None   # mode=bp: the end-to-end optimizer
+    dropout: float = 0.0                          # mode=bp: after every hidden layer
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"mode.dropout must be in [0, 1), got {self.dropout!r}")
+        if self.name == Mode.bp:
+            check_optimizer(self.optimizer, "mode.optimizer")
+
+
+@dataclass
+class FiveDigitsProtocol:
+    name: ProtocolName = ProtocolName.five_digits
+    positive_classes: List[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    neg_labels: NegLabels = NegLabels.once
+
+    def __post_init__(self) -> None:
+        classes = list(self.positive_classes)
+        if len(classes) < 2 or len(set(classes)) != len(classes) or min(classes) < 0:
+            raise ConfigError(f"protocol.positive_classes must be >= 2 distinct classes >= 0, got {classes}")
+
+
+@dataclass
+class SplitProtocol:
+    name: ProtocolName = ProtocolName.split
+    splitting: Splitting = Splitting.random
+    route_seed: int = 0
+    neg_labels: NegLabels = NegLabels.once
+
+
+@dataclass
+class WrongLabelProtocol:
+    name: ProtocolName = ProtocolName.wrong_label
+    neg_labels: NegLabels = NegLabels.every_epoch
+    negatives: Negatives = Negatives.uniform
+
+
+@dataclass
+class HybridProtocol:
+    name: ProtocolName = ProtocolName.hybrid
+    blur_steps: int = 6
+
+    def __post_init__(self) -> None:
+        _at_least(self.blur_steps, 0, "protocol.blur_steps")
+
+
+PROTOCOL_SCHEMAS = {"five_digits": FiveDigitsProtocol, "split": SplitProtocol,
+                    "wrong_label": WrongLabelProtocol, "hybrid": HybridProtocol}
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 10
+    keep: int = 2
+
+    def __post_init__(self) -> None:
+        _at_least(self.every, 0, "checkpoint.every")
+        _at_least(self.keep, 1, "checkpoint.keep")
+
+
+@dataclass
+class TensorBoardConfig:
+    enabled: bool = True
+    histogram_every: int = 10
+
+    def __post_init__(self) -> None:
+        _at_least(self.histogram_every, 0, "tensorboard.histogram_every")
+
+
+@dataclass
+class FFRunConfig:
+    """The top level of conf/config.yaml (the short knobs that model/ and protocol/ interpolate)."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    protocol: Any = None          # typed by its option's own schema (PROTOCOL_SCHEMAS)
+    mode: ModeConfig = field(default_factory=ModeConfig)
+    schedule: Any = None          # [[layers, epochs], ...]; checked by the builder
+    seed: int = 0
+    num_layers: int = 4
+    units: Any = 500
+    batch_size: int = 512
+    eval_batch_size: int = 1000
+    epochs: int = 20
+    readout_epochs: int = 5
+    shuffle: bool = True
+    eval_on: EvalOn = EvalOn.validation
+    eval_every: int = 1
+    track_test: bool = False
+    pairing: StepChoice = StepChoice.separate
+    readout_step: StepChoice = StepChoice.separate
+    splitting: Splitting = Splitting.random
+    lr_schedule: LRSchedule = LRSchedule.constant
+    primary_readout: Optional[str] = None
+    max_loss: float = 1.0e6
+    progress: bool = True
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    tensorboard: TensorBoardConfig = field(default_factory=TensorBoardConfig)
+    stop_after_epoch: Optional[int] = None
+    resume: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        _at_least(self.seed, 0, "seed")
+        for key in ("batch_size", "eval_batch_size", "eval_every"):
+            _at_least(getattr(self, key), 1, key)
+        for key in ("epochs", "readout_epochs"):
+            _at_least(getattr(self, key), 0, key)
+        _at_least(self.stop_after_epoch, 1, "stop_after_epoch")
+        if not (math.isfinite(self.max_loss) and self.max_loss > 0):
+            raise ConfigError(f"max_loss must be a finite number > 0, got {self.max_loss!r}")
+        if self.readout_step == StepChoice.same_step and self.pairing != StepChoice.same_step:
+            raise ConfigError("readout_step=same_step trains the readout in the pos+neg step: it needs pairing=same_step")
+
+
+def register_configs(store: ConfigStore | None = None) -> None:
+    """Put the schemas where conf/ names them: ``ffrun_schema`` at the top of config.yaml's defaults,
+    ``<option>_schema`` at the top of each protocol option's defaults."""
+    store = store or ConfigStore.instance()
+    store.store(name="ffrun_schema", node=FFRunConfig)
+    for name, node in PROTOCOL_SCHEMAS.items():
+        store.store(group="protocol", name=f"{name}_schema", node=node)
+
+
+def typed(cfg: DictConfig) -> FFRunConfig:
+    """The composed config as schema objects, every range checked (a ConfigError names the key).
+
+    Hydra's own section, if the config carries it, is left out: it is Hydra's to check."""
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.pop("hydra", None)
+    try:
+        if OmegaConf.get_type(cfg) is not FFRunConfig:
+            # a config saved by a run (plain YAML): lay it over the schema, as composing would
+            proto = PROTOCOL_SCHEMAS.get(str(OmegaConf.select(cfg, "protocol.name")))
+            base = OmegaConf.structured(FFRunConfig)
+            if proto is not None:
+                base.protocol = OmegaConf.structured(proto)
+            cfg = OmegaConf.merge(base, cfg)
+        obj = OmegaConf.to_object(cfg)
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - OmegaConf's validation errors: one line each
+        raise ConfigError(" ".join(str(exc).split("\n")[0].split())) from None
+    if isinstance(obj.protocol, dict):   # a protocol without a schema (e.g. a user's +protocol=...)
+        raise ConfigError(f"protocol {obj.protocol.get('name')!r} has no schema; choices: "
+                          f"{', '.join(PROTOCOL_SCHEMAS)}")
+    return obj
