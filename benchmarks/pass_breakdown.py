@@ -17,9 +17,9 @@ _import_tensorflow_quietly()
 import keras  # noqa: E402
 from hydra import compose, initialize_config_module  # noqa: E402
 
-import ffrun.cli  # noqa: E402,F401  (registers the config resolvers)
-from ffrun.builder import build_run  # noqa: E402
-from ffrun.training import TrainMgr  # noqa: E402
+import ffrun.conf  # noqa: E402,F401  (registers the config schema and resolvers)
+from ffrun.experiment.build import build_run  # noqa: E402
+from ffrun.core.trainer import TrainMgr  # noqa: E402
 
 
 def main(overrides: list[str], train_only: bool = False) -> None:

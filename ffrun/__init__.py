@@ -30,9 +30,9 @@ def _import_tensorflow_quietly() -> None:
             os.close(saved)
 
 
-_API = {"BaseFFLayer": "layers", "FFDense": "layers", "FFGoodness": "layers", "FFOverlay": "layers",
-        "FFPreNorm": "layers", "FFSoftmax": "layers", "Task": "layers",
-        "FFData": "training", "TaskEntry": "training", "TrainMgr": "training"}
+_API = {"BaseFFLayer": "core.layers", "FFDense": "core.layers", "FFGoodness": "core.layers",
+        "FFOverlay": "core.layers", "FFPreNorm": "core.layers", "FFSoftmax": "core.layers", "Task": "core.layers",
+        "FFData": "core.trainer", "TaskEntry": "core.trainer", "TrainMgr": "core.trainer"}
 __all__ = list(_API)
 __version__ = "0.1.0"
 

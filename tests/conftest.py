@@ -10,7 +10,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-import ffrun.cli  # noqa: F401  (registers the config resolvers, as the console script does)
+import ffrun.conf  # noqa: F401  (registers the config schema and resolvers, as composing does)
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST_DIR = Path(os.environ.get("FFRUN_DATA_DIR", REPO.parent / "shared" / "data")).resolve()
@@ -48,13 +48,13 @@ def cfg_factory():
 @pytest.fixture
 def train_tiny(tmp_path):
     """Train a tiny config on the 8x8 digits into tmp_path; returns (results, run_dir)."""
-    from ffrun import reporting, runner
+    from ffrun.run import loop, outputs
 
     def _train(overrides: list[str], name: str = "run"):
         run_dir = tmp_path / name
         run_dir.mkdir()
         cfg = compose_config(["debug=tiny", *overrides])
-        results = runner.train(cfg, run_dir, reporting.make_console())
+        results = loop.train(cfg, run_dir, outputs.make_console())
         return results, run_dir
     return _train
 

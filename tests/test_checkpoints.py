@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from ffrun import reporting, runner
+from ffrun.run import loop, outputs
 from ffrun.errors import CheckpointError
-from ffrun.reporting import read_metrics
+from ffrun.run.outputs import read_metrics
 from tests.conftest import compose_config
 
 TIMING = ("seconds", "samples_per_s")
@@ -24,7 +24,7 @@ def _metrics_without_timing(run_dir: Path):
 def _train(run_dir: Path, overrides, resume=False):
     run_dir.mkdir(exist_ok=True)
     cfg = compose_config([*BASE, *overrides])
-    return runner.train(cfg, run_dir, reporting.make_console(), resume=resume)
+    return loop.train(cfg, run_dir, outputs.make_console(), resume=resume)
 
 
 @pytest.mark.parametrize("extra", [[], ["mode=sup", "protocol=wrong_label", "pairing=same_step"],
@@ -102,7 +102,7 @@ def test_a_finished_run_extends_to_more_epochs_exactly(tmp_path):
     """`ffrun resume=<run> epochs=N` continues a completed run as if it had been planned for N."""
     from omegaconf import OmegaConf
 
-    from ffrun.cli import config_for_resume
+    from ffrun.run.resume import config_for_resume
     from ffrun.errors import ConfigError
     plan = ["readout_epochs=0"]
     full = _train(tmp_path / "full", [*plan, "epochs=5"])
@@ -113,7 +113,7 @@ def test_a_finished_run_extends_to_more_epochs_exactly(tmp_path):
     now = compose_config([*BASE, "epochs=5"])
     cfg = config_for_resume(tmp_path / "short", now, ["resume=x", "epochs=5"])
     assert cfg.epochs == 5 and cfg.readout_epochs == 0
-    extended = runner.train(cfg, tmp_path / "short", reporting.make_console(), resume=True)
+    extended = loop.train(cfg, tmp_path / "short", outputs.make_console(), resume=True)
     assert extended["status"] == "completed" and extended["resumed_from_epoch"] == 3
     assert _metrics_without_timing(tmp_path / "short") == _metrics_without_timing(tmp_path / "full")
     assert extended["test_acc"] == full["test_acc"]
@@ -132,7 +132,7 @@ def test_a_finished_run_gets_a_readout_only_stage_exactly(tmp_path):
     cool-down of its own, as if the stage had been planned from the start."""
     from omegaconf import OmegaConf
 
-    from ffrun.cli import config_for_resume
+    from ffrun.run.resume import config_for_resume
     from ffrun.errors import ConfigError
     plan = ["epochs=6", "lr_schedule=linear_cooldown"]   # both stages decay
     full = _train(tmp_path / "full", [*plan, "readout_epochs=6"])
@@ -141,7 +141,7 @@ def test_a_finished_run_gets_a_readout_only_stage_exactly(tmp_path):
     OmegaConf.save(compose_config([*BASE, *plan, "readout_epochs=0"]), tmp_path / "ff_only" / ".hydra" / "config.yaml")
     cfg = config_for_resume(tmp_path / "ff_only", compose_config([*BASE, "readout_epochs=6"]),
                             ["resume=x", "readout_epochs=6"])
-    extended = runner.train(cfg, tmp_path / "ff_only", reporting.make_console(), resume=True)
+    extended = loop.train(cfg, tmp_path / "ff_only", outputs.make_console(), resume=True)
     assert extended["status"] == "completed" and extended["epochs"] == 12
     assert _metrics_without_timing(tmp_path / "ff_only") == _metrics_without_timing(tmp_path / "full")
     assert extended["test_acc"] == full["test_acc"]
@@ -157,7 +157,7 @@ def test_a_finished_run_gets_a_readout_only_stage_exactly(tmp_path):
 def test_resume_says_which_overrides_it_ignores(tmp_path, caplog):
     from omegaconf import OmegaConf
 
-    from ffrun.cli import config_for_resume
+    from ffrun.run.resume import config_for_resume
     (tmp_path / ".hydra").mkdir()
     OmegaConf.save(compose_config(BASE), tmp_path / ".hydra" / "config.yaml")
     with caplog.at_level("WARNING", logger="ffrun"):

@@ -48,7 +48,7 @@ def test_unknown_override_fails_with_one_line(tmp_path):
 
 
 def test_bad_overrides_name_the_fix_in_one_line():
-    from ffrun.cli import override_problem
+    from ffrun.app.overrides import override_problem
     # a nested key inside a group an experiment selects
     assert "did you mean protocol.blur_steps?" in override_problem(
         ["experiment=paper_unsup", "protocol.blur_step=3"])

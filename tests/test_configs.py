@@ -5,7 +5,7 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from ffrun.builder import build_run, expand_inputs
+from ffrun.experiment.build import build_run, expand_inputs
 from ffrun.errors import ConfigError
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -20,11 +20,11 @@ def test_there_are_presets():
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_runs_one_epoch_on_digits(cfg_factory, tmp_path, name):
     """Every preset composes and trains for an epoch (narrow layers, the 8x8 digits)."""
-    from ffrun import reporting, runner
+    from ffrun.run import loop, outputs
     cfg = cfg_factory([f"experiment={name}", "data=digits", "data.val_size=300", "epochs=1",
                        "readout_epochs=0", "units=32", "checkpoint.every=0", "tensorboard.enabled=false"])
     OmegaConf.resolve(cfg)
-    results = runner.train(cfg, tmp_path, reporting.make_console())
+    results = loop.train(cfg, tmp_path, outputs.make_console())
     assert results["status"] == "completed" and results["epochs"] == 1
     assert results["best_val_acc"] is not None and results["test_acc"] is not None
 
@@ -62,7 +62,7 @@ def test_typo_in_override_is_rejected(cfg_factory):
     ("pairing=both", "pairing=both: Invalid value 'both'"),
 ])
 def test_bad_values_are_refused_in_one_line_before_a_run(override, message):
-    from ffrun.cli import override_problem
+    from ffrun.app.overrides import override_problem
     problem = override_problem(["data=digits", override])
     assert problem is not None and problem.startswith(message), problem
     assert "\n" not in problem

@@ -4,7 +4,7 @@ import re
 import numpy as np
 import pytest
 
-from ffrun.data import load_splits
+from ffrun.experiment.datasets import load_splits
 from ffrun.errors import DataError
 
 

@@ -4,7 +4,8 @@ import json
 import numpy as np
 import pytest
 
-from ffrun import evaluate, reporting, runner
+from ffrun.app import evaluate
+from ffrun.run import loop, outputs
 from tests.conftest import colored_pixels, compose_config
 
 
@@ -19,10 +20,10 @@ def test_eval_matches_the_run_and_writes_confusion(tmp_path, overrides, readout)
     # a saved run has its composed config in .hydra/, as Hydra writes it
     (run_dir / ".hydra").mkdir()
     (run_dir / ".hydra" / "config.yaml").write_text(__import__("omegaconf").OmegaConf.to_yaml(cfg))
-    results = runner.train(cfg, run_dir, reporting.make_console())
+    results = loop.train(cfg, run_dir, outputs.make_console())
     key = f"{readout}/acc"
 
-    final = evaluate.evaluate_run(run_dir, reporting.make_console())
+    final = evaluate.evaluate_run(run_dir, outputs.make_console())
     saved = json.loads((run_dir / "eval.json").read_text())
     assert saved["checkpoint_epoch"] == results["epochs"]
     assert saved["readouts"][readout]["val_acc"] == pytest.approx(results["readouts"][key]["final"], abs=1e-6)
@@ -31,7 +32,7 @@ def test_eval_matches_the_run_and_writes_confusion(tmp_path, overrides, readout)
     assert np.trace(m) / m.sum() == pytest.approx(saved["readouts"][readout]["test_acc"], abs=1e-6)
     assert colored_pixels(run_dir / "confusion.png") > 1_000       # the matrices are drawn
 
-    best = evaluate.evaluate_run(run_dir, reporting.make_console(), best=True)
+    best = evaluate.evaluate_run(run_dir, outputs.make_console(), best=True)
     assert best["readouts"][readout]["test_acc"] == pytest.approx(results["readouts"][key]["test_at_best"], abs=1e-6)
 
 

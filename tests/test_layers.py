@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ffrun.layers import FFDense, FFGoodness, FFOverlay, FFPreNorm, FFSoftmax, Task
+from ffrun.core.layers import FFDense, FFGoodness, FFOverlay, FFPreNorm, FFSoftmax, Task
 
 
 def test_prenorm_l2_and_rms():
@@ -31,7 +31,7 @@ def test_overlay_replace_and_neutral_label():
 
 def test_eval_duped_is_sample_major():
     ov = FFOverlay(3, mode="replace")
-    ov.set_task(Task.EVAL_DUPED)
+    ov.set_task(Task.EVAL_ALL_LABELS)
     x = tf.constant([[0, 0, 0, 10.0], [0, 0, 0, 20.0]])
     out = ov.ff_do_task(x, tf.constant([0, 0])).numpy()
     assert out.shape == (6, 4)
@@ -42,12 +42,12 @@ def test_eval_duped_is_sample_major():
 
 def test_goodness_readout_predicts_label_with_largest_goodness():
     gd = FFGoodness(3)
-    gd.set_task(Task.EVAL_DUPED)
+    gd.set_task(Task.EVAL_ALL_LABELS)
     # sample 0: goodness per label 1, 9, 4 -> label 1; sample 1: 16, 0, 1 -> label 0
     x = tf.constant([[1.0], [3.0], [2.0], [4.0], [0.0], [1.0]])
     gd.ff_do_task(x, tf.constant([1, 2]))
     assert gd.metric_results()["acc"] == pytest.approx(0.5)
-    np.testing.assert_array_equal(gd.predict_duped(x), [1, 0])
+    np.testing.assert_array_equal(gd.predict_all_labels(x), [1, 0])
 
 
 def _dense(units=8, **kw):
@@ -125,7 +125,7 @@ def test_softmax_learns_and_only_counts_positive_eval_data():
 
 
 def test_relu_full_grad_passes_the_gradient_of_off_units():
-    from ffrun.layers import relu_full_grad
+    from ffrun.core.layers import relu_full_grad
     x = tf.constant([-2.0, 3.0])
     with tf.GradientTape() as tape:
         tape.watch(x)

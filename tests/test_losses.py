@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ffrun import losses
+from ffrun.core import losses
 
 
 def test_goodness_sum_and_mean():

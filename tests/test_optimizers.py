@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ffrun.builder import make_optimizer
-from ffrun.optimizers import FusedAdam, FusedSGD
+from ffrun.experiment.build import make_optimizer
+from ffrun.core.optimizers import FusedAdam, FusedSGD
 
 
 def _trajectory(opt, steps=5):

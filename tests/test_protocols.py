@@ -4,11 +4,11 @@ import pytest
 import tensorflow as tf
 from omegaconf import OmegaConf
 
-from ffrun import protocols
-from ffrun.builder import build_run
+from ffrun.experiment import protocols
+from ffrun.experiment.build import build_run
 from ffrun.errors import ConfigError
-from ffrun.layers import Task
-from ffrun.runner import lr_multiplier
+from ffrun.core.layers import Task
+from ffrun.experiment.schedules import lr_multiplier
 
 
 def test_wrong_labels_are_uniform_and_never_the_true_label():
@@ -91,17 +91,16 @@ def test_hybrid_masks_are_blobs_not_pixel_noise():
 
 
 def test_linear_cooldown():
-    cfg = OmegaConf.create({"lr_schedule": "linear_cooldown"})
-    mult = lr_multiplier(cfg, [10])
+    mult = lr_multiplier("linear_cooldown", [10])
     assert [mult(e) for e in (1, 6)] == [1.0, 1.0]
     assert mult(7) == pytest.approx(2 * (1 + 10 - 6) / 10) and mult(10) == pytest.approx(0.4)
-    assert lr_multiplier(OmegaConf.create({"lr_schedule": "constant"}), [10]) is None
+    assert lr_multiplier("constant", [10]) is None
 
 
 def test_linear_cooldown_restarts_for_a_readout_only_stage():
     # After 10 FF epochs the readout trains alone for 8: its rate must not run past zero into
     # negative values (the single-stage formula gives -0.4 at epoch 13); it decays afresh.
-    mult = lr_multiplier(OmegaConf.create({"lr_schedule": "linear_cooldown"}), [10, 8])
+    mult = lr_multiplier("linear_cooldown", [10, 8])
     assert mult(10) == pytest.approx(0.4)
     assert [mult(e) for e in range(11, 19)] == pytest.approx([1.0] * 6 + [0.75, 0.5])
 
@@ -109,7 +108,7 @@ def test_linear_cooldown_restarts_for_a_readout_only_stage():
 @pytest.mark.parametrize("epochs", range(1, 12))
 def test_linear_cooldown_never_raises_the_rate(epochs):
     # odd stage lengths: the port's formula would start the second half above the base rate
-    mult = lr_multiplier(OmegaConf.create({"lr_schedule": "linear_cooldown"}), [epochs])
+    mult = lr_multiplier("linear_cooldown", [epochs])
     rates = [mult(e) for e in range(1, epochs + 1)]
     assert all(0 < r <= 1.0 for r in rates)
     assert all(b <= a for a, b in zip(rates, rates[1:]))
@@ -142,7 +141,7 @@ def test_per_epoch_sets_let_go_of_the_last_epoch_before_drawing():
     import gc
     import weakref
 
-    from ffrun.protocols import PerEpoch
+    from ffrun.experiment.protocols import PerEpoch
 
     class Images:  # stands in for a drawn FFData
         pass
@@ -168,7 +167,7 @@ def test_per_epoch_sets_let_go_of_the_last_epoch_before_drawing():
 def test_per_batch_hard_labels_follow_the_current_softmax(cfg_factory):
     """negatives=hard_batch: every batch's wrong labels come from the softmax as it is at that
     step (Hinton's code), never the true label."""
-    from ffrun.training import TrainMgr
+    from ffrun.core.trainer import TrainMgr
     run = build_run(cfg_factory(["experiment=paper_small", "data=digits", "data.val_size=300", "units=16",
                                  "protocol.negatives=hard_batch"]))
     (entry,) = [e for e in run.plan.train if e.task in (Task.TRAIN_PAIR, Task.TRAIN_PAIR_READOUT)]

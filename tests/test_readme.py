@@ -11,7 +11,7 @@ def test_python_api_example_runs():
     text = README.read_text()
     section = text[text.index("## Python API"):]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    from ffrun.data import load_splits
+    from ffrun.experiment.datasets import load_splits
     s = load_splits("digits", val_size=300)
     rng = np.random.default_rng(0)
     # positives: images with their label; negatives: the same images with pixels shuffled

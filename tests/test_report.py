@@ -11,8 +11,8 @@ import pytest
 from omegaconf import OmegaConf
 from rich.console import Console
 
-from ffrun.callbacks import SweepReport
-from ffrun.report import find_runs, main, parse_overrides, varying_params, write_report
+from ffrun.app.hydra_callbacks import SweepReport
+from ffrun.app.summary import find_runs, main, parse_overrides, varying_params, write_report
 from tests.conftest import colored_pixels
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -20,7 +20,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def make_run(folder: Path, overrides: list[str], results: dict, accs: list[float] | None = None,
              primary: str = "softmax/acc") -> Path:
-    """A run folder as runner.train and Hydra leave it."""
+    """A run folder as loop.train and Hydra leave it."""
     (folder / ".hydra").mkdir(parents=True)
     (folder / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
     (folder / "results.json").write_text(json.dumps(results))
@@ -112,7 +112,7 @@ def test_categorical_parameter_gets_a_category_axis() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ffrun.report import _plot_param
+    from ffrun.app.summary import _plot_param
     runs = [{"params": {"model.goodness": g}, "best_val_acc": a} for g, a in [("sum", 0.5), ("mean", 0.6), ("sum", 0.7)]]
     assert varying_params(runs) == ["model.goodness"]
     fig, ax = plt.subplots()
@@ -264,13 +264,13 @@ def test_peak_memory_is_per_job_after_a_reset():
     # A sweep runs its jobs in one process: a small job after a big one must not report the big peak.
     import numpy as np
 
-    from ffrun import reporting
+    from ffrun.run import outputs
     big = np.ones(200 * 2**20 // 8)        # 200 MB, touched
     del big
-    high = reporting.peak_memory_mb()
-    if not reporting.reset_peak_memory():
+    high = outputs.peak_memory_mb()
+    if not outputs.reset_peak_memory():
         pytest.skip("this kernel does not let a process reset its peak (/proc/self/clear_refs)")
-    assert reporting.peak_memory_mb() < high - 150
+    assert outputs.peak_memory_mb() < high - 150
 
 
 # --- malformed run files: a failed (or blank) cell with its reason, never a traceback ---------------
@@ -408,7 +408,7 @@ HEADER = ["epoch", "stage", "seconds", "samples_per_s", "dense1/loss_pos", "soft
     (b"epoch,softmax/acc\n1,0.7\n2,0.\x008\n", ([1.0], [0.7])),
 ], ids=["non-numeric", "ragged", "no-acc-column", "empty", "binary", "nul-after-a-row"])
 def test_damaged_metrics_csv_gives_what_it_can(tmp_path: Path, content: list | bytes, curve: tuple) -> None:
-    from ffrun.report import load_run
+    from ffrun.app.summary import load_run
     bad = good_and_bad(tmp_path)
     if isinstance(content, bytes):
         (bad / "metrics.csv").write_bytes(content)
@@ -442,7 +442,7 @@ def test_malformed_overrides_yaml_falls_back_to_results_json(tmp_path: Path, ove
     "- seed: 1\n", "seed: {a: 1}\n", "seed: [1, 2]\n", "seed: true\n", "seed: [\n", "42\n", "\udcff",
 ], ids=["list", "seed-dict", "seed-list", "seed-bool", "broken", "scalar", "binary"])
 def test_malformed_config_yaml_has_no_seed(tmp_path: Path, config_yaml: str) -> None:
-    from ffrun.report import load_run
+    from ffrun.app.summary import load_run
     bad = good_and_bad(tmp_path)
     (bad / ".hydra" / "config.yaml").write_bytes(config_yaml.encode("utf-8", "surrogateescape"))
     by_run, _, _ = report_rows(tmp_path)

@@ -6,7 +6,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from ffrun.errors import ConfigError
-from ffrun.reporting import read_metrics
+from ffrun.run.outputs import read_metrics
 from tests.conftest import colored_pixels
 
 
@@ -35,7 +35,7 @@ def test_short_run_learns_and_writes_outputs(train_tiny, overrides, readout, cha
 def test_nan_loss_fails_cleanly_and_keeps_metrics(train_tiny, monkeypatch):
     """A NaN that appears in epoch 2 (whichever kernel makes it): the run ends failed, naming the
     layer and the epoch, and metrics.csv keeps epoch 1."""
-    from ffrun.training import TrainMgr
+    from ffrun.core.trainer import TrainMgr
     real = TrainMgr.metric_results
 
     def nan_in_epoch_2(self, prefix=""):
@@ -104,14 +104,14 @@ def test_eval_every_must_be_positive(train_tiny):
 def test_readout_in_the_pair_step_learns_and_leaves_the_ff_layers_alone(cfg_factory, tmp_path):
     """readout_step=same_step (Hinton's code: the neutral-label softmax trains in the FF step)
     learns the readout and trains the FF layers exactly as the separate readout pass does."""
-    from ffrun import reporting, runner
+    from ffrun.run import loop, outputs
     results = {}
     for step in ("separate", "same_step"):
         cfg = cfg_factory(["experiment=paper_small", "data=digits", "data.val_size=300", "epochs=10",
                            "units=64", "batch_size=32", "checkpoint.every=0", "tensorboard.enabled=false",
                            f"readout_step={step}"])
         (tmp_path / step).mkdir()
-        results[step] = runner.train(cfg, tmp_path / step, reporting.make_console())
+        results[step] = loop.train(cfg, tmp_path / step, outputs.make_console())
         assert results[step]["status"] == "completed"
     fused, separate = results["same_step"]["readouts"], results["separate"]["readouts"]
     assert fused["softmax/acc"]["best"] > 3 * 0.1
@@ -125,7 +125,7 @@ def test_readout_in_the_pair_step_learns_and_leaves_the_ff_layers_alone(cfg_fact
 
 
 def test_backprop_baseline_learns_and_ctrl_c_keeps_its_epochs(train_tiny, monkeypatch):
-    from ffrun import backprop
+    from ffrun.experiment import backprop
     results, run_dir = train_tiny(["mode=bp", "epochs=3"], name="full")
     assert results["status"] == "completed" and results["test_acc"] > 3 * 0.1
     assert list((run_dir / "tb").rglob("events.out.tfevents.*"))      # TensorBoard curves
@@ -145,7 +145,7 @@ def test_backprop_baseline_learns_and_ctrl_c_keeps_its_epochs(train_tiny, monkey
 
 
 def test_backprop_baseline_follows_the_lr_schedule_and_dropout(train_tiny):
-    from ffrun import backprop
+    from ffrun.experiment import backprop
     results, run_dir = train_tiny(["mode=bp", "epochs=8", "lr_schedule=linear_cooldown",
                                    "mode.dropout=0.2", "mode.optimizer.learning_rate=0.002"], name="sched")
     assert results["status"] == "completed"
@@ -172,5 +172,5 @@ def test_log_lines_say_how_long_the_rest_takes(train_tiny, caplog):
 
 
 def test_durations_read_as_hours_or_minutes():
-    from ffrun.runner import _duration
+    from ffrun.run.loop import _duration
     assert _duration(7260) == "2h01m" and _duration(312.4) == "5m12s" and _duration(0.2) == "0m00s"

@@ -57,7 +57,7 @@ def assert_two_completed_jobs_and_summary(proc: subprocess.CompletedProcess, swe
     for job in (0, 1):
         assert results_of(sweep_dir, job)["status"] == "completed", explain(proc)
     summary = sweep_dir / "summary.csv"
-    assert summary.exists(), ("no summary.csv: is ffrun.callbacks.SweepReport registered under "
+    assert summary.exists(), ("no summary.csv: is ffrun.app.hydra_callbacks.SweepReport registered under "
                               "hydra.callbacks in conf/config.yaml?\n" + explain(proc))
     with open(summary, newline="") as f:
         rows = list(csv.DictReader(f))
@@ -98,7 +98,7 @@ def test_basic_sweep_with_a_failing_job(tmp_path: Path) -> None:
     assert "epoch 1" in failed["reason"] and failed["reason"].startswith(("dense", "norm", "softmax"))
 
     # The report reads real run folders as the runner and Hydra leave them
-    from ffrun.report import write_report
+    from ffrun.app.summary import write_report
     rows = write_report(sweep_dir, Console(file=io.StringIO(), width=200))
     assert [(r["run"], r["status"]) for r in rows] == [("0", "completed"), ("1", "failed")]
     assert rows[-1]["override.model.optimizer.learning_rate"] == "1e+38"   # as Hydra records it

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from ffrun import FFData, FFDense, FFPreNorm, FFSoftmax, Task, TrainMgr
-from ffrun.training import TrainingDiverged
+from ffrun.core.trainer import TrainingDiverged
 
 
 def _toy_net():
@@ -90,7 +90,7 @@ def test_non_finite_loss_stops_training():
 def test_nan_goodness_does_not_reach_the_separation_histogram():
     """tf.maximum(nan, x) is NaN on AVX2 CPUs and histogram_fixed_width raises on NaN: the metric
     must leave non-finite goodness out itself, whatever the CPU, and count the rest as before."""
-    from ffrun.losses import GoodnessSeparation
+    from ffrun.core.losses import GoodnessSeparation
     m = GoodnessSeparation()
     m.update_state(tf.constant([2.0, float("nan"), 3.0, float("inf")]), positive=True)
     m.update_state(tf.constant([1.0, float("-inf"), float("nan")]), positive=False)
@@ -134,16 +134,16 @@ class _Passes:
 
 def test_all_labels_evaluation_batches_count_rows_not_images(cfg_factory):
     # eval_batch_size bounds the rows in memory: 10 labels per image means 1/10 the images per batch
-    from ffrun.builder import build_run
+    from ffrun.experiment.build import build_run
     run = build_run(cfg_factory(["data=digits", "mode=sup", "protocol=wrong_label", "units=8", "num_layers=2"]))
-    duped = [e for e in run.plan.test if e.task == Task.EVAL_DUPED]
-    assert duped
+    all_labels = [e for e in run.plan.test if e.task == Task.EVAL_ALL_LABELS]
+    assert all_labels
     accs = []
     for eval_bs in (40, 1000):
         hook = _Passes()
         mgr = TrainMgr(run.network.layers, run.network.seq, run.plan.train, batch_size=32,
                        eval_batch_size=eval_bs, progress=hook)
-        accs.append(mgr.evaluate(duped)["goodness/acc"])
-        n = len(duped[0].data)
-        assert hook.passes == [(duped[0].label, -(-n // max(1, eval_bs // 10)))]
+        accs.append(mgr.evaluate(all_labels)["goodness/acc"])
+        n = len(all_labels[0].data)
+        assert hook.passes == [(all_labels[0].label, -(-n // max(1, eval_bs // 10)))]
     assert accs[0] == accs[1]          # batching changes memory, never the result

@@ -355,9 +355,21 @@ class FFRunConfig:
             raise ConfigError("readout_step=same_step trains the readout in the pos+neg step: it needs pairing=same_step")
 
 
+def register_resolvers() -> None:
+    """``${ffrun_pick:a,b}``: a unless it is null/empty, else b; ``${ffrun_if:c,x}``: x if c else null.
+    They let ``resume=<folder>`` point Hydra's run dir at the resumed folder."""
+    if not OmegaConf.has_resolver("ffrun_pick"):
+        OmegaConf.register_new_resolver("ffrun_pick", lambda a, b: a if a not in (None, "") else b)
+        OmegaConf.register_new_resolver("ffrun_if", lambda c, x: x if c not in (None, "") else None)
+
+
+
 def register_configs(store: ConfigStore | None = None) -> None:
     """Put the schemas where conf/ names them: ``ffrun_schema`` at the top of config.yaml's defaults,
-    ``<option>_schema`` at the top of each protocol option's defaults."""
+    ``<option>_schema`` at the top of each protocol option's defaults; and the config's resolvers.
+    conf/__init__.py calls it, so composing ffrun.conf from anywhere (the CLI, tests, a notebook)
+    finds both."""
+    register_resolvers()
     store = store or ConfigStore.instance()
     store.store(name="ffrun_schema", node=FFRunConfig)
     for name, node in PROTOCOL_SCHEMAS.items():

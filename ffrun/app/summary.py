@@ -4,7 +4,7 @@ Point it at a sweep (``outputs/multirun/<stamp>``) or at ``outputs/``: every fol
 results.json is a run. Several folders (``ffrun-report runA runB sweepC``) compare runs that live
 apart; their summary goes to ``--out``. Runs are ranked by best validation accuracy; failed runs come
 last with their reason. Runs that differ only in ``seed`` are also summarized over their seeds (mean and
-spread, ``seeds.csv``). The Hydra callback ``ffrun.callbacks.SweepReport`` calls :func:`write_report` when a sweep ends.
+spread, ``seeds.csv``). The Hydra callback ``ffrun.app.hydra_callbacks.SweepReport`` calls :func:`write_report` when a sweep ends.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ffrun import reporting
+from ffrun.run import outputs
 from ffrun.errors import FFRunError
 
 # Fixed summary.csv columns; every overridden parameter then gets its own "override.<key>" column
@@ -82,17 +82,17 @@ def load_run(run_dir: Path, root: Path) -> dict[str, Any]:
     A damaged results.json becomes a failed run instead of stopping the whole report."""
     results, problems = read_results(run_dir / "results.json")
     overrides = _read_overrides(run_dir)
-    if overrides is None:   # no .hydra folder (e.g. copied results): runner.train also stores them
+    if overrides is None:   # no .hydra folder (e.g. copied results): loop.train also stores them
         overrides = results["overrides"] or []
     status = results["status"] or "unknown"
     reason = results["reason"]
     if problems:
-        # runner.train never writes such a file: whatever it says, the run cannot count as done.
+        # loop.train never writes such a file: whatever it says, the run cannot count as done.
         # The run's own reason, if it had one, still follows.
         status = "failed"
         reason = "; ".join(problems + ([reason] if reason else []))
     elif status == "running":
-        # runner.train writes "running" first and overwrites it at the end: the job is still going,
+        # loop.train writes "running" first and overwrites it at the end: the job is still going,
         # or its process was killed before the final write
         status = "unfinished"
         reason = reason or "no final results (still running, or killed)"
@@ -197,7 +197,7 @@ def _read_seed(run_dir: Path) -> str | None:
 
 def _read_curve(run_dir: Path, primary: str | None) -> tuple[list[float], list[float], str | None]:
     """(epochs, accuracies) of the primary readout. A failed run's results.json may not name the
-    primary, so fall back to the first readout accuracy column, as runner.train does. Cells that are
+    primary, so fall back to the first readout accuracy column, as loop.train does. Cells that are
     not numbers, and short or long rows, are skipped; a file that stops parsing keeps the rows before."""
     path = run_dir / "metrics.csv"
     primary = primary if isinstance(primary, str) else None
@@ -501,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
                              "required with several folders)")
     args = parser.parse_args(argv)
     try:
-        write_report(args.folders, reporting.make_console(), out=args.out)
+        write_report(args.folders, outputs.make_console(), out=args.out)
     except ReportError as exc:
         # A usage problem, like argparse's own: one line on stderr, exit code 2
         print(f"ffrun-report: error: {exc}", file=sys.stderr)

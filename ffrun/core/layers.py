@@ -14,7 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ffrun import losses
+from ffrun.core import losses
 
 
 class Task(enum.Enum):
@@ -27,7 +27,7 @@ class Task(enum.Enum):
     # Hinton's code and its PyTorch port train the neutral-label classifier
     TRAIN_PAIR_READOUT = "train_pair_readout"
     EVAL = "eval"                # forward and update this layer's metrics
-    EVAL_DUPED = "eval_duped"    # each sample arrives once per candidate label (sample-major)
+    EVAL_ALL_LABELS = "eval_all_labels"    # each sample arrives once per candidate label (sample-major)
 
 
 TRAIN_TASKS = (Task.TRAIN_POS, Task.TRAIN_NEG, Task.TRAIN_PAIR, Task.TRAIN_PAIR_READOUT)
@@ -66,8 +66,8 @@ class BaseFFLayer:
         self.positive = True          # whether the data of an EVAL pass is positive
         self.metrics: dict[str, keras.metrics.Metric] = {}
 
-    #: rows this layer makes of each input row under EVAL_DUPED (the overlay: one per label)
-    duped_rows: int = 1
+    #: rows this layer makes of each input row under EVAL_ALL_LABELS (the overlay: one per label)
+    all_label_rows: int = 1
 
     # --- task plumbing -----------------------------------------------------------------
     def set_task(self, task: Task, positive: bool = True) -> None:
@@ -82,7 +82,7 @@ class BaseFFLayer:
             Task.TRAIN_PAIR: self.train_pair,
             Task.TRAIN_PAIR_READOUT: self.train_pair_readout,
             Task.EVAL: self.evaluate,
-            Task.EVAL_DUPED: self.evaluate_duped,
+            Task.EVAL_ALL_LABELS: self.evaluate_all_labels,
         }[self.task]
         return method(x, y)
 
@@ -104,7 +104,7 @@ class BaseFFLayer:
     def evaluate(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
         return self.transform(x, y)
 
-    def evaluate_duped(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+    def evaluate_all_labels(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
         return self.transform(x, y)
 
     # --- weights and optimizer ---------------------------------------------------------
@@ -390,7 +390,7 @@ class FFOverlay(BaseFFLayer):
     ``mode="add"`` (the seed): +value at pixel index y of the flattened image.
     ``mode="replace"`` (the paper): the first ``num_classes`` pixels become one-hot(y) * value.
     A label of -1 is the neutral label: 1/num_classes in each of the first ``num_classes`` pixels.
-    Under EVAL_DUPED each sample is replicated once per class, sample-major (rows i*C..i*C+C-1 are
+    Under EVAL_ALL_LABELS each sample is replicated once per class, sample-major (rows i*C..i*C+C-1 are
     sample i with labels 0..C-1).
     """
 
@@ -401,7 +401,7 @@ class FFOverlay(BaseFFLayer):
             raise ValueError(f"overlay mode must be one of {self.MODES}, got {mode!r}")
         super().__init__(None, name)
         self.num_classes = num_classes
-        self.duped_rows = num_classes
+        self.all_label_rows = num_classes
         self.mode = mode
         self.value = float(value)
 
@@ -418,7 +418,7 @@ class FFOverlay(BaseFFLayer):
     def transform(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
         return self.overlay(x, y)
 
-    def evaluate_duped(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+    def evaluate_all_labels(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
         c = self.num_classes
         n = tf.shape(x)[0]
         return self.overlay(tf.repeat(x, c, axis=0), tf.tile(tf.range(c), [n]))
@@ -427,7 +427,7 @@ class FFOverlay(BaseFFLayer):
 class FFGoodness(BaseFFLayer):
     """Predicts the label whose overlay gives the largest goodness (sum of squares of its input).
 
-    Under EVAL_DUPED its input has one row per (sample, label), sample-major; ``y`` holds the true
+    Under EVAL_ALL_LABELS its input has one row per (sample, label), sample-major; ``y`` holds the true
     label of each sample once. Other tasks pass the input through."""
 
     def __init__(self, num_classes: int, *, name: str = "goodness"):
@@ -435,12 +435,12 @@ class FFGoodness(BaseFFLayer):
         self.num_classes = num_classes
         self.metrics = {"acc": keras.metrics.Accuracy(name="acc")}
 
-    def predict_duped(self, x: tf.Tensor) -> tf.Tensor:
+    def predict_all_labels(self, x: tf.Tensor) -> tf.Tensor:
         g = losses.goodness(x, "sum")
         return tf.argmax(tf.reshape(g, [-1, self.num_classes]), axis=1, output_type=tf.int32)
 
-    def evaluate_duped(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
-        self.metrics["acc"].update_state(tf.cast(y, tf.int32), self.predict_duped(x))
+    def evaluate_all_labels(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        self.metrics["acc"].update_state(tf.cast(y, tf.int32), self.predict_all_labels(x))
         return x
 
 

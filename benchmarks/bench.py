@@ -11,8 +11,8 @@ One process measures, on the current machine:
 5. peak resident memory;
 6. scaling: seconds per epoch against width, so one can see time follow FLOPs.
 
-Run:  python -m ffrun.bench --out bench.json          (full benchmark: ~20 min on 2 idle cores)
-      python -m ffrun.bench --data digits --units 32 --scaling 16,32 --reps 1   (seconds)
+Run:  python benchmarks/bench.py --out bench.json          (full benchmark: ~20 min on 2 idle cores)
+      python benchmarks/bench.py --data digits --units 32 --scaling 16,32 --reps 1   (seconds)
 Extra ``key=value`` arguments are Hydra overrides passed to every FF run (e.g. pairing=same_step).
 """
 from __future__ import annotations
@@ -41,10 +41,10 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from ffrun import reporting
-from ffrun.builder import Run, build_run
-from ffrun.layers import FFDense, FFSoftmax, Task, TRAIN_TASKS
-from ffrun.training import FFData, TaskEntry, TrainMgr
+from ffrun.run import outputs
+from ffrun.experiment.build import Run, build_run
+from ffrun.core.layers import FFDense, FFSoftmax, Task, TRAIN_TASKS
+from ffrun.core.trainer import FFData, TaskEntry, TrainMgr
 
 GIGA = 1e9
 
@@ -240,7 +240,7 @@ class Bench:
 
     def _build(self, overrides: list[str]) -> tuple[DictConfig, Run, TrainMgr, float]:
         cfg = self.compose(overrides)
-        # As runner.train does: no names or graphs leak from the previous run; same seed, same weights.
+        # As loop.train does: no names or graphs leak from the previous run; same seed, same weights.
         keras.backend.clear_session()
         keras.utils.set_random_seed(int(cfg.seed))
         run = build_run(cfg, keep_splits=True)
@@ -323,14 +323,14 @@ def time_call(fn: Callable[[], Any], reps: int) -> float:
 
 
 def bench_eval(run: Run, mgr: TrainMgr, cfg: DictConfig, reps: int) -> dict[str, Any]:
-    """The sup net's all-labels evaluation on the test images (EVAL_DUPED: each image once per
+    """The sup net's all-labels evaluation on the test images (EVAL_ALL_LABELS: each image once per
     label, scored by FFGoodness) against one plain forward pass per label (ten for MNIST) over
     the same images: the same matmul FLOPs, so the ratio is the cost of duplicating."""
-    duped = next(e for e in run.plan.test if e.task == Task.EVAL_DUPED)
-    data: FFData = duped.resolve(0)
+    all_labels = next(e for e in run.plan.test if e.task == Task.EVAL_ALL_LABELS)
+    data: FFData = all_labels.resolve(0)
     c = run.plan.num_classes
     eval_bs = int(cfg.eval_batch_size)
-    t_duped = time_call(lambda: mgr.run_task(duped, frozenset(), 0), reps)
+    t_all_labels = time_call(lambda: mgr.run_task(all_labels, frozenset(), 0), reps)
 
     for layer in run.network.layers.values():
         layer.set_task(Task.TRANSFORM)      # baked into the forward graph when it is traced
@@ -341,11 +341,11 @@ def bench_eval(run: Run, mgr: TrainMgr, cfg: DictConfig, reps: int) -> dict[str,
     flop = forward_flop(ff_shapes(run), n * c)
     return {
         "images": n, "labels": c, "eval_batch_size": eval_bs,
-        "duped_s": sig(t_duped), "forward_x_labels_s": sig(t_fwd),
-        "duped_over_forward": sig(t_duped / t_fwd),
+        "all_labels_s": sig(t_all_labels), "forward_x_labels_s": sig(t_fwd),
+        "all_labels_over_forward": sig(t_all_labels / t_fwd),
         "gflop": sig(flop / GIGA),
-        "duped_gflops": sig(flop / t_duped / GIGA), "forward_gflops": sig(flop / t_fwd / GIGA),
-        "duped_images_per_s": sig(n / t_duped),
+        "all_labels_gflops": sig(flop / t_all_labels / GIGA), "forward_gflops": sig(flop / t_fwd / GIGA),
+        "all_labels_images_per_s": sig(n / t_all_labels),
     }
 
 
@@ -442,9 +442,9 @@ def results_table(res: dict[str, Any]) -> Table:
     ev = res.get("evaluation")
     if ev:
         t.add_section()
-        t.add_row("eval all labels", _num(ev["duped_s"]), _num(ev["duped_images_per_s"]), _num(ev["gflop"]),
-                  _num(ev["duped_gflops"]), "",
-                  f"EVAL_DUPED, {ev['images']:,} images x {ev['labels']}; {ev['duped_over_forward']:.2f}x the forwards")
+        t.add_row("eval all labels", _num(ev["all_labels_s"]), _num(ev["all_labels_images_per_s"]), _num(ev["gflop"]),
+                  _num(ev["all_labels_gflops"]), "",
+                  f"EVAL_ALL_LABELS, {ev['images']:,} images x {ev['labels']}; {ev['all_labels_over_forward']:.2f}x the forwards")
         t.add_row(f"eval {ev['labels']} forward passes", _num(ev["forward_x_labels_s"]), "", _num(ev["gflop"]),
                   _num(ev["forward_gflops"]), "", f"TRANSFORM, batch {ev['eval_batch_size']}")
     pr = res.get("paper")
@@ -478,7 +478,7 @@ def results_table(res: dict[str, Any]) -> Table:
 # main
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m ffrun.bench", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python benchmarks/bench.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("overrides", nargs="*", help="extra Hydra overrides for every FF run, e.g. pairing=same_step")
     p.add_argument("--units", type=int, default=2000, help="units per FF layer")
@@ -514,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
     # Every build makes fresh TrainMgr graphs from the same code, which TF reports as "excessive
     # retracing"; the retraces that matter (inside timed epochs) are counted and reported instead.
     tf.get_logger().setLevel(logging.ERROR)
-    console = reporting.make_console()
+    console = outputs.make_console()
     if not console.is_terminal:
         console.width = 150      # piped to a file or CI: rich would wrap the table at 80 columns
     bench = Bench(args, console)
@@ -528,11 +528,11 @@ def main(argv: list[str] | None = None) -> int:
 
     def save() -> None:
         # written after every section, so a long run that dies keeps what it measured
-        res["memory"] = {"peak_rss_mb": reporting.peak_memory_mb(), "after": memory}
+        res["memory"] = {"peak_rss_mb": outputs.peak_memory_mb(), "after": memory}
         res["notes"] = bench.notes
         order = ("machine", "args", "roofline", "ff", "backprop", "evaluation", "paper", "scaling", "memory",
                  "notes")
-        reporting.write_json(args.out, {k: res[k] for k in order if k in res})
+        outputs.write_json(args.out, {k: res[k] for k in order if k in res})
 
     # 1 + 2 + 4: FF epochs per mode; the roofline at the first run's shapes; the sup net's evaluation
     res["ff"] = {}
@@ -546,19 +546,19 @@ def main(argv: list[str] | None = None) -> int:
             console.log("roofline: matmul at the model's layer shapes, fp32 and bf16 ...")
             res["roofline"] = roofline(ff_shapes(run), int(cfg.batch_size), args.roofline_time, args.reps)
             roof_model = res["roofline"]["model_gflops"]
-            memory["roofline"] = reporting.peak_memory_mb()
+            memory["roofline"] = outputs.peak_memory_mb()
         console.log(f"FF {mode}: timing {args.reps} epochs ...")
         seconds, samples, retraces = time_epochs(mgr, args.reps)
         r = summarize_ff(mode, cfg, run, mgr, warm, seconds, samples, retraces, roof_model)
         res["ff"][mode] = r
-        memory[f"ff_{mode}"] = reporting.peak_memory_mb()
+        memory[f"ff_{mode}"] = outputs.peak_memory_mb()
         console.log(f"FF {mode}: {r['median_epoch_s']:.2f} s/epoch, {r['gflops']:.1f} GFLOP/s")
         if retraces:
             bench.note(f"FF {mode}: {retraces} graph trace(s) during the timed epochs")
         if mode == "sup":
             console.log("evaluation: all labels vs plain forward passes ...")
             res["evaluation"] = bench_eval(run, mgr, cfg, args.reps)
-            memory["evaluation"] = reporting.peak_memory_mb()
+            memory["evaluation"] = outputs.peak_memory_mb()
         if mode == "unsup":
             reuse = r
         if bp_data is None:
@@ -581,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
         # FF epoch (pos + neg samples) over backprop epoch (the images once)
         bp["ff_over_bp"] = {m: sig(r["median_epoch_s"] / bp["median_epoch_s"]) for m, r in res["ff"].items()}
         res["backprop"] = bp
-        memory["backprop"] = reporting.peak_memory_mb()
+        memory["backprop"] = outputs.peak_memory_mb()
         save()
     bp_data = None
 
@@ -601,7 +601,7 @@ def main(argv: list[str] | None = None) -> int:
         roof = roofline(shapes, 2 * int(cfg.batch_size), args.roofline_time, 1)["model_gflops"]
         r = summarize_ff("sup", cfg, run, mgr, warm, seconds, samples, retraces, roof)
         res["paper"] = {"experiment": args.paper, "roofline_gflops": roof, **r}
-        memory["paper"] = reporting.peak_memory_mb()
+        memory["paper"] = outputs.peak_memory_mb()
         del cfg, run, mgr
         gc.collect()
         save()
@@ -621,7 +621,7 @@ def main(argv: list[str] | None = None) -> int:
             seconds, samples, retraces = time_epochs(mgr, args.scaling_reps)
             r = summarize_ff("unsup", cfg, run, mgr, warm, seconds, samples, retraces, roof_model)
             res["scaling"].append({"units": units, **{k: r.get(k) for k in keys}, "reused": False})
-            memory[f"scaling_{units}"] = reporting.peak_memory_mb()
+            memory[f"scaling_{units}"] = outputs.peak_memory_mb()
             del cfg, run, mgr
             gc.collect()
             save()

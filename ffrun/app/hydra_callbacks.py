@@ -21,11 +21,11 @@ class SweepReport(Callback):
         # A report is a convenience: whatever goes wrong here, the sweep's jobs and their outputs
         # are already on disk, so a broken report must not turn the sweep into a failure.
         try:
-            from ffrun import reporting
-            from ffrun.report import write_report
+            from ffrun.run import outputs
+            from ffrun.app.summary import write_report
 
             sweep_dir = Path(str(config.hydra.sweep.dir))
-            rows = write_report(sweep_dir, reporting.make_console())
+            rows = write_report(sweep_dir, outputs.make_console())
         except Exception as exc:  # noqa: BLE001 - deliberately broad, see above
             log.warning("sweep report not written: %s: %s", type(exc).__name__, exc)
             return

@@ -11,7 +11,7 @@ from pathlib import Path
 import tensorflow as tf
 
 from ffrun.errors import CheckpointError, OutputError
-from ffrun.layers import BaseFFLayer
+from ffrun.core.layers import BaseFFLayer
 
 
 class BestWeights:
@@ -72,6 +72,12 @@ class Checkpointer:
             latest = self.manager.latest_checkpoint
             kept = f"the latest complete checkpoint is {Path(latest).name}" if latest else "no checkpoint was written"
             raise OutputError(f"cannot write checkpoint ckpt-{epoch} in {self.folder} ({cause}); {kept}") from None
+
+    def save_once(self, epoch: int) -> None:
+        """Save ckpt-<epoch> unless it is already the latest (the end of a run, a stop request)."""
+        latest = self.manager.latest_checkpoint
+        if latest is None or Path(latest).name != f"ckpt-{epoch}":
+            self.save(epoch)
 
     def restore_latest(self) -> int:
         """Restore the newest checkpoint; returns its epoch. Every saved value must find its

@@ -12,6 +12,7 @@ import math
 import os
 import re
 import resource
+import time
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
@@ -77,6 +78,16 @@ def _vm_hwm_kib() -> int | None:
         return None
     m = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
     return int(m.group(1)) if m else None
+
+
+def start_job(seed: int) -> float:
+    """A clean slate for a run (sweep jobs share a process: no Keras names or graphs leak between
+    jobs, and each reports its own peak memory); returns the start time."""
+    import keras
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(seed)
+    reset_peak_memory()
+    return time.perf_counter()
 
 
 def reset_peak_memory() -> bool:

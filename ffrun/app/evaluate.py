@@ -22,36 +22,35 @@ import tensorflow as tf
 from rich.console import Console
 from rich.table import Table
 
-from ffrun import reporting
-from ffrun.builder import Network, build_run
-from ffrun.checkpoints import BestWeights, Checkpointer
-from ffrun.cli import load_run_config
+from ffrun.run import outputs
+from ffrun.experiment.build import Network, build_run
+from ffrun.core.checkpoints import BestWeights, Checkpointer
+from ffrun.run.resume import load_run_config
 from ffrun.errors import CheckpointError, FFRunError
-from ffrun.layers import Task
-from ffrun.protocols import neutral
-from ffrun.training import FFData, TrainMgr
+from ffrun.core.layers import Task
+from ffrun.experiment.protocols import neutral
+from ffrun.core.trainer import FFData, TrainMgr
 
 log = logging.getLogger("ffrun")
 
 
 def predict(network: Network, data: FFData, readout: str, batch_size: int = 1000) -> np.ndarray:
-    """Predicted labels of one readout. Goodness readouts try every label (EVAL_DUPED); softmax
+    """Predicted labels of one readout. Goodness readouts try every label (EVAL_ALL_LABELS); softmax
     readouts of a supervised net see the neutral label, never the true one."""
     goodness = readout in network.roles.goodness
-    task = Task.EVAL_DUPED if goodness else Task.TRANSFORM
-    for layer in network.layers.values():
-        layer.set_task(task)
     if network.roles.supervised and not goodness:
         data = neutral(data)
     if goodness:   # batch_size counts rows; each image becomes one row per label
-        batch_size = max(1, batch_size // max(layer.duped_rows for layer in network.layers.values()))
+        batch_size = max(1, batch_size // network.all_label_rows)
     preds = []
-    for start in range(0, len(data), batch_size):
-        sl = slice(start, start + batch_size)
-        outs = network.seq(data.X[sl], data.y[sl], tf.maximum(data.y_ff[sl], 0) if goodness else data.y_ff[sl])
-        out = outs[readout]
-        preds.append(network.layers[readout].predict_duped(out).numpy() if goodness
-                     else tf.argmax(out, axis=1).numpy())
+    # goodness readouts: every layer makes its all-labels rows (the overlay one per label)
+    with network.tasks(network.layers if goodness else (), Task.EVAL_ALL_LABELS if goodness else Task.TRANSFORM):
+        for start in range(0, len(data), batch_size):
+            sl = slice(start, start + batch_size)
+            outs = network.seq(data.X[sl], data.y[sl], tf.maximum(data.y_ff[sl], 0) if goodness else data.y_ff[sl])
+            out = outs[readout]
+            preds.append(network.layers[readout].predict_all_labels(out).numpy() if goodness
+                         else tf.argmax(out, axis=1).numpy())
     network.layers[readout].reset_metrics()
     return np.concatenate(preds).astype(np.int32)
 
@@ -98,7 +97,7 @@ def evaluate_run(run_dir: Path, console: Console, best: bool = False) -> dict[st
     metrics = {**mgr.evaluate(plan.val, prefix="val/"), **mgr.evaluate(plan.test, prefix="test/")}
 
     readouts = list(net.roles.goodness + net.roles.softmax)
-    test_pos = next(e.data for e in plan.test if e.task in (Task.EVAL, Task.EVAL_DUPED) and
+    test_pos = next(e.data for e in plan.test if e.task in (Task.EVAL, Task.EVAL_ALL_LABELS) and
                     not callable(e.data) and e.data.positive)
     y_true = test_pos.y.numpy()
     mats = {r: confusion(y_true, predict(net, test_pos, r), plan.num_classes) for r in readouts}
@@ -109,7 +108,7 @@ def evaluate_run(run_dir: Path, console: Console, best: bool = False) -> dict[st
                          "confusion": mats[r].tolist()} for r in readouts},
         "metrics": metrics,
     }
-    reporting.write_json(run_dir / "eval.json", result)
+    outputs.write_json(run_dir / "eval.json", result)
     plot_confusions(mats, run_dir / "confusion.png", f"{run_dir.name} — epoch {epoch} ({result['weights']} weights)")
 
     table = Table(title=f"ffrun-eval {run_dir.name} — checkpoint epoch {epoch}, {result['weights']} weights")
@@ -133,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run", type=Path, help="a run folder (with .hydra/ and checkpoints/)")
     parser.add_argument("--best", action="store_true", help="evaluate the best epoch's weights, not the last")
     args = parser.parse_args(argv)
-    console = reporting.make_console()
+    console = outputs.make_console()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         evaluate_run(args.run, console, best=args.best)

@@ -16,12 +16,11 @@ from typing import Callable, Iterable, Mapping, Protocol, Sequence, Union
 import numpy as np
 import tensorflow as tf
 
-from ffrun.layers import BaseFFLayer, Task, TRAIN_TASKS
+from ffrun.core.layers import BaseFFLayer, Task, TRAIN_TASKS
+from ffrun.core.network import Network, SeqFn
 
 #: tasks whose data is an aligned (positives, negatives) pair, stepped on together
 PAIRED_TASKS = (Task.TRAIN_PAIR, Task.TRAIN_PAIR_READOUT)
-
-SeqFn = Callable[[tf.Tensor, tf.Tensor, tf.Tensor], object]
 
 
 @dataclass
@@ -109,13 +108,14 @@ class TrainMgr:
     [(TRAIN_POS, pos), (TRAIN_NEG, neg), (EVAL, val_pos), (EVAL, val_neg)].
     """
 
-    def __init__(self, layers: Mapping[str, BaseFFLayer], seq: SeqFn,
+    def __init__(self, layers: Mapping[str, BaseFFLayer] | Network, seq: SeqFn | None = None,
                  tasks: Sequence[TaskEntry | tuple] = (), *, batch_size: int = 128,
                  eval_batch_size: int | None = None, seed: int = 0, shuffle: bool = True,
                  lr_multiplier: Callable[[int], float] | None = None,
                  progress: ProgressHook | None = None, max_loss: float = math.inf):
-        self.layers = dict(layers)
-        self.seq = seq
+        self.network = layers if isinstance(layers, Network) else Network(dict(layers), seq)
+        self.layers = self.network.layers
+        self.seq = self.network.seq
         self.tasks = [_as_entry(t) for t in tasks]
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size or max(batch_size, 1000))
@@ -129,10 +129,6 @@ class TrainMgr:
         self._built = False
         self._base_lr = {}
 
-    @property
-    def duped_rows(self) -> int:
-        """Rows per image in an all-labels (EVAL_DUPED) pass."""
-        return max(layer.duped_rows for layer in self.layers.values())
 
     # --- building ------------------------------------------------------------------------
     def build(self, sample: FFData | None = None) -> None:
@@ -140,9 +136,8 @@ class TrainMgr:
         if self._built:
             return
         sample = sample if sample is not None else self._first_data()
-        self._set_tasks({}, Task.TRANSFORM)
         n = min(2, len(sample))
-        self.seq(sample.X[:n], sample.y[:n], tf.maximum(sample.y_ff[:n], 0))
+        self.network.transform(sample.X[:n], sample.y[:n], tf.maximum(sample.y_ff[:n], 0))
         for layer in self.layers.values():
             layer.build_optimizer()
             if layer.optimizer is not None:
@@ -171,21 +166,15 @@ class TrainMgr:
         listed = frozenset(entry.layers) if entry.layers is not None else frozenset(self.layers)
         if entry.task in TRAIN_TASKS:
             return frozenset(n for n in listed & trainable if entry.task in self.layers[n].trains_on)
-        if entry.task == Task.EVAL_DUPED:
+        if entry.task == Task.EVAL_ALL_LABELS:
             return frozenset(self.layers)   # the overlay must duplicate, whoever scores
         return listed
 
-    def _set_tasks(self, active: Iterable[str], task: Task, positive: bool = True) -> None:
-        active = set(active)
-        for name, layer in self.layers.items():
-            layer.set_task(task if name in active else Task.TRANSFORM, positive)
-
     def hard_labels(self, X: tf.Tensor, y: tf.Tensor, readout: str, seed: tf.Tensor) -> tf.Tensor:
         """A wrong label per row, drawn from ``readout``'s softmax on the neutral-label input with
-        the true class masked out. Runs every layer as TRANSFORM and leaves them so: callers that
-        train next set their tasks again (inside a graph this happens while tracing)."""
-        self._set_tasks((), Task.TRANSFORM)
-        logits = tf.cast(self.seq(X, y, tf.fill(tf.shape(y), -1))[readout], tf.float32)
+        the true class masked out (a plain forward inside the step; the layers' tasks are left as
+        they were)."""
+        logits = tf.cast(self.network.transform(X, y, tf.fill(tf.shape(y), -1))[readout], tf.float32)
         # a diverged readout must not draw labels out of range (the routing gather would raise
         # before the NaN reaches the loss check): non-finite logits draw uniformly
         logits = tf.where(tf.math.is_finite(logits), logits, 0.0)
@@ -213,7 +202,6 @@ class TrainMgr:
                     yffn_b = tf.gather(y_ffn, idx)
                     if hard_from is not None:   # this batch's wrong labels from the current softmax
                         yffn_b = self.hard_labels(xb, yb, hard_from, tf.stack([rng[0], rng[1] + tf.cast(i, tf.int64)]))
-                        self._set_tasks(active, task, positive)
                     xs, ys, yffs = [xb, tf.gather(Xn, idx)], [yb, tf.gather(yn, idx)], [yffb, yffn_b]
                     if with_neutral:   # and the positives again, neutral label, for the readouts
                         xs, ys, yffs = xs + [xb], ys + [yb], yffs + [tf.fill(tf.shape(yb), -1)]
@@ -250,12 +238,12 @@ class TrainMgr:
         else:
             perm = np.arange(n, dtype=np.int32)
         bs = self.batch_size if training else self.eval_batch_size
-        if entry.task == Task.EVAL_DUPED:
+        if entry.task == Task.EVAL_ALL_LABELS:
             # eval_batch_size counts rows: an all-labels pass makes one row per (image, label), and
             # 1000 images x 10 labels would hold ~0.6 GB more activations at 4 x 2000.
-            bs = max(1, bs // self.duped_rows)
+            bs = max(1, bs // self.network.all_label_rows)
         key = (entry.task, pos.positive, active, bs, entry.hard_from if paired else None)
-        self._set_tasks(active, entry.task, pos.positive)
+        self.network.set_tasks(active, entry.task, pos.positive)
         fn = self._graph(key, entry, active, pos.positive, bs)
         if self.progress is not None:
             self.progress.start_pass(entry.label or entry.task.value, math.ceil(n / bs))

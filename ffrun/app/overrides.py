@@ -1,0 +1,139 @@
+"""Checking command-line overrides before Hydra runs: a typo, an unknown choice, a wrong type or a
+value out of range becomes one line naming the key and the fix, before any folder is made."""
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+_PLUGIN_EXTRAS = {"hydra/sweeper/optuna": "optuna", "hydra/launcher/joblib": "sweep",
+                  "hydra/launcher/submitit_local": "sweep", "hydra/launcher/submitit_slurm": "sweep"}
+
+
+def _job_overrides(args: list[str]) -> list[list[str]]:
+    """Override lists that cover the jobs of ``args`` for checking: the first value of every sweep,
+    then each other value of each sweep in turn (one composition per value, not per job: a 4 x 4
+    grid is checked with 7, not 16)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    parser = OverridesParser.create()
+    first: list[str] = []
+    others: list[tuple[int, list[str]]] = []
+    for i, arg in enumerate(args):
+        override = parser.parse_overrides([arg])[0]
+        if not override.is_sweep_override():
+            first.append(arg)
+            continue
+        key = override.get_key_element()
+        value = override.value()
+        if hasattr(value, "start"):          # interval(a, b): Optuna draws inside it
+            first.append(f"{key}={value.start}")
+            continue
+        values = list(override.sweep_string_iterator())
+        first.append(f"{key}={values[0]}")
+        # every value is checked (numbers too: a NaN or a zero batch size must not wait for its job)
+        others.append((i, [f"{key}={v}" for v in values[1:]]))
+    jobs = [first]
+    for i, variants in others:
+        jobs += [first[:i] + [v] + first[i + 1:] for v in variants]
+    return jobs
+
+
+def _config_keys(overrides: list[str]) -> list[str]:
+    """Every dotted key of the config composed with ``overrides`` (Hydra's own section left out)."""
+    from hydra import compose, initialize_config_module
+    with initialize_config_module(config_module="ffrun.conf", version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    keys: list[str] = []
+
+    def walk(node: object, prefix: str) -> None:
+        if isinstance(node, DictConfig):
+            for key in node.keys():
+                name = f"{prefix}{key}"
+                keys.append(name)
+                walk(node._get_node(key), name + ".")
+    walk(cfg, "")
+    return keys
+
+
+def override_problem(args: list[str]) -> str | None:
+    """One line saying why Hydra would refuse these command-line arguments, or None.
+
+    Hydra's own report of a bad override spans five to twenty lines (the struct error, its config
+    search path, every option of the group); the user needs the key, the nearest valid spelling and
+    how to add a key on purpose. Flags other than ``-m`` are left to Hydra."""
+    from hydra.errors import OverrideParseException
+    if any(a.startswith("-") and a not in ("-m", "--multirun") for a in args):
+        return None
+    overrides = [a for a in args if not a.startswith("-")]
+    try:
+        jobs = _job_overrides(overrides)
+    except OverrideParseException as exc:
+        bad = next((o for o in overrides if _unparsable(o)), " ".join(overrides))
+        return f"cannot parse the override {bad!r}: {str(exc).splitlines()[0]}"
+    for single in jobs:
+        problem = _compose_problem(single)
+        if problem is not None:
+            return problem
+    return None
+
+
+def _compose_problem(single: list[str]) -> str | None:
+    """One line saying why composing the overrides of one job fails, or None."""
+    import difflib
+
+    from hydra import compose, initialize_config_module
+    from hydra.errors import MissingConfigException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+    from omegaconf.errors import ValidationError
+
+    from ffrun.errors import FFRunError
+    from ffrun.experiment.schema import typed
+    try:
+        with initialize_config_module(config_module="ffrun.conf", version_base="1.3"):
+            cfg = compose("config", overrides=single, return_hydra_config=True)
+        typed(cfg)      # ranges and cross-key rules: the same check every run makes at its start
+    except FFRunError as exc:
+        return str(exc)
+    except MissingConfigException as exc:
+        group, _, choice = str(exc.missing_cfg_file or "").rpartition("/")
+        options = list(exc.options or [])
+        near = difflib.get_close_matches(choice, options, n=1)
+        hint = f"did you mean {group}={near[0]}? " if near else ""
+        extra = _PLUGIN_EXTRAS.get(f"{group}/{choice}")
+        if extra:   # a Hydra plugin's config group appears only once the plugin is installed
+            hint = f"its Hydra plugin is not installed (pip install 'ffrun[{extra}]'); "
+        return f"no config {choice!r} in group {group!r}; {hint}choices: {', '.join(options)}"
+    except Exception as exc:  # noqa: BLE001 - Hydra raises several types; each gets one line
+        cause = exc.__cause__
+        if isinstance(cause, ValidationError) and not isinstance(cause, (ConfigAttributeError, ConfigKeyError)):
+            # the schema refused a value: "splitting=bogus: Invalid value 'bogus', expected one of [...]"
+            key = str(getattr(cause, "full_key", "") or "")
+            given = next((o for o in single if o.lstrip("+~").split("=", 1)[0] == key), key)
+            return f"{given}: {str(cause).splitlines()[0]}"
+        if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and getattr(cause, "full_key", None):
+            key = str(cause.full_key)
+            given = next((o for o in single if o.lstrip("+~").split("=", 1)[0] == key), key)
+            known = _keys_without(single, given)
+            near = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+            hint = f"; did you mean {near[0]}?" if near else ""
+            value = given.split("=", 1)[1] if "=" in given else "..."
+            return f"unknown config key {key!r}{hint} (to add a new key on purpose: +{key}={value})"
+        return " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return None
+
+
+def _unparsable(override: str) -> bool:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    try:
+        OverridesParser.create().parse_overrides([override])
+    except Exception:  # noqa: BLE001
+        return True
+    return False
+
+
+def _keys_without(overrides: list[str], bad: str) -> list[str]:
+    """The config's keys, composed without the offending override (or, failing that, without any)."""
+    for attempt in ([o for o in overrides if o != bad and not o.startswith("hydra")], []):
+        try:
+            return _config_keys(attempt)
+        except Exception:  # noqa: BLE001 - a second bad override: fall back to the defaults
+            continue
+    return []

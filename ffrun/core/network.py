@@ -1,0 +1,103 @@
+"""A network: a dict of FF layers, the nodes that wire them, and the sequence function that runs
+the nodes. It is the one place that sets the layers' tasks, so a caller never leaves a layer in a
+task another caller does not expect."""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator, Mapping
+
+import numpy as np
+import tensorflow as tf
+
+from ffrun.core.layers import BaseFFLayer, Task
+
+#: seq(X, y, y_ff) -> {node name: output}
+SeqFn = Callable[[tf.Tensor, tf.Tensor, tf.Tensor], dict]
+
+
+@dataclass
+class Node:
+    name: str
+    inputs: tuple[str, ...]
+    label: str          # "ff": the layer sees y_ff; "true": the layer sees the true label y
+
+
+@dataclass
+class Roles:
+    """Which layers of the network play which part."""
+
+    ff: tuple[str, ...]              # FF layers (trained by goodness)
+    softmax: tuple[str, ...] = ()    # softmax readouts and probes
+    goodness: tuple[str, ...] = ()   # FFGoodness readouts (need EVAL_ALL_LABELS)
+    supervised: bool = False         # the label is overlaid on the input
+
+
+def make_sequence(layers: Mapping[str, BaseFFLayer], nodes: list[Node]) -> SeqFn:
+    """The sequence function ``seq(X, y, y_ff)`` that runs the nodes in order; returns all outputs."""
+    def seq(X, y, y_ff):
+        outs = {"input": X}
+        for node in nodes:
+            xs = [outs[i] for i in node.inputs]
+            x = xs[0] if len(xs) == 1 else tf.concat([tf.cast(t, tf.float32) for t in xs], axis=-1)
+            outs[node.name] = layers[node.name].ff_do_task(x, y_ff if node.label == "ff" else y)
+        return outs
+    return seq
+
+
+@dataclass
+class Network:
+    """``layers`` wired by ``seq``; ``nodes`` and ``roles`` when the builder made it (a hand-written
+    sequence has neither: every layer is then an FF layer as far as the roles go)."""
+
+    layers: dict[str, BaseFFLayer]
+    seq: SeqFn
+    nodes: list[Node] = field(default_factory=list)
+    roles: Roles | None = None
+    _forward: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def ff_names(self) -> tuple[str, ...]:
+        return self.roles.ff if self.roles is not None else tuple(self.layers)
+
+    @property
+    def all_label_rows(self) -> int:
+        """Rows per image in an all-labels (EVAL_ALL_LABELS) pass: the overlay makes one per label."""
+        return max(layer.all_label_rows for layer in self.layers.values())
+
+    # --- tasks -------------------------------------------------------------------------------
+    def set_tasks(self, active: Iterable[str], task: Task, positive: bool = True) -> None:
+        """Layers in ``active`` do ``task``; every other layer only transforms. Read when a graph
+        is traced: every compiled graph bakes in one task per layer."""
+        active = set(active)
+        for name, layer in self.layers.items():
+            layer.set_task(task if name in active else Task.TRANSFORM, positive)
+
+    @contextlib.contextmanager
+    def tasks(self, active: Iterable[str], task: Task, positive: bool = True) -> Iterator[None]:
+        """``set_tasks`` for the block, then every layer's task as it was (e.g. a plain forward pass
+        traced in the middle of a training step)."""
+        before = {name: (layer.task, layer.positive) for name, layer in self.layers.items()}
+        self.set_tasks(active, task, positive)
+        try:
+            yield
+        finally:
+            for name, (t, p) in before.items():
+                self.layers[name].set_task(t, p)
+
+    def transform(self, X: tf.Tensor, y: tf.Tensor, y_ff: tf.Tensor) -> dict:
+        """Every node's output of a plain forward pass (no training, no metrics)."""
+        with self.tasks((), Task.TRANSFORM):
+            return self.seq(X, y, y_ff)
+
+    def readout_probs(self, data, readout: str | None = None, batch_size: int = 2000) -> np.ndarray:
+        """Softmax probabilities of a softmax readout, one plain pass with the neutral label."""
+        readout = readout or self.roles.softmax[0]
+        fn = self._forward.get(readout)
+        if fn is None:
+            spec = [tf.TensorSpec([None, None], tf.float32), tf.TensorSpec([None], tf.int32)]
+            fn = tf.function(lambda X, y: tf.nn.softmax(self.transform(X, y, tf.fill(tf.shape(y), -1))[readout]),
+                             input_signature=spec)
+            self._forward[readout] = fn
+        return np.concatenate([fn(data.X[i:i + batch_size], data.y[i:i + batch_size]).numpy()
+                               for i in range(0, len(data), batch_size)])

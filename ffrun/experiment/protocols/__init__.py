@@ -1,0 +1,68 @@
+"""Data protocols, chosen by name from a registry: which samples are positive, how negatives are
+made, and the passes of an epoch (``make_plan``). A new protocol is one module with a Protocol
+subclass, one entry in ``PROTOCOLS`` and one schema in ``experiment/schema.py``."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import tensorflow as tf
+
+from ffrun.core.network import Roles
+from ffrun.core.trainer import FFData
+from ffrun.errors import ConfigError
+from ffrun.experiment.datasets import ImageSplits
+from ffrun.experiment.protocols.base import (Plan, PerEpoch, Protocol, hard_wrong_labels, make_entries, neutral,
+                                             wrong_labels, _eval_splits)
+from ffrun.experiment.protocols.five_digits import FiveDigits
+from ffrun.experiment.protocols.hybrid import Hybrid, hybrid_images
+from ffrun.experiment.protocols.split import Split, routing_matrices
+from ffrun.experiment.protocols.wrong_label import WrongLabel
+
+PROTOCOLS: dict[str, type[Protocol]] = {p.name: p for p in (FiveDigits, Split, WrongLabel, Hybrid)}
+
+__all__ = ["PROTOCOLS", "Plan", "PerEpoch", "Protocol", "hard_wrong_labels", "hybrid_images", "make",
+           "make_entries", "make_plan", "neutral", "routing_matrices", "wrong_labels"]
+
+
+def make(cfg: Any, splits: ImageSplits, *, supervised: bool, seed: int) -> Protocol:
+    """The protocol ``cfg.name`` (its typed config, checked by the schema) on these splits."""
+    return PROTOCOLS[str(cfg.name)](cfg, splits, supervised=supervised, seed=seed)
+
+
+def make_plan(protocol: Protocol, roles: Roles, *, eval_on: str, pairing: str, readout_step: str = "separate",
+              readout_probs: Callable[[FFData], np.ndarray] | None = None) -> Plan:
+    """The passes of an epoch and of the final test. ``readout_probs`` (the network's neutral-label
+    softmax) is needed for negatives=hard only."""
+    paired = pairing == "same_step"
+    if paired and not protocol.pairable:
+        raise ConfigError(f"protocol {protocol.name} has unequal positive and negative sets: use pairing=separate")
+    splits, seed = protocol.splits, protocol.seed
+    pos, draw = protocol.source(splits.x_train, splits.y_train, 1)
+    fresh = protocol.fresh_negatives
+    negatives = getattr(protocol.cfg, "negatives", "uniform")
+    if negatives != "uniform" and (not protocol.takes_hard_negatives or not roles.softmax):
+        raise ConfigError("hard negatives need protocol=wrong_label and a softmax readout (model.readouts)")
+    if negatives == "hard_batch" and not paired:
+        raise ConfigError("negatives=hard_batch draws each batch's wrong labels in the pos+neg step: it needs "
+                          "pairing=same_step")
+    if negatives == "hard":
+        if readout_probs is None:
+            raise ConfigError("hard negatives need the network's softmax readout to draw from")
+        y_np = pos.y.numpy()
+        draw = lambda epoch: FFData(pos.X, pos.y, tf.constant(hard_wrong_labels(
+            readout_probs(pos), y_np, np.random.default_rng([seed, 1, epoch]))), positive=False)
+        fresh = True
+    neg = PerEpoch(lambda epoch: draw(epoch)) if fresh else draw(0)
+    sets = _eval_splits(splits, eval_on)
+    val_pos, val_draw = protocol.source(*sets["val"], 2)
+    test_pos, test_draw = protocol.source(*sets["test"], 3)
+    return Plan(
+        num_classes=protocol.num_classes,
+        train=make_entries(roles, pos, neg, paired=paired, split="train", readout_in_step=readout_step == "same_step",
+                           hard_from=roles.softmax[0] if negatives == "hard_batch" else None),
+        val=make_entries(roles, val_pos, val_draw(0), paired=False, split="val"),
+        test=make_entries(roles, test_pos, test_draw(0), paired=False, split="test"),
+        val_set="test" if eval_on == "test" else "validation",
+        info={"train_pos": len(pos), "val_pos": len(val_pos), "test_pos": len(test_pos)},
+    )

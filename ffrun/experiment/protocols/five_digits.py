@@ -1,0 +1,45 @@
+"""Seed "Result 1" (five_digits): images of the positive classes are positive with their labels;
+images of the other classes are negative, each with a random positive-class label."""
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from ffrun.core.trainer import FFData
+from ffrun.errors import ConfigError
+from ffrun.experiment.protocols.base import Protocol, Source
+
+
+class FiveDigits(Protocol):
+    name = "five_digits"
+    pairable = False      # more negatives than positives: no aligned pairs
+
+    def check(self) -> None:
+        classes = list(self.cfg.positive_classes)
+        if max(classes) >= self.splits.num_classes:
+            raise ConfigError(f"protocol.positive_classes must be classes of 0..{self.splits.num_classes - 1}, "
+                              f"got {classes}")
+        self.classes = np.asarray(classes, np.int32)
+        # class -> its index among the positive classes, -1 for the negative classes
+        self.remap = np.full(self.splits.num_classes, -1, np.int32)
+        self.remap[self.classes] = np.arange(len(self.classes), dtype=np.int32)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def source(self, x: np.ndarray, y: np.ndarray, stream: int) -> Source:
+        c = len(self.classes)
+        is_pos = self.remap[y] >= 0
+        pos = FFData.from_numpy(x[is_pos], self.remap[y[is_pos]])
+        x_neg, y_neg = tf.constant(x[~is_pos]), tf.constant(y[~is_pos])
+        seed = self.seed
+        draw = lambda *key: FFData(x_neg, y_neg, tf.constant(
+            np.random.default_rng([seed, stream, *key]).integers(0, c, size=int(x_neg.shape[0])).astype(np.int32)),
+            positive=False)
+        return pos, draw
+
+    def baseline_classes(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The baseline compares on the positive classes, with the same labels as the FF net."""
+        keep = self.remap[y] >= 0
+        return x[keep], self.remap[y[keep]]

@@ -1,0 +1,133 @@
+"""One FF training run, top to bottom: check the config, build, train epoch by epoch, test,
+write the outputs. What happens at the end of each epoch is in ``callbacks``; the results.json
+schema in ``results``; ``mode=bp`` runs go to ``baseline``."""
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+from rich.console import Console
+
+from ffrun.core.checkpoints import BestWeights, Checkpointer
+from ffrun.core.trainer import EpochResult, TrainingDiverged, TrainMgr
+from ffrun.errors import ConfigError
+from ffrun.experiment.build import build_run
+from ffrun.experiment.schedules import lr_multiplier
+from ffrun.experiment.schema import typed
+from ffrun.run import baseline
+from ffrun.run import callbacks as cb
+from ffrun.run import outputs, results
+
+log = logging.getLogger("ffrun")
+
+
+def train(cfg: DictConfig, run_dir: Path, console: Console | None = None,
+          overrides: list[str] | None = None, resume: bool = False) -> dict[str, Any]:
+    """Train the configured network; write metrics.csv, results.json, curves.png, checkpoints and
+    TensorBoard scalars to run_dir. With ``resume``, continue from run_dir's last checkpoint."""
+    spec = typed(cfg)                    # every type, choice and range, before anything is built
+    console = console or outputs.make_console()
+    overrides = list(overrides or [])
+    if spec.mode.name == "bp":
+        if resume:
+            raise ConfigError("mode=bp runs cannot be resumed")
+        return baseline.train(cfg, spec, run_dir, console, overrides)
+    t_start = outputs.start_job(spec.seed)
+
+    # --- build -------------------------------------------------------------------------------
+    run = build_run(cfg)
+    net, plan = run.network, run.plan
+    total_epochs = sum(e for _, e in run.schedule)
+    progress = outputs.RichProgress(console, total_epochs) if console.is_interactive and spec.progress else None
+    mgr = TrainMgr(net, None, plan.train + plan.val, batch_size=spec.batch_size, eval_batch_size=spec.eval_batch_size,
+                   seed=spec.seed, shuffle=spec.shuffle, progress=progress, max_loss=spec.max_loss,
+                   lr_multiplier=lr_multiplier(spec.lr_schedule, [n for _, n in run.schedule]))
+    mgr.build()
+    acc_keys = [f"{n}/acc" for n in net.roles.goodness + net.roles.softmax]
+    primary = f"{spec.primary_readout}/acc" if spec.primary_readout else acc_keys[0]
+    if primary not in acc_keys:
+        raise ConfigError(f"primary_readout {spec.primary_readout!r} is not a readout; readouts are "
+                          f"{[k.split('/')[0] for k in acc_keys]}")
+    best_weights = BestWeights(net.layers)
+    best = cb.BestEpoch(acc_keys, primary, best_weights)
+    checkpointer = Checkpointer(run_dir / "checkpoints", net.layers, best_weights, keep=spec.checkpoint.keep)
+
+    # --- resume: weights, optimizer state and the rows up to the checkpoint -------------------
+    rows: list[dict[str, float]] = []
+    start_epoch, before = 0, {}
+    if resume:
+        before = outputs.read_json(run_dir / "results.json")   # earlier sessions' time and memory
+        start_epoch = checkpointer.restore_latest()
+        if (run_dir / "metrics.csv").exists():
+            rows = [r for r in outputs.read_metrics(run_dir / "metrics.csv") if r["epoch"] <= start_epoch]
+        for row in rows:
+            best.update(row, take_snapshot=False)   # the best weights came back with the checkpoint
+        log.info("resuming %s from epoch %d", run_dir, start_epoch)
+    track_test = spec.track_test and plan.val_set != "test"
+    columns = ["epoch", "stage", "seconds", "samples_per_s"] + \
+              [f"{n}/{k}" for n, layer in net.layers.items() for k in layer.metrics] + \
+              ([f"test/{k}" for k in acc_keys] if track_test else [])
+    if resume:   # drop epochs after the checkpoint; atomically, so a crash here loses nothing
+        outputs.rewrite_metrics(run_dir / "metrics.csv", columns, rows)
+    record = results.started(run_dir, mode=spec.mode.name, protocol=str(spec.protocol.name), val_set=plan.val_set,
+                             primary=primary, epochs_planned=total_epochs, overrides=overrides,
+                             data={"name": run.data_name, **plan.info},
+                             resumed_from_epoch=start_epoch if resume else None)
+    log.info("run folder: %s", run_dir)
+    log.info("%s / %s on %s: %s, %d epochs planned", spec.mode.name, spec.protocol.name, run.data_name,
+             " -> ".join(f"{n}({l.units})" if hasattr(l, "units") else n for n, l in net.layers.items()),
+             total_epochs)
+
+    # --- train -------------------------------------------------------------------------------
+    stop = cb.StopPolicy(checkpointer, spec.stop_after_epoch)
+    callbacks: list[cb.Callback] = []      # in order: test columns before the CSV row, the stop last
+    if track_test:
+        callbacks.append(cb.TestTracker(lambda: mgr.evaluate(plan.test, prefix="test/"), acc_keys, primary))
+    callbacks += [cb.CSVWriter(run_dir / "metrics.csv", columns, rows, append=resume), best,
+                  cb.EpochLog(total_epochs, acc_keys, primary, net.ff_names, progress)]
+    if spec.tensorboard.enabled:
+        callbacks.append(cb.TensorBoard(run_dir / "tb", net, plan.val[0].resolve, spec.tensorboard.histogram_every))
+    callbacks += [cb.PeriodicCheckpoint(checkpointer, spec.checkpoint.every), stop]
+
+    def on_epoch_end(result: EpochResult) -> None:
+        row = result.row()
+        for callback in callbacks:
+            callback.on_epoch_end(result, row)
+
+    try:
+        with stop, (progress or contextlib.nullcontext()):
+            mgr.fit(run.schedule, start_epoch=start_epoch, on_epoch_end=on_epoch_end, eval_every=spec.eval_every)
+        record["status"] = "completed"
+        if rows:
+            checkpointer.save_once(int(rows[-1]["epoch"]))
+    except TrainingDiverged as exc:
+        record.update(status="failed", reason=str(exc))
+        log.error("training stopped: %s", exc)
+    except (cb.StopTraining, KeyboardInterrupt) as exc:
+        how = f"{exc}" if isinstance(exc, cb.StopTraining) else "aborted by a second Ctrl-C"
+        record.update(status="interrupted", reason=f"{how}; resume with: ffrun resume={run_dir}")
+        log.warning("interrupted (%s) after epoch %d; resume with: ffrun resume=%s",
+                    how, int(rows[-1]["epoch"]) if rows else 0, run_dir)
+    finally:
+        for callback in callbacks:
+            callback.close()
+
+    # --- test: once with the final weights, once with the best epoch's ------------------------
+    readouts = {k: results.readout(rows, k, best.best[k], track_test) for k in acc_keys}
+    if record["status"] == "completed":
+        test = mgr.evaluate(plan.test, prefix="test/")
+        for k in acc_keys:
+            readouts[k]["test_final"] = test.get(f"test/{k}")
+        if best_weights.restore():
+            test_best = mgr.evaluate(plan.test, prefix="test/")
+            for k in acc_keys:
+                readouts[k]["test_at_best"] = test_best.get(f"test/{k}")
+    record = results.finished(record, run_dir, rows, readouts, t_start, before)
+    if rows:
+        outputs.plot_curves(rows, run_dir / "curves.png", title=f"{spec.mode.name} / {spec.protocol.name} — {run_dir.name}")
+    console.print(outputs.results_table(record))
+    log.info("outputs: %s (metrics.csv, results.json, curves.png)", run_dir)
+    return record
