@@ -43,8 +43,9 @@ from rich.table import Table
 
 from ffrun.run import outputs
 from ffrun.experiment.build import Run, build_run
-from ffrun.core.layers import FFDense, FFSoftmax, Task, TRAIN_TASKS
-from ffrun.core.trainer import FFData, TaskEntry, TrainMgr
+from ffrun.core.layers import Task
+from ffrun.core.flops import dense_shape, ff_epoch_flop, forward_flop
+from ffrun.core.trainer import FFData, TrainMgr
 
 GIGA = 1e9
 
@@ -68,8 +69,12 @@ def machine_info() -> dict[str, Any]:
         "cores": os.cpu_count(),
         "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "cpu": cpu,
+        "avx2": "avx2" in flags,
         "avx512f": "avx512f" in flags,
         "avx512_bf16": "avx512_bf16" in flags,
+        "amx_bf16": "amx_bf16" in flags,
+        # where TF runs: a GPU when one is visible, else the CPU
+        "device": (tf.config.list_physical_devices("GPU") or tf.config.list_physical_devices("CPU"))[0].name,
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
         "python": platform.python_version(),
@@ -78,9 +83,28 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def cpu_kind(m: dict[str, Any]) -> str:
+    """The CPU features the roofline depends on, as the docs' per-machine tables name them."""
+    if m.get("amx_bf16"):
+        return "AVX-512 + AVX-512-BF16 + AMX"
+    if m.get("avx512_bf16"):
+        return "AVX-512 + AVX-512-BF16"
+    if m.get("avx512f"):
+        return "AVX-512"
+    return "AVX2" if m.get("avx2") else "no AVX2"
+
+
+def bf16_note(m: dict[str, Any]) -> str | None:
+    """Say when bf16 cannot pay off: without native bf16 (AVX-512-BF16 or AMX) oneDNN converts to fp32,
+    and bf16 matmuls measured no faster than fp32 on the AVX2-only machines."""
+    if m.get("device", "").find("GPU") >= 0 or m.get("avx512_bf16") or m.get("amx_bf16"):
+        return None
+    return "this CPU has no native bf16 (AVX-512-BF16/AMX): model.precision=bf16 will not be faster than fp32"
+
+
 def machine_line(m: dict[str, Any]) -> str:
-    return (f"{m['cores_usable']}/{m['cores']} cores, {m['cpu']}, TF {m['tensorflow']}, "
-            f"Keras {m['keras']}, {m['date']}, load {m['load_avg_1m_at_start']}")
+    return (f"{m['cores_usable']}/{m['cores']} cores, {m['cpu']} ({cpu_kind(m)}), device {m.get('device', '?')}, "
+            f"TF {m['tensorflow']}, Keras {m['keras']}, {m['date']}, load {m['load_avg_1m_at_start']}")
 
 
 def sig(x: float, digits: int = 4) -> float:
@@ -147,60 +171,6 @@ def roofline(shapes: list[tuple[int, int]], batch: int, target_s: float, reps: i
 
 # --------------------------------------------------------------------------------------------
 # FLOP counting
-
-def dense_shape(layer: Any) -> tuple[int, int] | None:
-    """(in, out) of a built FF layer with a kernel, else None."""
-    if isinstance(layer, (FFDense, FFSoftmax)) and layer.layer.built:
-        k = layer.layer.kernel.shape
-        return int(k[0]), int(k[1])
-    return None
-
-
-def ff_epoch_flop(layers: dict[str, Any], tasks: list[TaskEntry], epoch: int = 1) -> tuple[float, float]:
-    """FLOPs of one FF training epoch, (counted, executed).
-
-    counted (issue 4's definition): every layer that trains in a pass does forward + weight
-    gradient, two matmuls, 2 * 2 * in * out per row; FF layers need no input gradient.
-    executed: what the graphs really multiply. A layer with half-split routing computes the weight
-    gradient of a row only on the half of the units the row owns (the rest is exactly zero), and
-    FF layers that only transform still run forward where a training readout consumes them (the
-    neutral-label readout pass). Layers whose output nothing consumes are pruned by TF."""
-    counted = executed = 0.0
-    for entry in tasks:
-        if entry.task not in TRAIN_TASKS:
-            continue
-        data = entry.resolve(epoch)
-        rows = len(data[0] if isinstance(data, tuple) else data)
-        listed = set(entry.layers) if entry.layers is not None else set(layers)
-        training = {name for name, layer in layers.items() if dense_shape(layer) is not None
-                    and name in listed and entry.task in layer.trains_on}
-        readout_trains = any(isinstance(layers[n], FFSoftmax) for n in training)
-        for name, layer in layers.items():
-            shape = dense_shape(layer)
-            if shape is None:
-                continue
-            mm = 2.0 * shape[0] * shape[1]
-            if name not in training:
-                if readout_trains and isinstance(layer, FFDense):
-                    executed += rows * mm
-                continue
-            # Paired rows hold positives and negatives; the readout trains on one set of rows
-            # (positives, or their neutral-label copy in TRAIN_PAIR_READOUT, which the FF layers
-            # also carry forward without a weight gradient).
-            paired = entry.task in (Task.TRAIN_PAIR, Task.TRAIN_PAIR_READOUT)
-            n = rows * (2 if paired and not isinstance(layer, FFSoftmax) else 1)
-            counted += n * 2 * mm
-            half_split = isinstance(layer, FFDense) and layer.owns_first_half is not None and (
-                entry.task == Task.TRAIN_NEG or (entry.task == Task.TRAIN_POS and not layer.peer_norm))
-            executed += n * (1.5 if half_split else 2) * mm
-            if entry.task == Task.TRAIN_PAIR_READOUT and isinstance(layer, FFDense):
-                executed += rows * mm
-    return counted, executed
-
-
-def forward_flop(shapes: list[tuple[int, int]], rows: int) -> float:
-    return rows * sum(2.0 * k * n for k, n in shapes)
-
 
 # --------------------------------------------------------------------------------------------
 # building runs from the project's own configs
@@ -524,6 +494,9 @@ def main(argv: list[str] | None = None) -> int:
     if res["machine"]["load_avg_1m_at_start"] > 0.5:
         bench.note(f"load average {res['machine']['load_avg_1m_at_start']} at start: other processes share "
                    f"the cores, so timings are pessimistic")
+    if bf16_note(res["machine"]) and (args.precision == "bf16" or "bf16" in str(args)):
+        bench.note(bf16_note(res["machine"]))
+    res["machine"]["bf16_note"] = bf16_note(res["machine"])
     memory: dict[str, float] = {}
 
     def save() -> None:

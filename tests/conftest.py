@@ -1,6 +1,8 @@
 """Shared fixtures: compose the project's configs in-process, as the installed script would."""
 from __future__ import annotations
 
+import copy
+import functools
 import os
 from pathlib import Path
 
@@ -16,11 +18,37 @@ REPO = Path(__file__).resolve().parents[1]
 MNIST_DIR = Path(os.environ.get("FFRUN_DATA_DIR", REPO.parent / "shared" / "data")).resolve()
 
 
-def compose_config(overrides: list[str], run_dir: Path | None = None) -> DictConfig:
-    """Compose conf/ with overrides; with ``run_dir``, also set HydraConfig as @hydra.main would."""
-    GlobalHydra.instance().clear()
+@functools.cache
+def _config_module_hydra():
+    """Hydra set up on ffrun.conf, once per pytest run (the search path and its plugins).
+
+    It is kept here rather than left in GlobalHydra: ffrun.app.overrides composes inside its own
+    ``with initialize_config_module(...)``, which refuses to start while GlobalHydra is initialized."""
     with initialize_config_module(config_module="ffrun.conf", version_base="1.3"):
-        cfg = compose("config", overrides=overrides, return_hydra_config=run_dir is not None)
+        return GlobalHydra.instance().hydra
+
+
+@functools.cache
+def _composed(overrides: tuple[str, ...], with_hydra: bool) -> DictConfig:
+    """One composition per distinct override list: composing costs ~0.2 s (setting Hydra up, well
+    under 1 ms), and the resume tests compose the same lists again and again. Failures are not
+    cached: a bad override raises at every call, as it should."""
+    hydra = _config_module_hydra()
+    gh = GlobalHydra.instance()     # after the set-up: leaving its `with` swaps the instance
+    gh.clear()
+    gh.initialize(hydra)
+    try:
+        return compose("config", overrides=list(overrides), return_hydra_config=with_hydra)
+    finally:
+        gh.clear()          # as the `with` block left it: code under test may initialize its own
+
+
+def compose_config(overrides: list[str], run_dir: Path | None = None) -> DictConfig:
+    """Compose conf/ with overrides; with ``run_dir``, also set HydraConfig as @hydra.main would.
+
+    Returns a fresh copy every call: tests change their config under open_dict, and must not
+    change the next test's."""
+    cfg = copy.deepcopy(_composed(tuple(overrides), run_dir is not None))
     if run_dir is not None:
         with open_dict(cfg):
             cfg.hydra.runtime.output_dir = str(run_dir)

@@ -3,6 +3,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow      # every test runs a script in a subprocess
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 

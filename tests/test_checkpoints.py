@@ -27,6 +27,7 @@ def _train(run_dir: Path, overrides, resume=False):
     return loop.train(cfg, run_dir, outputs.make_console(), resume=resume)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extra", [[], ["mode=sup", "protocol=wrong_label", "pairing=same_step"],
                                    ["mode=sup", "protocol=wrong_label", "pairing=same_step", "protocol.negatives=hard_batch",
                                     "+model.readouts.softmax={type: softmax, inputs: [norm2..], optimizer: {class_name: Adam, learning_rate: 1e-3}}"]])
@@ -43,6 +44,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, extra):
         assert resumed[key] == full[key], key
 
 
+@pytest.mark.slow
 def test_resume_drops_epochs_after_the_checkpoint(tmp_path):
     _train(tmp_path / "run", ["stop_after_epoch=3", "checkpoint.every=2"])
     # a crash after epoch 3's row but before its checkpoint: pretend the last checkpoint is epoch 2
@@ -53,6 +55,7 @@ def test_resume_drops_epochs_after_the_checkpoint(tmp_path):
     assert [r["epoch"] for r in read_metrics(tmp_path / "run" / "metrics.csv")] == list(range(1, 8))
 
 
+@pytest.mark.slow
 def test_corrupt_checkpoint_fails_loudly(tmp_path):
     _train(tmp_path / "run", ["stop_after_epoch=2"])
     for f in (tmp_path / "run" / "checkpoints").glob("ckpt-2.data*"):
@@ -61,6 +64,7 @@ def test_corrupt_checkpoint_fails_loudly(tmp_path):
         _train(tmp_path / "run", [], resume=True)
 
 
+@pytest.mark.slow
 def test_mismatched_architecture_fails_loudly(tmp_path):
     _train(tmp_path / "run", ["stop_after_epoch=2"])
     with pytest.raises(CheckpointError, match="does not match"):
@@ -69,6 +73,7 @@ def test_mismatched_architecture_fails_loudly(tmp_path):
         _train(tmp_path / "fresh", [], resume=True)
 
 
+@pytest.mark.slow
 def test_sigint_checkpoints_and_resume_finishes(tmp_path):
     """A real Ctrl-C to the installed script, then ``ffrun resume=<run>``."""
     ffrun = str(Path(sys.executable).parent / "ffrun")
@@ -98,6 +103,7 @@ def test_sigint_checkpoints_and_resume_finishes(tmp_path):
     assert (run_dir / ".hydra" / "config.yaml").exists() and (run_dir / ".hydra_resume").exists()
 
 
+@pytest.mark.slow
 def test_a_finished_run_extends_to_more_epochs_exactly(tmp_path):
     """`ffrun resume=<run> epochs=N` continues a completed run as if it had been planned for N."""
     from omegaconf import OmegaConf
@@ -127,6 +133,7 @@ def test_a_finished_run_extends_to_more_epochs_exactly(tmp_path):
         config_for_resume(tmp_path / "short", now, ["resume=x", "epochs=5"])
 
 
+@pytest.mark.slow
 def test_a_finished_run_gets_a_readout_only_stage_exactly(tmp_path):
     """`ffrun resume=<run> readout_epochs=N` trains the readout alone after a finished FF run, with a
     cool-down of its own, as if the stage had been planned from the start."""

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 FFRUN = shutil.which("ffrun") or str(Path(sys.executable).parent / "ffrun")
 
@@ -15,6 +17,7 @@ def _run(args, cwd, env_extra=None, timeout=240):
     return subprocess.run([FFRUN, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_installed_script_runs_from_any_directory(tmp_path):
     proc = _run(["debug=tiny", "mode=sup", "protocol=wrong_label", "epochs=2"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -30,6 +33,7 @@ def test_installed_script_runs_from_any_directory(tmp_path):
     assert "retracing" not in proc.stdout + proc.stderr + (run_dir / "ffrun.log").read_text()
 
 
+@pytest.mark.slow
 def test_multirun_with_basic_launcher(tmp_path):
     proc = _run(["-m", "debug=tiny", "epochs=1", "readout_epochs=0", "units=8,16",
                  f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=tmp_path)
@@ -39,6 +43,7 @@ def test_multirun_with_basic_launcher(tmp_path):
     assert all(json.loads(p.read_text())["status"] == "completed" for p in results)
 
 
+@pytest.mark.slow
 def test_unknown_override_fails_with_one_line(tmp_path):
     proc = _run(["debug=tiny", "unitz=5"], cwd=tmp_path)
     assert proc.returncode == 2
@@ -66,6 +71,7 @@ def test_bad_overrides_name_the_fix_in_one_line():
         assert "\n" not in problem
 
 
+@pytest.mark.slow
 def test_missing_data_file_fails_with_one_line(tmp_path):
     proc = _run(["epochs=1", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path,
                 env_extra={"FFRUN_DATA_DIR": str(tmp_path / "no_such_dir")})
@@ -76,6 +82,7 @@ def test_missing_data_file_fails_with_one_line(tmp_path):
     assert "no_such_dir/mnist.npz" in (tmp_path / "run" / "ffrun.log").read_text()
 
 
+@pytest.mark.slow
 def test_ill_typed_override_fails_with_one_line(tmp_path):
     proc = _run(["debug=tiny", "units=abc", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
     assert proc.returncode == 2
@@ -83,6 +90,7 @@ def test_ill_typed_override_fails_with_one_line(tmp_path):
     assert not (tmp_path / "run").exists()             # refused before Hydra made the folder
 
 
+@pytest.mark.slow
 def test_unwritable_output_folder_fails_with_one_line(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
@@ -93,6 +101,7 @@ def test_unwritable_output_folder_fails_with_one_line(tmp_path):
     assert blocker.read_text() == "not a folder"       # nothing already there is touched
 
 
+@pytest.mark.slow
 def test_wheel_ships_every_config(tmp_path):
     """``pip install .`` (not editable) must carry conf/ as the package ffrun.conf."""
     import zipfile
@@ -104,4 +113,4 @@ def test_wheel_ships_every_config(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     for yaml in (repo / "conf").rglob("*.yaml"):
         assert f"ffrun/conf/{yaml.relative_to(repo / 'conf').as_posix()}" in names, yaml
-    assert "ffrun/conf/__init__.py" in names and "ffrun/cli.py" in names
+    assert "ffrun/conf/__init__.py" in names and "ffrun/app/cli.py" in names

@@ -1,4 +1,5 @@
 """Every preset composes and builds; bad values fail with one clear message."""
+import shlex
 from pathlib import Path
 
 import pytest
@@ -12,11 +13,24 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 
 
-def test_there_are_presets():
-    assert {"seed_r1_unsup_basic", "seed_r1_unsup_u500", "seed_r1_unsup_u2000",
-            "seed_r1_sup_basic", "seed_r1_sup_u500", "seed_r1_sup_u2000"} <= set(EXPERIMENTS)
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_preset_header_gives_a_run_command_that_composes(name):
+    """A preset's header says how to run it (``# Run: ffrun experiment=<its name> ...``), and that
+    command passes the CLI's own check of its overrides as written (a renamed preset or key fails)."""
+    from ffrun.app.overrides import override_problem
+    header = []
+    for line in (CONF / "experiment" / f"{name}.yaml").read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        header.append(line)
+    commands = [shlex.split(line.split("# Run:", 1)[1]) for line in header if line.startswith("# Run:")]
+    assert len(commands) == 1, f"{name}.yaml: its header needs one '# Run: ffrun experiment={name}' line"
+    (command,) = commands
+    assert command[:2] == ["ffrun", f"experiment={name}"], command
+    assert override_problem(command[1:]) is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_runs_one_epoch_on_digits(cfg_factory, tmp_path, name):
     """Every preset composes and trains for an epoch (narrow layers, the 8x8 digits)."""

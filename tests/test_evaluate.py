@@ -9,6 +9,7 @@ from ffrun.run import loop, outputs
 from tests.conftest import colored_pixels, compose_config
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides, readout", [
     (["epochs=4"], "softmax"),
     (["mode=sup", "protocol=wrong_label", "pairing=same_step", "epochs=3"], "goodness"),

@@ -90,13 +90,33 @@ def test_training_a_layer_never_touches_the_layer_before_it():
     assert any(not np.array_equal(b, w.numpy()) for b, w in zip(second_before, second.layer.weights))
 
 
+def _identity_layer(routing, neg_routing):
+    """A 4-unit routed FFDense whose output is its input (identity kernel, zero bias)."""
+    layer = FFDense(4, 0, 0, keras.optimizers.SGD(0.0), name="routed", routing=routing, neg_routing=neg_routing)
+    layer.transform(tf.zeros([1, 4]), None)
+    layer.layer.kernel.assign(np.eye(4, dtype=np.float32))
+    return layer
+
+
 def test_routing_masks_goodness_and_complement_for_negatives():
+    """The goodness a routed layer reports: a positive of class 0 scores units 0-1 (1 + 4), a
+    negative of class 0 the complement, units 2-3 (9 + 16)."""
     routing = np.array([[1, 1, 0, 0], [0, 0, 1, 1]], np.float32)
-    layer = FFDense(4, 0, 0, keras.optimizers.SGD(0.0), name="routed", routing=routing, neg_routing="complement")
+    layer = _identity_layer(routing, "complement")
     h = tf.constant([[1.0, 2.0, 3.0, 4.0]])
     y = tf.constant([0])
-    assert float(layer._goodness(h, y, True)[0]) == pytest.approx(1 + 4)
-    assert float(layer._goodness(h, y, False)[0]) == pytest.approx(9 + 16)
+    for positive in (True, False):
+        layer.set_task(Task.EVAL, positive=positive)
+        np.testing.assert_allclose(layer.ff_do_task(h, y), h)
+    assert layer.metric_results()["goodness_pos"] == pytest.approx(1 + 4)
+    assert layer.metric_results()["goodness_neg"] == pytest.approx(9 + 16)
+    # neg_routing="same": negatives are scored on their label's own units, like positives
+    same = _identity_layer(routing, "same")
+    same.set_task(Task.EVAL, positive=False)
+    same.ff_do_task(h, tf.constant([1]))
+    assert same.metric_results()["goodness_neg"] == pytest.approx(9 + 16)
+    same.ff_do_task(h, y)
+    assert same.metric_results()["goodness_neg"] == pytest.approx(((9 + 16) + (1 + 4)) / 2)
 
 
 def test_train_pair_updates_both_losses():
@@ -133,8 +153,27 @@ def test_relu_full_grad_passes_the_gradient_of_off_units():
         total = tf.reduce_sum(3.0 * y)
     np.testing.assert_allclose(y, [0.0, 3.0])
     np.testing.assert_allclose(tape.gradient(total, x), [3.0, 3.0])
-    layer = FFDense(4, name="fullgrad", activation="relu_full_grad")
-    assert layer.transform(tf.ones([2, 3]), None).shape == (2, 4)
+
+
+@pytest.mark.parametrize("activation, kernel_grad", [
+    # dL/dz is 1 for both units with the full gradient, so dL/dW = x^T [1, 1]
+    ("relu_full_grad", [[1.0, 1.0], [2.0, 2.0]]),
+    # plain ReLU: the unit that is off (z = -3) gets no gradient
+    ("relu", [[1.0, 0.0], [2.0, 0.0]]),
+])
+def test_dense_activation_forward_is_relu_and_full_grad_reaches_off_units(activation, kernel_grad):
+    """x = [1, 2], W = [[1, -1], [1, -1]], b = 0: z = [3, -3], h = relu(z) = [3, 0]; L = sum(h)."""
+    layer = FFDense(2, name=f"act_{activation}", activation=activation)
+    x = tf.constant([[1.0, 2.0]])
+    layer.transform(x, None)
+    layer.layer.kernel.assign([[1.0, -1.0], [1.0, -1.0]])
+    with tf.GradientTape() as tape:
+        h = layer.transform(x, None)
+        loss = tf.reduce_sum(h)
+    grad_kernel, grad_bias = tape.gradient(loss, [layer.layer.kernel, layer.layer.bias])
+    np.testing.assert_allclose(h, [[3.0, 0.0]])
+    np.testing.assert_allclose(grad_kernel, kernel_grad)
+    np.testing.assert_allclose(grad_bias, kernel_grad[0])      # dL/db = dL/dz
 
 
 @pytest.mark.parametrize("neg_routing", ["same", "complement"])

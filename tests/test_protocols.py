@@ -2,7 +2,6 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-from omegaconf import OmegaConf
 
 from ffrun.experiment import protocols
 from ffrun.experiment.build import build_run
@@ -52,16 +51,25 @@ def test_unsup_split_none_is_rejected(cfg_factory):
 
 
 def test_split_unsup_negatives_use_the_other_half(cfg_factory):
+    """The goodness the built layer reports: a positive of class 3 is scored on the half of the
+    units class 3 owns, a negative of class 3 on the other half (hand-summed squares)."""
     run = build_run(cfg_factory(["data=digits", "protocol=split", "splitting=same", "mode=unsup", "units=8"]))
     dense = run.network.layers["dense1"]
-    h = tf.range(1.0, 9.0)[None, :]              # every unit a different activity
-    y = tf.constant([3])
-    mask_pos, mask_neg = dense._mask(y, True).numpy(), dense._mask(y, False).numpy()
-    assert np.array_equal(mask_pos + mask_neg, np.ones((1, 8))) and mask_pos.sum() == 4
-    squares = h.numpy() ** 2
-    # the positive pass scores the half that owns class 3, the negative pass the other half
-    assert float(dense._goodness(h, y, True)[0]) == pytest.approx(float((squares * mask_pos).sum()))
-    assert float(dense._goodness(h, y, False)[0]) == pytest.approx(float((squares * mask_neg).sum()))
+    owned = dense.routing.numpy()[3]
+    assert owned.sum() == 4                          # half of the 8 units
+    x = np.zeros((1, 64), np.float32)
+    x[0, 0] = 1.0
+    dense.transform(tf.constant(x), None)
+    kernel = np.zeros((64, 8), np.float32)
+    kernel[0] = np.arange(1.0, 9.0)                  # h = [1, 2, ..., 8]: every unit a different activity
+    dense.layer.kernel.assign(kernel)
+    squares = np.arange(1.0, 9.0) ** 2
+    for positive in (True, False):
+        dense.set_task(Task.EVAL, positive=positive)
+        dense.ff_do_task(tf.constant(x), tf.constant([3]))
+    goodness = dense.metric_results()
+    assert goodness["goodness_pos"] == pytest.approx(float(squares @ owned))
+    assert goodness["goodness_neg"] == pytest.approx(float(squares @ (1 - owned)))
 
 
 def test_hybrid_images_mix_two_different_images():

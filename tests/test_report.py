@@ -107,19 +107,29 @@ def test_categorical_parameter_and_several_varying_parameters(tmp_path: Path) ->
     assert (tmp_path / "summary.png").read_bytes()[:8] == PNG_MAGIC
 
 
-def test_categorical_parameter_gets_a_category_axis() -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def test_categorical_parameter_gets_a_category_axis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sweep of model.goodness=sum,mean: summary.png plots best accuracy against the two names as
+    categories, each run's point above its own name."""
+    import matplotlib.figure
+    drawn = []
+    save = matplotlib.figure.Figure.savefig
 
-    from ffrun.app.summary import _plot_param
-    runs = [{"params": {"model.goodness": g}, "best_val_acc": a} for g, a in [("sum", 0.5), ("mean", 0.6), ("sum", 0.7)]]
-    assert varying_params(runs) == ["model.goodness"]
-    fig, ax = plt.subplots()
-    _plot_param(ax, "model.goodness", runs, skipped=0, alone=True)
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["sum", "mean"]
-    assert ax.collections[0].get_offsets().tolist() == [[0, 0.5], [1, 0.6], [0, 0.7]]
-    plt.close(fig)
+    def keep_figure(fig, *args, **kwargs):
+        drawn.append(fig)
+        return save(fig, *args, **kwargs)
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", keep_figure)
+    for job, (goodness, acc) in enumerate([("sum", 0.5), ("mean", 0.6), ("sum", 0.7)]):
+        ov = [f"model.goodness={goodness}"]
+        make_run(tmp_path / str(job), ov, completed(acc, [acc], ov), [acc])
+    write_report(tmp_path, recording_console())
+
+    (fig,) = drawn
+    curves, panel = fig.axes
+    assert panel.get_xlabel() == "model.goodness"
+    assert [t.get_text() for t in panel.get_xticklabels()] == ["sum", "mean"]
+    points = sorted(map(tuple, panel.collections[0].get_offsets().tolist()))
+    assert points == [(0, 0.5), (0, 0.7), (1, 0.6)]
+    assert len(curves.get_lines()) == 3                 # and one accuracy curve per run
 
 
 def test_nested_runs_natural_order_and_fallbacks(tmp_path: Path) -> None:
@@ -451,6 +461,7 @@ def test_malformed_config_yaml_has_no_seed(tmp_path: Path, config_yaml: str) -> 
     assert load_run(bad, tmp_path)["seed"] is None
 
 
+@pytest.mark.slow
 def test_cli_on_malformed_runs_writes_everything_and_no_traceback(tmp_path: Path) -> None:
     """The installed console script, as a user runs it: a seed sweep beside runs with every kind of
     damage. Exit code 0 as for any folder holding failed runs (the table says which failed)."""

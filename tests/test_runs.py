@@ -3,7 +3,6 @@ import json
 
 import keras
 import pytest
-from omegaconf import OmegaConf
 
 from ffrun.errors import ConfigError
 from ffrun.run.outputs import read_metrics
@@ -11,6 +10,7 @@ from tests.conftest import colored_pixels
 
 
 # unsup: five classes (chance 20%); sup with wrong-label negatives: ten classes (chance 10%).
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides, readout, chance", [
     (["mode=unsup", "epochs=10"], "softmax", 0.2),
     (["mode=sup", "protocol=wrong_label", "pairing=same_step", "epochs=20"], "goodness", 0.1),
@@ -37,17 +37,17 @@ def test_nan_loss_fails_cleanly_and_keeps_metrics(train_tiny, monkeypatch):
     layer and the epoch, and metrics.csv keeps epoch 1."""
     from ffrun.core.trainer import TrainMgr
     real = TrainMgr.metric_results
+    real_run_epoch = TrainMgr.run_epoch
+    epoch_now = [0]
 
     def nan_in_epoch_2(self, prefix=""):
         out = real(self, prefix)
-        if self._epoch_now == 2 and "dense3/loss_pos" in out:
+        if epoch_now[0] == 2 and "dense3/loss_pos" in out:
             out["dense3/loss_pos"] = float("nan")
         return out
 
-    real_run_epoch = TrainMgr.run_epoch
-
     def run_epoch(self, epoch, *args, **kwargs):
-        self._epoch_now = epoch
+        epoch_now[0] = epoch
         return real_run_epoch(self, epoch, *args, **kwargs)
     monkeypatch.setattr(TrainMgr, "metric_results", nan_in_epoch_2)
     monkeypatch.setattr(TrainMgr, "run_epoch", run_epoch)
@@ -59,6 +59,7 @@ def test_nan_loss_fails_cleanly_and_keeps_metrics(train_tiny, monkeypatch):
     assert [int(r["epoch"]) for r in read_metrics(run_dir / "metrics.csv")] == [1]
 
 
+@pytest.mark.slow
 def test_track_test_records_the_seed_style_figure_beside_the_validation_choice(train_tiny):
     results, run_dir = train_tiny(["track_test=true", "epochs=3", "readout_epochs=1"])
     rows = read_metrics(run_dir / "metrics.csv")
@@ -101,6 +102,7 @@ def test_eval_every_must_be_positive(train_tiny):
         train_tiny(["eval_every=0"])
 
 
+@pytest.mark.slow
 def test_readout_in_the_pair_step_learns_and_leaves_the_ff_layers_alone(cfg_factory, tmp_path):
     """readout_step=same_step (Hinton's code: the neutral-label softmax trains in the FF step)
     learns the readout and trains the FF layers exactly as the separate readout pass does."""
@@ -124,19 +126,21 @@ def test_readout_in_the_pair_step_learns_and_leaves_the_ff_layers_alone(cfg_fact
     assert fused["goodness/acc"]["final"] == separate["goodness/acc"]["final"]
 
 
+@pytest.mark.slow
 def test_backprop_baseline_learns_and_ctrl_c_keeps_its_epochs(train_tiny, monkeypatch):
-    from ffrun.experiment import backprop
     results, run_dir = train_tiny(["mode=bp", "epochs=3"], name="full")
     assert results["status"] == "completed" and results["test_acc"] > 3 * 0.1
     assert list((run_dir / "tb").rglob("events.out.tfevents.*"))      # TensorBoard curves
 
-    record = backprop._Recorder.on_epoch_end
+    # Ctrl-C right after epoch 2: Keras' fit calls every callback's on_epoch_end through its
+    # CallbackList, so the run's own recording of epoch 2 is done when the interrupt arrives
+    every_callback = keras.callbacks.CallbackList.on_epoch_end
 
     def ctrl_c_after_epoch_2(self, epoch, logs=None):
-        record(self, epoch, logs)
+        every_callback(self, epoch, logs)
         if epoch + 1 == 2:
             raise KeyboardInterrupt
-    monkeypatch.setattr(backprop._Recorder, "on_epoch_end", ctrl_c_after_epoch_2)
+    monkeypatch.setattr(keras.callbacks.CallbackList, "on_epoch_end", ctrl_c_after_epoch_2)
     results, run_dir = train_tiny(["mode=bp", "epochs=5"], name="stopped")
     assert results["status"] == "interrupted" and results["epochs"] == 2
     assert len(read_metrics(run_dir / "metrics.csv")) == 2
@@ -144,8 +148,10 @@ def test_backprop_baseline_learns_and_ctrl_c_keeps_its_epochs(train_tiny, monkey
     assert saved["status"] == "interrupted" and saved["test_acc"] == results["test_acc"]
 
 
-def test_backprop_baseline_follows_the_lr_schedule_and_dropout(train_tiny):
+@pytest.mark.slow
+def test_backprop_baseline_follows_the_lr_schedule_and_dropout(train_tiny, cfg_factory):
     from ffrun.experiment import backprop
+    from ffrun.experiment.schema import typed
     results, run_dir = train_tiny(["mode=bp", "epochs=8", "lr_schedule=linear_cooldown",
                                    "mode.dropout=0.2", "mode.optimizer.learning_rate=0.002"], name="sched")
     assert results["status"] == "completed"
@@ -153,12 +159,11 @@ def test_backprop_baseline_follows_the_lr_schedule_and_dropout(train_tiny):
     # constant for the first half, then 2 (1 + E - e) / E of the base rate, as the FF runs
     assert lrs == pytest.approx([0.002] * 6 + [0.0015, 0.001])
     assert colored_pixels(run_dir / "curves.png") > 0
-    cfg = OmegaConf.create({"mode": {"dropout": 0.2, "optimizer": {"class_name": "Adam"}},
-                            "model": {"num_layers": 2, "units": 8, "activation": "relu", "init": "glorot_uniform"}})
-    model = backprop.build_mlp(cfg, 64, 10)
+    spec = typed(cfg_factory(["mode=bp", "mode.dropout=0.2", "num_layers=2", "units=8"]))
+    model = backprop.build_mlp(spec, 64, 10)
     assert [l.name for l in model.layers if isinstance(l, keras.layers.Dropout)] == ["dropout1", "dropout2"]
     with pytest.raises(ConfigError, match="mode.dropout"):
-        backprop.build_mlp(OmegaConf.merge(cfg, {"mode": {"dropout": 1.0}}), 64, 10)
+        typed(cfg_factory(["mode=bp", "mode.dropout=1.0"]))
 
 
 def test_log_lines_say_how_long_the_rest_takes(train_tiny, caplog):
@@ -171,6 +176,11 @@ def test_log_lines_say_how_long_the_rest_takes(train_tiny, caplog):
     assert all(" eta " in line for line in lines[:2]) and " eta " not in lines[2]
 
 
-def test_durations_read_as_hours_or_minutes():
-    from ffrun.run.loop import _duration
-    assert _duration(7260) == "2h01m" and _duration(312.4) == "5m12s" and _duration(0.2) == "0m00s"
+@pytest.mark.parametrize("eta_seconds, shown", [(7260, "eta 2h01m"), (312.4, "eta 5m12s"), (0.2, "eta 0m00s")])
+def test_epoch_lines_give_the_time_left_in_hours_or_minutes(eta_seconds, shown):
+    from ffrun.core.trainer import EpochResult
+    from ffrun.run.callbacks import epoch_line
+    line = epoch_line(EpochResult(1, 0, 2.0, 0), 3, acc_keys=[], ff_names=[], eta_seconds=eta_seconds)
+    assert line == f"epoch 1/3  2.0s  {shown}"
+    # the last epoch has nothing left to wait for
+    assert epoch_line(EpochResult(3, 0, 2.0, 0), 3, acc_keys=[], ff_names=[], eta_seconds=eta_seconds) == "epoch 3/3  2.0s"

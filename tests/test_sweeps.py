@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+pytestmark = pytest.mark.slow      # every test runs the installed script
+
 TINY = ["debug=tiny", "epochs=1", "readout_epochs=1"]
 # Generous: the machine's cores may be busy with other training; a hung launcher still ends the test
 SUBPROCESS_TIMEOUT_S = 600

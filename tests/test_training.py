@@ -46,18 +46,39 @@ def test_each_task_is_traced_once_over_many_epochs():
     assert all(count == 1 for count in mgr.trace_counts.values()), mgr.trace_counts
 
 
-def test_python_api_learns_a_separable_problem():
+def _copied_halves(n, seed, d=8):
+    """Positives [u, u], negatives [u, v] with u, v ~ N(0, I_d).
+
+    For a unit with weights (a, b) on the two halves, the mean square of its pre-activation is
+    |a|^2 + |b|^2 + 2 a.b on positives and |a|^2 + |b|^2 on negatives: at a random initialization
+    a.b is about 0 and goodness cannot tell them apart. A layer separates them only by learning to
+    weigh both halves alike (a ~ b), i.e. to detect the copy."""
+    rng = np.random.default_rng(seed)
+    u, v = rng.normal(size=(n, d)), rng.normal(size=(n, d))
+    y = (u[:, 0] > 0).astype(np.int32)        # something for the softmax to read; not asserted on
+    return (FFData.from_numpy(np.concatenate([u, u], 1), y),
+            FFData.from_numpy(np.concatenate([u, v], 1), y, positive=False))
+
+
+def test_python_api_ff_layers_learn_to_separate_positives_from_negatives():
+    """The FF objective itself does the learning: the first layer's goodness separates held-out
+    positives from negatives (AUC) from chance at initialization to well above it. Measured on this
+    machine: 0.45-0.52 before, 0.756-0.764 after 8 epochs over six initializations."""
     layers, seq = _toy_net()
-    pos, neg = _toy_data()
-    val_pos, _ = _toy_data(100, seed=2)
-    mgr = TrainMgr(layers, seq, [(Task.TRAIN_POS, pos), (Task.TRAIN_NEG, neg), (Task.EVAL, val_pos)],
-                   batch_size=32)
+    pos, neg = _copied_halves(512, seed=0)
+    val = list(_copied_halves(1000, seed=1))
+    mgr = TrainMgr(layers, seq, [(Task.TRAIN_POS, pos), (Task.TRAIN_NEG, neg),
+                                 (Task.EVAL, val[0]), (Task.EVAL, val[1])], batch_size=32)
+    before = mgr.evaluate([(Task.EVAL, val[0]), (Task.EVAL, val[1])])
+    assert before["dense1/separation"] == pytest.approx(0.5, abs=0.1)
     results = mgr.fit([("all", 8)])
-    last = results[-1].metrics
-    assert last["softmax/acc"] > 0.9
+    after = results[-1].metrics
+    assert after["dense1/separation"] > 0.7, [r.metrics["dense1/separation"] for r in results]
+    # positives now have clearly the larger mean goodness (measured ~2.5x; about equal at the start)
+    assert after["dense1/goodness_pos"] > 1.5 * after["dense1/goodness_neg"]
     # every FF layer reports its training losses and evaluation goodness
     for name in ("dense1", "dense2"):
-        assert {f"{name}/loss_pos", f"{name}/loss_neg", f"{name}/goodness_pos"} <= set(last)
+        assert {f"{name}/loss_pos", f"{name}/loss_neg", f"{name}/goodness_pos", f"{name}/separation"} <= set(after)
     assert results[-1].row()["samples_per_s"] > 0
 
 

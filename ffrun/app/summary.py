@@ -39,7 +39,12 @@ SEED_KEY = "seed"
 # Overrides that cannot change what a run learns: runs differing only in these are the same setting
 BOOKKEEPING_KEYS = ("checkpoint.", "tensorboard.", "hydra.", "progress", "eval_batch_size")
 SEED_COLUMNS = ("n", "seeds", "best_val_mean", "best_val_std", "test_mean", "test_std",
-                "test_final_mean", "test_final_std")
+                "test_final_mean", "test_final_std", "seed_style_ff_mean", "seed_style_ff_std",
+                "seed_style_all_mean", "seed_style_all_std", "test_min", "test_max",
+                "seed_style_ff_min", "seed_style_ff_max")
+#: keys that draw random streams rather than define a setting: runs differing only in them are
+#: seeds of one setting (protocol.route_seed draws the A/B splits, as the seed's 10 "route seeds")
+SEED_KEYS = ("seed", "protocol.route_seed")
 # The results.json fields the report reads, by what a wrong type costs. These decide what a row
 # means (did the run succeed, which readout its accuracies belong to): a wrong type fails the row.
 MEANING_FIELDS = ("status", "reason", "primary")
@@ -108,7 +113,25 @@ def load_run(run_dir: Path, root: Path) -> dict[str, Any]:
         "params": parse_overrides(overrides),
         "seed": _read_seed(run_dir),
         "curve": (epochs, curve),
+        **seed_style(run_dir / "results.json", results["primary"], results["val_set"]),
     }
+
+
+def seed_style(path: Path, primary: str | None, val_set: str | None) -> dict[str, float | None]:
+    """The seed's figures of a run: the best TEST accuracy over the epochs of the first (FF) stage,
+    and over all epochs, of the primary readout. They come from the per-epoch figures when those
+    are test figures (``eval_on=test``), else from the tracked test columns (``track_test``);
+    None when the run has neither. They pick the epoch on the test set: labelled as such."""
+    empty = {"seed_style_ff": None, "seed_style_all": None}
+    try:
+        readout = json.loads(path.read_text())["readouts"][primary]
+        stages = readout["best_by_stage"] if val_set == "test" else readout.get("test_best_by_stage")
+        bests = [_num(s["best"]) for s in stages or []]
+    except (OSError, ValueError, RecursionError, KeyError, TypeError, AttributeError):
+        return empty
+    if not bests or any(b is None for b in bests):
+        return empty
+    return {"seed_style_ff": bests[0], "seed_style_all": max(bests)}
 
 
 def read_results(path: Path) -> tuple[dict[str, Any], list[str]]:
@@ -249,7 +272,7 @@ def seed_groups(runs: Sequence[dict[str, Any]], varying: Sequence[str]) -> list[
     accuracy, the test accuracy at the best epoch and the final test accuracy. A single run's accuracy
     says little on 10k test images; a setting is judged by its seeds. Empty unless ``seed`` is swept
     and some setting has at least two completed runs."""
-    if SEED_KEY not in varying:
+    if not any(k in varying for k in SEED_KEYS):
         return []
     others = _setting_keys(varying)
     groups: dict[tuple, list[dict[str, Any]]] = {}
@@ -262,18 +285,26 @@ def seed_groups(runs: Sequence[dict[str, Any]], varying: Sequence[str]) -> list[
     for values, members in groups.items():
         record: dict[str, Any] = dict(zip(others, values))
         record["n"] = len(members)
-        record["seeds"] = " ".join(sorted((r["params"].get(SEED_KEY) or r["seed"] or "?" for r in members),
-                                          key=_natural_key))
-        for name, field in (("best_val", "best_val_acc"), ("test", "test_acc"), ("test_final", "test_acc_final")):
+        record["seeds"] = " ".join(sorted((_seed_label(r) for r in members), key=_natural_key))
+        for name, field in (("best_val", "best_val_acc"), ("test", "test_acc"), ("test_final", "test_acc_final"),
+                            ("seed_style_ff", "seed_style_ff"), ("seed_style_all", "seed_style_all")):
             record[f"{name}_mean"], record[f"{name}_std"] = _mean_std([r[field] for r in members])
+            present = [r[field] for r in members if r[field] is not None]
+            record[f"{name}_min"], record[f"{name}_max"] = (min(present), max(present)) if present else (None, None)
         records.append(record)
     records.sort(key=lambda r: -(r["best_val_mean"] or 0.0))
     return records
 
 
+def _seed_label(run: dict[str, Any]) -> str:
+    seed = run["params"].get(SEED_KEY) or run["seed"] or "?"
+    route = run["params"].get("protocol.route_seed")
+    return seed if route is None else f"{seed}/{route}"
+
+
 def _setting_keys(varying: Sequence[str]) -> list[str]:
-    """The swept keys that define a setting: not the seed, not bookkeeping such as checkpoint.every."""
-    return [k for k in varying if k != SEED_KEY and not k.startswith(BOOKKEEPING_KEYS)]
+    """The swept keys that define a setting: not the seeds, not bookkeeping such as checkpoint.every."""
+    return [k for k in varying if k not in SEED_KEYS and not k.startswith(BOOKKEEPING_KEYS)]
 
 
 def _mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
@@ -292,11 +323,11 @@ def seed_table(records: Sequence[dict[str, Any]], varying: Sequence[str]) -> Tab
         table.add_column(key, overflow="fold")
     table.add_column("n", justify="right", no_wrap=True)
     table.add_column("seeds", overflow="fold")
-    for label in ("best val", "test at best", "test final"):
+    for label in ("best val", "test at best", "test final", "seed-style: best test, FF stage", "best test, all epochs"):
         table.add_column(label, justify="right", no_wrap=True)
     for rec in records:
         cells = []
-        for name in ("best_val", "test", "test_final"):
+        for name in ("best_val", "test", "test_final", "seed_style_ff", "seed_style_all"):
             mean, std = rec[f"{name}_mean"], rec[f"{name}_std"]
             cells.append("-" if mean is None else f"{100 * mean:.2f}%"
                          + ("" if std is None else f" +- {100 * std:.2f}"))

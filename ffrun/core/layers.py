@@ -160,7 +160,8 @@ class FFDense(BaseFFLayer):
                  kernel_initializer: Any = "glorot_uniform", routing: Any = None,
                  neg_routing: str = "same", peer_norm: float = 0.0, peer_momentum: float = 0.9,
                  peer_init: float = 0.0,
-                 l2: float = 0.0, dtype: Any = None, split_gradient: bool = True):
+                 l2: float = 0.0, dtype: Any = None, split_gradient: bool = True,
+                 loss: losses.FFLoss | str = "threshold"):
         if goodness not in losses.GOODNESS_REDUCTIONS:
             raise ValueError(f"goodness must be one of {losses.GOODNESS_REDUCTIONS}, got {goodness!r}")
         if neg_routing not in ("same", "complement"):
@@ -173,6 +174,7 @@ class FFDense(BaseFFLayer):
         self.th_pos = float(th_pos)
         self.th_neg = float(th_neg)
         self.reduction = goodness
+        self.loss = losses.make_loss(loss) if isinstance(loss, str) else loss
         self.routing = None if routing is None else tf.constant(routing, tf.float32)
         self.neg_routing = neg_routing
         # Half-split routing (the seed's A/B: a class owns units [0, U/2) or [U/2, U)) lets a step
@@ -182,11 +184,10 @@ class FFDense(BaseFFLayer):
         self.peer_momentum = float(peer_momentum)
         self.running_mean = tf.Variable(tf.fill([units], float(peer_init)), trainable=False, name=f"{name}_peer_mean") \
             if self.peer_norm else None
-        self.metrics = {
-            "loss_pos": keras.metrics.Mean(name="loss_pos"),
-            "loss_neg": keras.metrics.Mean(name="loss_neg"),
-            "val_loss_pos": keras.metrics.Mean(name="val_loss_pos"),
-            "val_loss_neg": keras.metrics.Mean(name="val_loss_neg"),
+        self.metrics = {name: keras.metrics.Mean(name=name) for name in self.loss.train_metrics}
+        if not self.loss.needs_pairs:   # evaluation data is not paired: per-polarity losses only
+            self.metrics |= {name: keras.metrics.Mean(name=name) for name in ("val_loss_pos", "val_loss_neg")}
+        self.metrics |= {
             "goodness_pos": keras.metrics.Mean(name="goodness_pos"),
             "goodness_neg": keras.metrics.Mean(name="goodness_neg"),
             "separation": losses.GoodnessSeparation(name="separation"),
@@ -228,7 +229,7 @@ class FFDense(BaseFFLayer):
         else:
             with tf.GradientTape() as tape:
                 h = self.layer(x)
-                loss = losses.positive_loss(self._goodness(h, y, True), self.th_pos)
+                loss = self.loss.positive(self._goodness(h, y, True), self.th_pos)
                 total = loss + self._peer_loss(h)
             self._step(tape, total)
         self.metrics["loss_pos"].update_state(loss)
@@ -240,7 +241,7 @@ class FFDense(BaseFFLayer):
         else:
             with tf.GradientTape() as tape:
                 h = self.layer(x)
-                loss = losses.negative_loss(self._goodness(h, y, False), self.th_neg)
+                loss = self.loss.negative(self._goodness(h, y, False), self.th_neg)
             self._step(tape, loss)
         self.metrics["loss_neg"].update_state(loss)
         return h
@@ -285,7 +286,7 @@ class FFDense(BaseFFLayer):
 
         def loss_of_h(h):
             g = self._goodness(h, y, positive)
-            loss = losses.positive_loss(g, self.th_pos) if positive else losses.negative_loss(g, self.th_neg)
+            loss = self.loss.positive(g, self.th_pos) if positive else self.loss.negative(g, self.th_neg)
             return loss, loss
 
         def kernel_grad(x, dz):
@@ -317,30 +318,31 @@ class FFDense(BaseFFLayer):
 
         def loss_of_h(h):
             g = losses.goodness(h, self.reduction, masks)
-            loss_pos = losses.positive_loss(g[:n], self.th_pos)
-            loss_neg = losses.negative_loss(g[n:2 * n], self.th_neg)
-            # The mean BCE over the concatenated batch, as in Hinton's code.
-            return 0.5 * (loss_pos + loss_neg) + self._peer_loss(h, n), (loss_pos, loss_neg)
+            loss, parts = self.loss.pair(g[:n], g[n:2 * n], self.th_pos, self.th_neg)
+            return loss + self._peer_loss(h, n), parts
 
         def kernel_grad(x, dz):   # the neutral rows have no FF loss: their gradient is zero
             return tf.matmul(x[:2 * n], dz[:2 * n], transpose_a=True) if parts > 2 \
                 else tf.matmul(x, dz, transpose_a=True)
 
         x, z = self._forward_z(x)
-        h, (loss_pos, loss_neg) = self._step_on_z(x, z, loss_of_h, kernel_grad)
-        self.metrics["loss_pos"].update_state(loss_pos)
-        self.metrics["loss_neg"].update_state(loss_neg)
+        h, parts = self._step_on_z(x, z, loss_of_h, kernel_grad)
+        for name, value in parts.items():
+            self.metrics[name].update_state(value)
         return h
 
     def evaluate(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
         h = self.layer(x)
         g = self._goodness(h, y, self.positive)
         suffix = "pos" if self.positive else "neg"
-        th = self.th_pos if self.positive else self.th_neg
-        loss = (losses.positive_loss if self.positive else losses.negative_loss)(g, th)
-        self.metrics[f"val_loss_{suffix}"].update_state(loss, sample_weight=tf.cast(tf.shape(g)[0], tf.float32))
+        if not self.loss.needs_pairs:
+            th = self.th_pos if self.positive else self.th_neg
+            loss = (self.loss.positive if self.positive else self.loss.negative)(g, th)
+            self.metrics[f"val_loss_{suffix}"].update_state(loss, sample_weight=tf.cast(tf.shape(g)[0], tf.float32))
         self.metrics[f"goodness_{suffix}"].update_state(g)
-        self.metrics["separation"].update_state(g, positive=self.positive)
+        # separation is P(a positive scores better than a negative): with the sign-flipped loss a
+        # positive scores better by its LOWER goodness, so the two histograms swap roles
+        self.metrics["separation"].update_state(g, positive=self.positive == self.loss.positive_high)
         return h
 
 
@@ -430,14 +432,15 @@ class FFGoodness(BaseFFLayer):
     Under EVAL_ALL_LABELS its input has one row per (sample, label), sample-major; ``y`` holds the true
     label of each sample once. Other tasks pass the input through."""
 
-    def __init__(self, num_classes: int, *, name: str = "goodness"):
+    def __init__(self, num_classes: int, *, name: str = "goodness", lowest: bool = False):
         super().__init__(None, name)
         self.num_classes = num_classes
+        self.lowest = bool(lowest)   # the sign-flipped loss: the true label gives the LOWEST goodness
         self.metrics = {"acc": keras.metrics.Accuracy(name="acc")}
 
     def predict_all_labels(self, x: tf.Tensor) -> tf.Tensor:
-        g = losses.goodness(x, "sum")
-        return tf.argmax(tf.reshape(g, [-1, self.num_classes]), axis=1, output_type=tf.int32)
+        g = tf.reshape(losses.goodness(x, "sum"), [-1, self.num_classes])
+        return tf.argmax(-g if self.lowest else g, axis=1, output_type=tf.int32)
 
     def evaluate_all_labels(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
         self.metrics["acc"].update_state(tf.cast(y, tf.int32), self.predict_all_labels(x))

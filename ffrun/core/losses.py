@@ -39,6 +39,88 @@ def negative_loss(g: tf.Tensor, threshold: float | tf.Tensor) -> tf.Tensor:
     return tf.reduce_mean(tf.nn.softplus(g - threshold))
 
 
+class FFLoss:
+    """A layer's local objective on goodness, chosen by name (``LOSSES``).
+
+    ``positive(g, theta)`` and ``negative(g, theta)`` are the terms of the separate positive and
+    negative passes; ``pair(g_pos, g_neg, th_pos, th_neg)`` is the loss of one step on aligned
+    (positive, negative) rows and returns (loss to minimize, {metric name: value}). A subclass
+    overrides the narrowest of these; a loss that only exists on pairs sets ``needs_pairs``.
+    ``positive_high`` says which way goodness points: True when positives get the larger goodness
+    (the goodness readout then picks the label with the largest goodness, else the smallest)."""
+
+    name: str = ""
+    needs_pairs: bool = False
+    positive_high: bool = True
+    #: metric names the training steps of this loss report
+    train_metrics: tuple[str, ...] = ("loss_pos", "loss_neg")
+
+    def positive(self, g: tf.Tensor, threshold: float | tf.Tensor) -> tf.Tensor:
+        raise NotImplementedError(f"loss {self.name!r} has no positive-only term: it needs aligned pairs")
+
+    def negative(self, g: tf.Tensor, threshold: float | tf.Tensor) -> tf.Tensor:
+        raise NotImplementedError(f"loss {self.name!r} has no negative-only term: it needs aligned pairs")
+
+    def pair(self, g_pos: tf.Tensor, g_neg: tf.Tensor, th_pos, th_neg) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+        loss_pos, loss_neg = self.positive(g_pos, th_pos), self.negative(g_neg, th_neg)
+        # The mean BCE over the concatenated batch, as in Hinton's code.
+        return 0.5 * (loss_pos + loss_neg), {"loss_pos": loss_pos, "loss_neg": loss_neg}
+
+
+class ThresholdLoss(FFLoss):
+    """Hinton (2022): p(positive) = sigmoid(G - theta); the BCE of positives and of negatives,
+    softplus(theta - G+) and softplus(G- - theta)."""
+
+    name = "threshold"
+
+    def positive(self, g, threshold):
+        return positive_loss(g, threshold)
+
+    def negative(self, g, threshold):
+        return negative_loss(g, threshold)
+
+
+class FlippedLoss(FFLoss):
+    """The sign-flipped goodness Hinton (2022) mentions: positives get LOW activity,
+    p(positive) = sigmoid(theta - G); softplus(G+ - theta) and softplus(theta - G-)."""
+
+    name = "flipped"
+    positive_high = False
+
+    def positive(self, g, threshold):
+        return tf.reduce_mean(tf.nn.softplus(g - threshold))
+
+    def negative(self, g, threshold):
+        return tf.reduce_mean(tf.nn.softplus(threshold - g))
+
+
+class SymbaLoss(FFLoss):
+    """SymBa (Lee & Song 2023; Trifecta's default alpha = 4): softplus(-alpha (G+ - G-)) on aligned
+    (positive, negative) pairs. No threshold: only the gap between a pair counts, so positive and
+    negative gradients stay balanced."""
+
+    name = "symba"
+    needs_pairs = True
+    train_metrics = ("loss_pair",)
+
+    def __init__(self, alpha: float = 4.0):
+        self.alpha = float(alpha)
+
+    def pair(self, g_pos, g_neg, th_pos, th_neg):
+        loss = tf.reduce_mean(tf.nn.softplus(-self.alpha * (g_pos - g_neg)))
+        return loss, {"loss_pair": loss}
+
+
+#: loss name -> class; ``make_loss(name, **options)`` builds one
+LOSSES: dict[str, type[FFLoss]] = {cls.name: cls for cls in (ThresholdLoss, FlippedLoss, SymbaLoss)}
+
+
+def make_loss(name: str = "threshold", **options) -> FFLoss:
+    if name not in LOSSES:
+        raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {name!r}")
+    return LOSSES[name](**options)
+
+
 def peer_normalization_loss(running_mean: tf.Tensor) -> tf.Tensor:
     """Hinton's peer normalization: pull each unit's running mean activity toward the layer mean."""
     return tf.reduce_mean(tf.square(tf.reduce_mean(running_mean) - running_mean))

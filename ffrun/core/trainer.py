@@ -74,6 +74,27 @@ class ProgressHook(Protocol):
     def end_pass(self) -> None: ...
 
 
+def buffered_shuffle(n: int, buffer: int, rng: np.random.Generator) -> np.ndarray:
+    """The order of ``tf.data.Dataset.shuffle(buffer)`` over 0..n-1 (its algorithm, numpy's random
+    stream): fill a buffer with the first ``buffer`` items; each step emits a uniformly chosen one and
+    refills its slot with the next item; at the end the buffer drains in random order. An item can
+    leave at most ``buffer - 1`` places before its index, so the order stays local."""
+    out = np.empty(n, np.int32)
+    slots = list(range(min(buffer, n)))
+    upcoming = len(slots)
+    draws = rng.random(n)
+    for i in range(n):
+        j = int(draws[i] * len(slots))
+        out[i] = slots[j]
+        if upcoming < n:
+            slots[j] = upcoming
+            upcoming += 1
+        else:
+            slots[j] = slots[-1]
+            slots.pop()
+    return out
+
+
 class TrainingDiverged(RuntimeError):
     """A loss or metric became NaN or Inf, or a training loss exceeded the bound (``max_loss``)."""
 
@@ -112,7 +133,8 @@ class TrainMgr:
                  tasks: Sequence[TaskEntry | tuple] = (), *, batch_size: int = 128,
                  eval_batch_size: int | None = None, seed: int = 0, shuffle: bool = True,
                  lr_multiplier: Callable[[int], float] | None = None,
-                 progress: ProgressHook | None = None, max_loss: float = math.inf):
+                 progress: ProgressHook | None = None, max_loss: float = math.inf,
+                 shuffle_buffer: int | None = None, drop_last: bool = False, same_order: bool = False):
         self.network = layers if isinstance(layers, Network) else Network(dict(layers), seq)
         self.layers = self.network.layers
         self.seq = self.network.seq
@@ -121,6 +143,9 @@ class TrainMgr:
         self.eval_batch_size = int(eval_batch_size or max(batch_size, 1000))
         self.seed = int(seed)
         self.shuffle = shuffle
+        # the seed's tf.data pipeline, when asked for: a shuffle buffer, no partial last batch,
+        # one order for the positive and the negative pass
+        self.shuffle_buffer, self.drop_last, self.same_order = shuffle_buffer, bool(drop_last), bool(same_order)
         self.lr_multiplier = lr_multiplier
         self.progress = progress
         self.max_loss = float(max_loss)
@@ -195,6 +220,7 @@ class TrainMgr:
             self.trace_counts[key] += 1       # runs only while tracing
             n = tf.shape(perm)[0]
             batches = (n + batch_size - 1) // batch_size
+            every = tf.maximum(batches // 50, 1)
             for i in tf.range(batches):
                 idx = perm[i * batch_size: tf.minimum((i + 1) * batch_size, n)]
                 xb, yb, yffb = tf.gather(X, idx), tf.gather(y, idx), tf.gather(y_ff, idx)
@@ -207,7 +233,8 @@ class TrainMgr:
                         xs, ys, yffs = xs + [xb], ys + [yb], yffs + [tf.fill(tf.shape(yb), -1)]
                     xb, yb, yffb = tf.concat(xs, 0), tf.concat(ys, 0), tf.concat(yffs, 0)
                 self.seq(xb, yb, yffb)
-                if with_progress:
+                # a py_function makes the graph wait for Python: report ~50 times a pass, not every batch
+                if with_progress and ((i + 1) % every == 0 or i + 1 == batches):
                     tf.py_function(self._on_batch, [i + 1], [])
             return batches
 
@@ -232,12 +259,10 @@ class TrainMgr:
             raise ValueError(f"{entry.task.name} needs aligned datasets, got {len(pos)} and {len(neg)} samples")
         training = entry.task in TRAIN_TASKS
         n = len(pos)
-        if training and self.shuffle:
-            # A permutation that depends only on (seed, epoch, pass): a resumed run sees the same order.
-            perm = np.random.default_rng([self.seed, epoch, index]).permutation(n).astype(np.int32)
-        else:
-            perm = np.arange(n, dtype=np.int32)
+        perm = self.order(n, epoch, index) if training else np.arange(n, dtype=np.int32)
         bs = self.batch_size if training else self.eval_batch_size
+        if training and self.drop_last and n >= bs:
+            perm = perm[: n - n % bs]     # the seed's tf.data batching: no partial last batch
         if entry.task == Task.EVAL_ALL_LABELS:
             # eval_batch_size counts rows: an all-labels pass makes one row per (image, label), and
             # 1000 images x 10 labels would hold ~0.6 GB more activations at 4 x 2000.
@@ -246,13 +271,25 @@ class TrainMgr:
         self.network.set_tasks(active, entry.task, pos.positive)
         fn = self._graph(key, entry, active, pos.positive, bs)
         if self.progress is not None:
-            self.progress.start_pass(entry.label or entry.task.value, math.ceil(n / bs))
+            self.progress.start_pass(entry.label or entry.task.value, math.ceil(len(perm) / bs))
         # in-graph draws (hard labels) are keyed by (seed, epoch, pass, batch): a resumed run redraws the same
         rng = tf.constant([self.seed, (epoch * 64 + index) * 1_000_000], tf.int64)
         fn(pos.X, pos.y, pos.y_ff, tf.constant(perm), neg.X, neg.y, neg.y_ff, rng)
         if self.progress is not None:
             self.progress.end_pass()
-        return n * (2 if paired else 1) if training else 0
+        return len(perm) * (2 if paired else 1) if training else 0
+
+    def order(self, n: int, epoch: int, index: int) -> np.ndarray:
+        """The order of a training pass: a function of (seed, epoch, pass) only, so a resumed run
+        sees the same order. ``same_order``: every training pass of an epoch gets the same order
+        (the seed's Result 2 shuffles positives and negatives together); ``shuffle_buffer``: the
+        order a tf.data ``shuffle(buffer)`` gives, local instead of a full permutation."""
+        if not self.shuffle:
+            return np.arange(n, dtype=np.int32)
+        rng = np.random.default_rng([self.seed, epoch, 0 if self.same_order else index])
+        if self.shuffle_buffer:
+            return buffered_shuffle(n, self.shuffle_buffer, rng)
+        return rng.permutation(n).astype(np.int32)
 
     # --- epochs --------------------------------------------------------------------------
     def reset_metrics(self) -> None:

@@ -2,48 +2,32 @@
 so every FF result has a same-architecture backprop figure beside it (trained by run/baseline.py)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import replace
 
 import keras
-import numpy as np
 
 from ffrun.errors import ConfigError
 from ffrun.experiment import protocols
 from ffrun.experiment.build import load_data, make_initializer, make_optimizer, per_layer
+from ffrun.experiment.datasets import ImageSplits
 from ffrun.experiment.schema import FFRunConfig
 
 
-@dataclass
-class BaselineData:
-    name: str
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_val: np.ndarray
-    y_val: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-    num_classes: int
-    val_set: str
-
-
-def baseline_data(spec: FFRunConfig) -> BaselineData:
+def baseline_data(spec: FFRunConfig) -> ImageSplits:
     """The FF run's data, scored on the classes its protocol scores (five_digits: its 5 positive
-    classes, with the FF net's labels; other protocols: all classes)."""
+    classes, with the FF net's labels; other protocols: all classes). With ``eval_on=test`` the
+    per-epoch set (``x_val``) is the test set, as in the FF runs."""
     splits = load_data(spec.data)
     protocol = protocols.make(spec.protocol, splits, supervised=True, seed=spec.seed) \
         if spec.protocol.name == "five_digits" else None
     classes = protocol.baseline_classes if protocol is not None else (lambda x, y: (x, y))
-    x_tr, y_tr = classes(splits.x_train, splits.y_train)
-    if spec.eval_on == "test":
-        x_val, y_val = classes(splits.x_test, splits.y_test)
-    elif len(splits.x_val):
-        x_val, y_val = classes(splits.x_val, splits.y_val)
-    else:
+    if spec.eval_on == "validation" and not len(splits.x_val):
         raise ConfigError("eval_on=validation needs data.val_size > 0")
-    x_te, y_te = classes(splits.x_test, splits.y_test)
-    num_classes = protocol.num_classes if protocol is not None else splits.num_classes
-    return BaselineData(splits.name, x_tr, y_tr, x_val, y_val, x_te, y_te, num_classes,
-                        "test" if spec.eval_on == "test" else "validation")
+    per_epoch = (splits.x_test, splits.y_test) if spec.eval_on == "test" else (splits.x_val, splits.y_val)
+    (x_tr, y_tr), (x_val, y_val), (x_te, y_te) = (classes(*pair) for pair in (
+        (splits.x_train, splits.y_train), per_epoch, (splits.x_test, splits.y_test)))
+    return replace(splits, x_train=x_tr, y_train=y_tr, x_val=x_val, y_val=y_val, x_test=x_te, y_test=y_te,
+                   num_classes=protocol.num_classes if protocol is not None else splits.num_classes)
 
 
 def build_mlp(spec: FFRunConfig, input_dim: int, num_classes: int) -> keras.Model:

@@ -17,6 +17,7 @@ import numpy as np
 from omegaconf import DictConfig, ListConfig
 
 from ffrun.core.layers import BaseFFLayer, FFDense, FFGoodness, FFOverlay, FFPreNorm, FFSoftmax
+from ffrun.core.losses import make_loss
 from ffrun.core.network import Network, Node, Roles, make_sequence
 from ffrun.core.optimizers import FUSED
 from ffrun.errors import ConfigError
@@ -79,6 +80,7 @@ def build_network(model: ModelConfig, num_classes: int, supervised: bool,
     units = per_layer(model.units, n_layers, "units")
     th_pos = per_layer(model.th_pos, n_layers, "model.th_pos")
     th_neg = per_layer(model.th_neg if model.th_neg is not None else model.th_pos, n_layers, "model.th_neg")
+    loss_names = per_layer(model.loss, n_layers, "model.loss")
     dtype = "mixed_bfloat16" if model.precision == "bf16" else None
     layers: dict[str, BaseFFLayer] = {}
     nodes: list[Node] = []
@@ -101,7 +103,9 @@ def build_network(model: ModelConfig, num_classes: int, supervised: bool,
             goodness=model.goodness, activation=model.activation,
             kernel_initializer=make_initializer(model.init), routing=None if routing is None else routing[i],
             neg_routing=neg_routing, peer_norm=model.peer_norm, peer_init=model.peer_init,
-            l2=model.weight_decay, dtype=dtype, split_gradient=model.split_gradient), [prev]))
+            l2=model.weight_decay, dtype=dtype, split_gradient=model.split_gradient,
+            loss=make_loss(loss_names[i], alpha=model.symba_alpha) if loss_names[i] == "symba" else loss_names[i]),
+            [prev]))
         prev = add(FFPreNorm(model.norm, name=f"norm{i + 1}"), [name]) if model.norm != "none" else name
 
     softmax_names, goodness_names = [], []
@@ -118,7 +122,13 @@ def build_network(model: ModelConfig, num_classes: int, supervised: bool,
         else:
             if not supervised:
                 raise ConfigError(f"readout {rname}: a goodness readout needs the label overlaid (mode=sup)")
-            add(FFGoodness(num_classes, name=rname), inputs, label="true")
+            # the label whose overlay scores best: the largest goodness, or the smallest when the
+            # layers it sums were trained with the sign-flipped loss
+            high = {layers[i].loss.positive_high for i in inputs if isinstance(layers.get(i), FFDense)}
+            if len(high) > 1:
+                raise ConfigError(f"readout {rname}: its inputs mix losses that point goodness opposite ways "
+                                  f"(flipped and not); sum layers of one orientation")
+            add(FFGoodness(num_classes, name=rname, lowest=high == {False}), inputs, label="true")
             goodness_names.append(rname)
     if not softmax_names and not goodness_names:
         raise ConfigError("the model declares no readout (model.readouts)")

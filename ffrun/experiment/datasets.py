@@ -1,16 +1,24 @@
-"""Image datasets as flat float32 arrays: MNIST (or any npz in its layout) and scikit-learn's 8x8 digits.
+"""Image datasets as flat float32 arrays: MNIST (or any npz in its layout), Fashion-MNIST, CIFAR-10
+and scikit-learn's 8x8 digits.
 
 Loading order for MNIST: ``data.path``, then ``$FFRUN_DATA_DIR/mnist.npz``, then Keras' download
-(only for users with internet).
+(only for users with internet). Fashion-MNIST and CIFAR-10 are read from the files Keras keeps in
+its cache (``~/.keras/datasets/``), under the same names, so a copy of that cache works offline:
+``data.path`` (the folder), else ``$FFRUN_DATA_DIR/fashion-mnist/`` or
+``$FFRUN_DATA_DIR/cifar-10-batches-py/``, else Keras' download.
 """
 from __future__ import annotations
 
+import codecs
+import gzip
 import math
 import os
+import pickle
 import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -19,10 +27,30 @@ from ffrun.errors import DataError
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 DATA_DIR_ENV = "FFRUN_DATA_DIR"
 
+# Keras' own names (keras/src/datasets/fashion_mnist.py): the cache subfolder, then per split
+# (images, labels); gzipped IDX files.
+FASHION_MNIST_DIR = "fashion-mnist"
+FASHION_MNIST_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+                       "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
+# IDX magic numbers: 0x0000 then the element type (0x08: uint8) and the number of dimensions.
+IDX_LABELS_MAGIC = 2049     # 0x00000801: uint8, 1 dimension (N,)
+IDX_IMAGES_MAGIC = 2051     # 0x00000803: uint8, 3 dimensions (N, H, W)
+
+# The folder cifar-10-python.tar.gz extracts to (keras/src/datasets/cifar10.py). Keras 3 keeps it
+# one level down, in ~/.keras/datasets/cifar-10-batches-py-target/ (older Keras: directly in datasets/).
+CIFAR10_DIR = "cifar-10-batches-py"
+CIFAR10_KERAS_DIR = "cifar-10-batches-py-target"
+CIFAR10_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
+CIFAR10_TEST_FILE = "test_batch"
+CIFAR10_SIDE = 32
+
 
 @dataclass
 class ImageSplits:
-    """Train / validation / test images, flattened to (N, D) float32, with int32 labels."""
+    """Train / validation / test images, flattened to (N, D) float32, with int32 labels.
+
+    D = H * W * channels, in the order (H, W, C): ``x.reshape(-1, H, W, channels)`` recovers the
+    images (channels is 1 for MNIST-like data and digits, 3 for CIFAR-10)."""
 
     name: str
     x_train: np.ndarray
@@ -33,6 +61,7 @@ class ImageSplits:
     y_test: np.ndarray
     num_classes: int
     image_shape: tuple[int, int]
+    channels: int = 1
 
     @property
     def input_dim(self) -> int:
@@ -156,6 +185,205 @@ def _download_mnist() -> tuple[np.ndarray, ...]:
     return x_train, y_train, x_test, y_test
 
 
+def _download_keras(module: str, title: str, hint: str) -> tuple[np.ndarray, ...]:
+    """keras.datasets.<module>.load_data() as (x_train, y_train, x_test, y_test); a failure is one
+    DataError line saying where the local files go (these machines have no internet)."""
+    import keras
+    try:
+        (x_train, y_train), (x_test, y_test) = getattr(keras.datasets, module).load_data()
+    except Exception as exc:  # no internet, proxy, a hash mismatch, ...
+        raise DataError(f"no local {title} found and the download failed ({type(exc).__name__}); {hint}") from None
+    # Keras hands colour images over in its configured layout: ffrun's order is (N, H, W, C).
+    if x_train.ndim == 4 and keras.config.image_data_format() == "channels_first":
+        x_train, x_test = x_train.transpose(0, 2, 3, 1), x_test.transpose(0, 2, 3, 1)
+    return x_train, y_train, x_test, y_test
+
+
+def resolve_dataset_dir(path: str | None, folders: tuple[str, ...], files: tuple[str, ...]) -> Path | None:
+    """The local folder holding a dataset's ``files``, or None to fall back to Keras' download.
+
+    Looked for in ``path`` (data.path), else in ``$FFRUN_DATA_DIR``: the folder itself or one of its
+    subfolders ``folders`` (Keras' cache names), the first that holds any of ``files``. A folder
+    holding only some of them is returned too: the reader then names the missing file, where a
+    download would silently replace a broken copy. An explicit ``path`` never falls back."""
+    if path:
+        root = Path(path).expanduser().resolve()
+        if root.is_file():
+            raise DataError(f"data.path={root} is a file; this dataset is a folder of files "
+                            f"({', '.join(files)}): set data.path to the folder (extract an archive first)")
+    else:
+        data_dir = os.environ.get(DATA_DIR_ENV)
+        if not data_dir:
+            return None
+        root = Path(data_dir).expanduser().resolve()
+    for folder in (root, *(root / f for f in folders)):
+        if any((folder / name).is_file() for name in files):
+            return folder
+    if path:
+        raise DataError(f"{root} holds none of {', '.join(files)} (nor do its subfolders {', '.join(folders)})")
+    return None
+
+
+def _read_gzip(path: Path, what: str) -> bytes:
+    if not path.is_file():
+        raise DataError(f"{what} file not found: {path} (a copy of Keras' files needs all of them)")
+    try:
+        with gzip.open(path, "rb") as f:
+            return f.read()
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError; a cut stream, EOFError
+        raise DataError(f"cannot read {path} as a gzipped {what} file: {_one_line(exc)}") from None
+
+
+def read_idx(path: Path, magic: int) -> np.ndarray:
+    """A gzipped IDX file (MNIST's format, big-endian header) as a uint8 array; ``magic`` is the
+    expected magic number (:data:`IDX_LABELS_MAGIC` or :data:`IDX_IMAGES_MAGIC`)."""
+    raw = _read_gzip(path, "IDX")
+    ndim = magic & 0xFF
+    header = 4 * (1 + ndim)       # the magic number, then one uint32 per dimension
+    if len(raw) < 4:
+        raise DataError(f"{path}: {len(raw)} bytes, too short for an IDX header; the file is truncated")
+    found = int.from_bytes(raw[:4], "big")
+    if found != magic:
+        # images where labels are expected (2051 vs 2049), or not an IDX file at all
+        raise DataError(f"{path}: IDX magic number {found}, expected {magic} "
+                        f"({'labels' if magic == IDX_LABELS_MAGIC else 'images'}: uint8, {ndim}-D); wrong or damaged file")
+    if len(raw) < header:
+        raise DataError(f"{path}: {len(raw)} bytes, too short for the {header}-byte IDX header; the file is truncated")
+    dims = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
+    size = len(raw) - header
+    if size != math.prod(dims):
+        # short: a cut copy; long: the header does not describe the data (both would misalign every image)
+        raise DataError(f"{path}: header says {dims} = {math.prod(dims)} bytes of data but the file has {size}; "
+                        f"the file is {'truncated' if size < math.prod(dims) else 'longer than its header says'}")
+    return np.frombuffer(raw, np.uint8, offset=header).reshape(dims)
+
+
+def load_fashion_mnist_dir(folder: Path, num_classes: int | None = None) -> tuple[np.ndarray, ...]:
+    """x_train, y_train, x_test, y_test from Keras' four Fashion-MNIST IDX files in ``folder``,
+    validated by :func:`validate_arrays`."""
+    arrays: list[np.ndarray] = []
+    for images_name, labels_name in FASHION_MNIST_FILES.values():
+        x = read_idx(folder / images_name, IDX_IMAGES_MAGIC)
+        y = read_idx(folder / labels_name, IDX_LABELS_MAGIC)
+        # a train-images file beside a t10k-labels file, say: counts that disagree mean mixed-up copies
+        if len(x) != len(y):
+            raise DataError(f"{folder / images_name} holds {len(x)} images but {folder / labels_name} "
+                            f"holds {len(y)} labels; the two files of a split must agree")
+        arrays += [x, y]
+    return validate_arrays(folder, tuple(arrays), num_classes)
+
+
+def _numpy_globals() -> dict[tuple[str, str], object]:
+    # numpy 2 renamed numpy.core to numpy._core (the old name still imports, with a warning);
+    # pickles name whichever the writer had, so both spellings map to the installed objects.
+    try:
+        from numpy._core import multiarray, numeric
+    except ImportError:  # numpy < 2
+        from numpy.core import multiarray, numeric
+    found: dict[tuple[str, str], object] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+    for core in ("numpy.core", "numpy._core"):
+        found[(f"{core}.multiarray", "_reconstruct")] = multiarray._reconstruct   # protocols 2-4
+        found[(f"{core}.numeric", "_frombuffer")] = numeric._frombuffer           # protocol 5 (pickle's default)
+    return found
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """An unpickler for data files that resolves only the globals a dict of numpy arrays, lists and
+    bytes needs; anything else (``os.system``, ``builtins.eval``, ...) raises :class:`DataError`
+    before it is even looked up, so a tampered file cannot run code.
+
+    ``source`` names the file in the error."""
+
+    ALLOWED: dict[tuple[str, str], object] = {
+        **_numpy_globals(),
+        # Python 3 writes bytes at protocol <= 2 as _codecs.encode(str, "latin1"): a pure conversion.
+        ("_codecs", "encode"): codecs.encode,
+    }
+
+    def __init__(self, file: BinaryIO, source: str | Path, **kwargs: object) -> None:
+        super().__init__(file, **kwargs)
+        self.source = source
+
+    def find_class(self, module: str, name: str) -> object:
+        # The table lookup is the whole resolution: no import runs for a name outside it.
+        allowed = self.ALLOWED.get((module, name))
+        if allowed is None:
+            raise DataError(f"{self.source}: refusing to unpickle {module}.{name}; a data file may hold only "
+                            f"numpy arrays, lists, numbers and bytes (the file is damaged or was tampered with)")
+        return allowed
+
+
+def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR-10 python batch (a pickled dict with b"data", uint8 (N, 3072) channel-major, and
+    b"labels", N ints) as images (N, 32, 32, 3) uint8 and labels (N,), through
+    :class:`RestrictedUnpickler`."""
+    if not path.is_file():
+        raise DataError(f"CIFAR-10 batch not found: {path} (the folder needs {', '.join(CIFAR10_TRAIN_FILES)} "
+                        f"and {CIFAR10_TEST_FILE})")
+    try:
+        with open(path, "rb") as f:
+            # encoding="bytes": the original files come from Python 2, whose str keys stay bytes here
+            batch = RestrictedUnpickler(f, path, encoding="bytes").load()
+    except DataError:
+        raise
+    except Exception as exc:  # a damaged pickle can fail with almost any exception type
+        raise DataError(f"cannot read {path} as a CIFAR-10 python batch (a pickle): {_one_line(exc)}") from None
+    if not isinstance(batch, dict):
+        raise DataError(f"{path} holds a pickled {type(batch).__name__}; a CIFAR-10 batch is a dict "
+                        f"with b'data' and b'labels'")
+    # bytes keys in the original files, str keys if someone re-pickled them from Python 3
+    batch = {(k.decode("latin-1") if isinstance(k, bytes) else k): v for k, v in batch.items()}
+    missing = [k for k in ("data", "labels") if k not in batch]
+    if missing:
+        raise DataError(f"{path} lacks the key(s) {missing}; a CIFAR-10 batch is a dict with b'data' and b'labels'")
+    data = batch["data"]
+    pixels = 3 * CIFAR10_SIDE * CIFAR10_SIDE
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != pixels:
+        what = f"a {data.dtype} array of shape {data.shape}" if isinstance(data, np.ndarray) else f"a {type(data).__name__}"
+        raise DataError(f"{path}: b'data' is {what}; expected uint8 (N, {pixels}): per image 1024 red, "
+                        f"then 1024 green, then 1024 blue values, row by row")
+    try:
+        labels = np.asarray(batch["labels"])
+    except ValueError as exc:  # a ragged list
+        raise DataError(f"{path}: b'labels' is not a flat list of ints: {_one_line(exc)}") from None
+    if labels.ndim != 1 or len(labels) != len(data):
+        raise DataError(f"{path}: b'labels' has shape {labels.shape} for {len(data)} images; expected one label per image")
+    # Channel-major rows (C, H, W) to ffrun's (H, W, C), so the flattening is (H, W, C) as for Keras.
+    images = data.reshape(-1, 3, CIFAR10_SIDE, CIFAR10_SIDE).transpose(0, 2, 3, 1)
+    return images, labels
+
+
+def load_cifar10_dir(folder: Path, num_classes: int | None = None) -> tuple[np.ndarray, ...]:
+    """x_train (N, 32, 32, 3), y_train, x_test, y_test from the cifar-10-batches-py folder
+    (data_batch_1..5, test_batch), validated by :func:`validate_arrays`."""
+    train = [read_cifar_batch(folder / name) for name in CIFAR10_TRAIN_FILES]
+    x_test, y_test = read_cifar_batch(folder / CIFAR10_TEST_FILE)
+    x_train = np.concatenate([x for x, _ in train])
+    y_train = np.concatenate([y for _, y in train])
+    return validate_arrays(folder, (x_train, y_train, x_test, y_test), num_classes)
+
+
+def _load_fashion_mnist(path: str | None, num_classes: int | None) -> tuple[np.ndarray, ...]:
+    files = tuple(name for split in FASHION_MNIST_FILES.values() for name in split)
+    folder = resolve_dataset_dir(path, (FASHION_MNIST_DIR,), files)
+    if folder is not None:
+        return load_fashion_mnist_dir(folder, num_classes)
+    hint = (f"copy Keras' {FASHION_MNIST_DIR}/ folder ({', '.join(files)}) into ${DATA_DIR_ENV}, "
+            f"or set data.path=<that folder>")
+    return validate_arrays("Keras' Fashion-MNIST download",
+                           _download_keras("fashion_mnist", "Fashion-MNIST", hint), num_classes)
+
+
+def _load_cifar10(path: str | None, num_classes: int | None) -> tuple[np.ndarray, ...]:
+    files = (*CIFAR10_TRAIN_FILES, CIFAR10_TEST_FILE)
+    folder = resolve_dataset_dir(path, (CIFAR10_DIR, f"{CIFAR10_KERAS_DIR}/{CIFAR10_DIR}"), files)
+    if folder is not None:
+        return load_cifar10_dir(folder, num_classes)
+    hint = (f"copy the {CIFAR10_DIR}/ folder ({', '.join(files)}; extracted from cifar-10-python.tar.gz) "
+            f"into ${DATA_DIR_ENV}, or set data.path=<that folder>")
+    return validate_arrays("Keras' CIFAR-10 download", _download_keras("cifar10", "CIFAR-10", hint), num_classes)
+
+
 def _load_digits() -> tuple[np.ndarray, ...]:
     try:
         from sklearn.datasets import load_digits
@@ -185,9 +413,15 @@ def load_splits(name: str, path: str | None = None, val_size: int = 0, normalize
         x_train, y_train, x_test, y_test = (load_npz(local, num_classes) if local
                                             else validate_arrays("Keras' MNIST download", _download_mnist(), num_classes))
         scale = 255.0 if x_train.dtype == np.uint8 or x_train.max() > 1.0 else 1.0
+    elif name in ("fashion_mnist", "cifar10"):
+        load = _load_fashion_mnist if name == "fashion_mnist" else _load_cifar10
+        x_train, y_train, x_test, y_test = load(path, num_classes)
+        scale = 255.0   # both are uint8 (checked by the readers; Keras' download is uint8 too)
     else:
-        raise DataError(f"unknown dataset {name!r}; choose mnist, npz or digits")
+        raise DataError(f"unknown dataset {name!r}; choose mnist, npz, digits, fashion_mnist or cifar10")
     image_shape = tuple(x_train.shape[1:3]) if x_train.ndim >= 3 else (int(x_train.shape[1]), 1)
+    # (N, H, W, C): C channels; every trailing axis counts, so that H * W * channels == input_dim always
+    channels = math.prod(x_train.shape[3:]) if x_train.ndim >= 4 else 1
     flat = lambda a: (np.asarray(a, np.float32).reshape(len(a), -1) / scale)
     x_train, x_test = flat(x_train), flat(x_test)
     y_train, y_test = np.asarray(y_train, np.int32).ravel(), np.asarray(y_test, np.int32).ravel()
@@ -208,4 +442,4 @@ def load_splits(name: str, path: str | None = None, val_size: int = 0, normalize
         raise DataError(f"data.normalize must be none or standard, got {normalize!r}")
     if num_classes is None:
         num_classes = int(max(y_train.max(), y_test.max())) + 1
-    return ImageSplits(name, x_train, y_train, x_val, y_val, x_test, y_test, num_classes, image_shape)
+    return ImageSplits(name, x_train, y_train, x_val, y_val, x_test, y_test, num_classes, image_shape, channels)

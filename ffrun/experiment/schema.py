@@ -53,6 +53,8 @@ class DataName(StrEnum):
     mnist = "mnist"
     npz = "npz"
     digits = "digits"
+    fashion_mnist = "fashion_mnist"
+    cifar10 = "cifar10"
 
 
 class Normalize(StrEnum):
@@ -103,6 +105,11 @@ class ProtocolName(StrEnum):
     wrong_label = "wrong_label"
     hybrid = "hybrid"
 
+
+#: FF losses by name (ffrun.core.losses.LOSSES; listed here so the check runs without TensorFlow,
+#: and a test keeps the two lists equal)
+LOSS_NAMES = ("threshold", "flipped", "symba")
+PAIRED_LOSSES = ("symba",)   # defined on aligned (positive, negative) pairs only
 
 #: Keras 3 optimizers by class name (``keras.optimizers.get`` also accepts the abstract base
 #: ``Optimizer``, which cannot train); kept here so that the check runs without importing TensorFlow.
@@ -207,6 +214,8 @@ class ModelConfig:
     units: Any = 500
     activation: str = "relu"
     goodness: Goodness = Goodness.sum
+    loss: Any = "threshold"        # a name of LOSS_NAMES, or one per layer
+    symba_alpha: float = 4.0       # the symba loss's sharpness (Trifecta's default)
     th_pos: Any = 0.1
     th_neg: Any = None
     norm: Norm = Norm.l2
@@ -230,6 +239,11 @@ class ModelConfig:
         if self.th_neg is not None:
             check_per_layer(self.th_neg, "model.th_neg", float)
         check_optimizer(self.optimizer, "model.optimizer")
+        for name in (self.loss if isinstance(self.loss, list) else [self.loss]):
+            if name not in LOSS_NAMES:
+                raise ConfigError(f"model.loss must be one of {', '.join(LOSS_NAMES)} (or one per layer), got {self.loss!r}")
+        if not (math.isfinite(self.symba_alpha) and self.symba_alpha > 0):
+            raise ConfigError(f"model.symba_alpha must be a finite number > 0, got {self.symba_alpha!r}")
         for key in ("weight_decay", "peer_norm"):
             _finite(getattr(self, key), f"model.{key}")
             _at_least(getattr(self, key), 0.0, f"model.{key}")
@@ -327,6 +341,9 @@ class FFRunConfig:
     epochs: int = 20
     readout_epochs: int = 5
     shuffle: bool = True
+    shuffle_buffer: Optional[int] = None   # the seed's pipeline: tf.data shuffle(buffer) order (null: full)
+    drop_last: bool = False                # the seed's pipeline: no partial last training batch
+    same_order: bool = False               # the seed's pipeline: one order for an epoch's pos and neg passes
     eval_on: EvalOn = EvalOn.validation
     eval_every: int = 1
     track_test: bool = False
@@ -349,10 +366,20 @@ class FFRunConfig:
         for key in ("epochs", "readout_epochs"):
             _at_least(getattr(self, key), 0, key)
         _at_least(self.stop_after_epoch, 1, "stop_after_epoch")
+        _at_least(self.shuffle_buffer, 1, "shuffle_buffer")
         if not (math.isfinite(self.max_loss) and self.max_loss > 0):
             raise ConfigError(f"max_loss must be a finite number > 0, got {self.max_loss!r}")
         if self.readout_step == StepChoice.same_step and self.pairing != StepChoice.same_step:
             raise ConfigError("readout_step=same_step trains the readout in the pos+neg step: it needs pairing=same_step")
+        losses = self.model.loss if isinstance(self.model.loss, list) else [self.model.loss]
+        paired = [(i, name) for i, name in enumerate(losses) if name in PAIRED_LOSSES]
+        if paired and self.pairing != StepChoice.same_step:
+            i, name = paired[0]
+            where = f"dense{i + 1}: " if isinstance(self.model.loss, list) else ""
+            raise ConfigError(f"{where}model.loss={name} compares each positive with its aligned negative: it needs "
+                              f"pairing=same_step (and a protocol with aligned pairs: split, wrong_label or hybrid)")
+        if self.pairing == StepChoice.same_step and getattr(self.protocol, "name", None) == ProtocolName.five_digits:
+            raise ConfigError("protocol five_digits has unequal positive and negative sets: use pairing=separate")
 
 
 def register_resolvers() -> None:

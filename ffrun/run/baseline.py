@@ -48,7 +48,7 @@ def train(cfg: DictConfig, spec: FFRunConfig, run_dir: Path, console: Console, o
     model = build_mlp(spec, data.x_train.shape[1], data.num_classes)
     epochs = spec.epochs
     rows: list[dict] = []
-    record = results.started(run_dir, mode="bp", protocol=str(spec.protocol.name), val_set=data.val_set,
+    record = results.started(run_dir, mode="bp", protocol=str(spec.protocol.name), val_set=str(spec.eval_on),
                              primary="bp/acc", epochs_planned=epochs, overrides=overrides)
     csv_out = outputs.MetricsCSV(run_dir / "metrics.csv", COLUMNS)
     best_ckpt = run_dir / "checkpoints" / "best.weights.h5"

@@ -43,7 +43,8 @@ def train(cfg: DictConfig, run_dir: Path, console: Console | None = None,
     total_epochs = sum(e for _, e in run.schedule)
     progress = outputs.RichProgress(console, total_epochs) if console.is_interactive and spec.progress else None
     mgr = TrainMgr(net, None, plan.train + plan.val, batch_size=spec.batch_size, eval_batch_size=spec.eval_batch_size,
-                   seed=spec.seed, shuffle=spec.shuffle, progress=progress, max_loss=spec.max_loss,
+                   seed=spec.seed, shuffle=spec.shuffle, shuffle_buffer=spec.shuffle_buffer,
+                   drop_last=spec.drop_last, same_order=spec.same_order, progress=progress, max_loss=spec.max_loss,
                    lr_multiplier=lr_multiplier(spec.lr_schedule, [n for _, n in run.schedule]))
     mgr.build()
     acc_keys = [f"{n}/acc" for n in net.roles.goodness + net.roles.softmax]
@@ -56,16 +57,7 @@ def train(cfg: DictConfig, run_dir: Path, console: Console | None = None,
     checkpointer = Checkpointer(run_dir / "checkpoints", net.layers, best_weights, keep=spec.checkpoint.keep)
 
     # --- resume: weights, optimizer state and the rows up to the checkpoint -------------------
-    rows: list[dict[str, float]] = []
-    start_epoch, before = 0, {}
-    if resume:
-        before = outputs.read_json(run_dir / "results.json")   # earlier sessions' time and memory
-        start_epoch = checkpointer.restore_latest()
-        if (run_dir / "metrics.csv").exists():
-            rows = [r for r in outputs.read_metrics(run_dir / "metrics.csv") if r["epoch"] <= start_epoch]
-        for row in rows:
-            best.update(row, take_snapshot=False)   # the best weights came back with the checkpoint
-        log.info("resuming %s from epoch %d", run_dir, start_epoch)
+    start_epoch, rows, before = restore(run_dir, checkpointer, best) if resume else (0, [], {})
     track_test = spec.track_test and plan.val_set != "test"
     columns = ["epoch", "stage", "seconds", "samples_per_s"] + \
               [f"{n}/{k}" for n, layer in net.layers.items() for k in layer.metrics] + \
@@ -119,11 +111,10 @@ def train(cfg: DictConfig, run_dir: Path, console: Console | None = None,
     readouts = {k: results.readout(rows, k, best.best[k], track_test) for k in acc_keys}
     if record["status"] == "completed":
         test = mgr.evaluate(plan.test, prefix="test/")
+        test_best = mgr.evaluate(plan.test, prefix="test/") if best_weights.restore() else {}
         for k in acc_keys:
             readouts[k]["test_final"] = test.get(f"test/{k}")
-        if best_weights.restore():
-            test_best = mgr.evaluate(plan.test, prefix="test/")
-            for k in acc_keys:
+            if test_best:
                 readouts[k]["test_at_best"] = test_best.get(f"test/{k}")
     record = results.finished(record, run_dir, rows, readouts, t_start, before)
     if rows:
@@ -131,3 +122,18 @@ def train(cfg: DictConfig, run_dir: Path, console: Console | None = None,
     console.print(outputs.results_table(record))
     log.info("outputs: %s (metrics.csv, results.json, curves.png)", run_dir)
     return record
+
+
+def restore(run_dir: Path, checkpointer: Checkpointer, best: cb.BestEpoch) -> tuple[int, list[dict], dict]:
+    """A resumed run's state: the checkpoint's epoch (weights, optimizer state and best weights are
+    restored into the objects), metrics.csv's rows up to it, and the earlier results.json (its time
+    and peak memory carry over)."""
+    before = outputs.read_json(run_dir / "results.json")
+    start_epoch = checkpointer.restore_latest()
+    rows = []
+    if (run_dir / "metrics.csv").exists():
+        rows = [r for r in outputs.read_metrics(run_dir / "metrics.csv") if r["epoch"] <= start_epoch]
+    for row in rows:
+        best.update(row, take_snapshot=False)   # the best weights came back with the checkpoint
+    log.info("resuming %s from epoch %d", run_dir, start_epoch)
+    return start_epoch, rows, before

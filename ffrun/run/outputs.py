@@ -232,15 +232,16 @@ def plot_curves(rows: Sequence[Mapping[str, float]], path: Path, title: str = ""
     for key in accuracy_keys(rows):
         ax_acc.plot(*series(key), label=key.replace("/acc", ""))
     ax_acc.set(title="readout accuracy (evaluation set)", xlabel="epoch", ylabel="accuracy")
-    layers = sorted({k.split("/")[0] for r in rows for k in r if k.endswith("/loss_pos")})
+    layers = sorted({k.split("/")[0] for r in rows for k in r if k.endswith(("/loss_pos", "/loss_pair"))})
     for i, name in enumerate(layers):
         color = f"C{i}"
-        ax_loss.plot(*series(f"{name}/loss_pos"), color=color, label=f"{name} pos")
-        ax_loss.plot(*series(f"{name}/loss_neg"), color=color, linestyle="--", label=f"{name} neg")
+        for kind, style in (("pos", "-"), ("neg", "--"), ("pair", ":")):   # pair: losses such as symba
+            if any(f"{name}/loss_{kind}" in r for r in rows):
+                ax_loss.plot(*series(f"{name}/loss_{kind}"), color=color, linestyle=style, label=f"{name} {kind}")
         ax_good.plot(*series(f"{name}/goodness_pos"), color=color, label=f"{name} pos")
         ax_good.plot(*series(f"{name}/goodness_neg"), color=color, linestyle="--", label=f"{name} neg")
         ax_sep.plot(*series(f"{name}/separation"), color=color, label=name)
-    ax_loss.set(title="FF training loss (solid: positive, dashed: negative)", xlabel="epoch", yscale="log")
+    ax_loss.set(title="FF training loss (solid: positive, dashed: negative, dotted: pair)", xlabel="epoch", yscale="log")
     ax_good.set(title="mean goodness on evaluation data", xlabel="epoch", yscale="log")
     ax_sep.set(title="pos/neg separation P(G+ > G-)", xlabel="epoch", ylim=(None, 1.0))
     for ax in axes.ravel():

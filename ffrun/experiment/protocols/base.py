@@ -99,16 +99,6 @@ def wrong_labels(y: np.ndarray, num_classes: int, rng: np.random.Generator) -> n
     return ((y + rng.integers(1, num_classes, size=len(y))) % num_classes).astype(np.int32)
 
 
-def neutral(data: FFData) -> FFData:
-    """The same images with the neutral label (-1): for readouts that must not see the true label."""
-    return FFData(data.X, data.y, tf.fill(tf.shape(data.y), -1), positive=True)
-
-
-def wrong_labels(y: np.ndarray, num_classes: int, rng: np.random.Generator) -> np.ndarray:
-    """A label drawn uniformly from the classes other than y (never equal to y)."""
-    return ((y + rng.integers(1, num_classes, size=len(y))) % num_classes).astype(np.int32)
-
-
 def wrong_label_source(x: np.ndarray, y: np.ndarray, num_classes: int, seed: int, stream: int) -> Source:
     """Positives: images with their true label; negatives: the same images with a wrong label."""
     pos = FFData.from_numpy(x, y)
