@@ -263,7 +263,7 @@ def summarize_ff(mode: str, cfg: DictConfig, run: Run, mgr: TrainMgr, warm: floa
 # --------------------------------------------------------------------------------------------
 # evaluation: all labels at once vs plain forward passes
 
-def make_forward_pass(seq: Callable, batch_size: int) -> Callable:
+def make_forward_pass(transform: Callable, batch_size: int) -> Callable:
     """One graph call = one plain forward pass (every layer TRANSFORM) over a dataset.
 
     TrainMgr's own TRANSFORM pass cannot serve as the baseline: nothing consumes its outputs, so
@@ -276,7 +276,7 @@ def make_forward_pass(seq: Callable, batch_size: int) -> Callable:
         total = tf.constant(0.0)
         for i in tf.range((n + batch_size - 1) // batch_size):
             lo, hi = i * batch_size, tf.minimum((i + 1) * batch_size, n)
-            outs = seq(X[lo:hi], y[lo:hi], y[lo:hi])
+            outs = transform(X[lo:hi], y[lo:hi], y[lo:hi])
             total += tf.add_n([tf.reduce_sum(tf.cast(v, tf.float32)) for k, v in outs.items() if k != "input"])
         return total
     return forward
@@ -302,9 +302,7 @@ def bench_eval(run: Run, mgr: TrainMgr, cfg: DictConfig, reps: int) -> dict[str,
     eval_bs = int(cfg.eval_batch_size)
     t_all_labels = time_call(lambda: mgr.run_task(all_labels, frozenset(), 0), reps)
 
-    for layer in run.network.layers.values():
-        layer.set_task(Task.TRANSFORM)      # baked into the forward graph when it is traced
-    forward = make_forward_pass(run.network.seq, eval_bs)
+    forward = make_forward_pass(run.network.transform, eval_bs)   # every layer TRANSFORM while it traces
     t_fwd = time_call(lambda: [forward(data.X, data.y).numpy() for _ in range(c)], reps)
 
     n = len(data)

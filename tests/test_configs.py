@@ -6,7 +6,8 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from ffrun.experiment.build import build_run, expand_inputs
+from ffrun.experiment.build import build_run
+from ffrun.experiment.graph import expand_inputs
 from ffrun.errors import ConfigError
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -93,7 +94,7 @@ def test_readout_wiring_is_declared_in_yaml(cfg_factory):
     net = build_run(cfg).network
     assert [n.inputs for n in net.nodes if n.name == "softmax"] == [("norm1", "dense4")]
     cfg = cfg_factory(["data=digits", "model.readouts.softmax.inputs=[norm9]"])
-    with pytest.raises(ConfigError, match="unknown input"):
+    with pytest.raises(ConfigError, match="model.layers.softmax.inputs: 'norm9' is not a node"):
         build_run(cfg)
 
 

@@ -144,15 +144,95 @@ class BaseFFLayer:
         return [v for m in self.metrics.values() for v in m.variables]
 
 
-class FFDense(BaseFFLayer):
+class FFLocalLayer(BaseFFLayer):
+    """A layer trained by its own FF loss on its goodness: no gradient reaches the layers before
+    it. Holds what every FF layer shares: thresholds, the goodness reduction, the loss (by name,
+    ``ffrun.core.losses.LOSSES``), the metrics, the evaluation, and plain tape steps for the
+    positive, negative and paired passes. FFDense overrides the steps with cheaper exact ones;
+    FFConv2D uses these as they are. Goodness is over every unit of a sample (for a conv map: all
+    positions and channels, per image)."""
+
+    trains_on = frozenset(TRAIN_TASKS)
+
+    def __init__(self, layer: keras.layers.Layer, name: str, optimizer: keras.optimizers.Optimizer | None, *,
+                 th_pos: float, th_neg: float, goodness: str, loss: losses.FFLoss | str, l2: float):
+        if goodness not in losses.GOODNESS_REDUCTIONS:
+            raise ValueError(f"goodness must be one of {losses.GOODNESS_REDUCTIONS}, got {goodness!r}")
+        super().__init__(layer, name, optimizer or keras.optimizers.Adam(1e-4), l2=l2)
+        self.th_pos = float(th_pos)
+        self.th_neg = float(th_neg)
+        self.reduction = goodness
+        self.loss = losses.make_loss(loss) if isinstance(loss, str) else loss
+        self.metrics = {name: keras.metrics.Mean(name=name) for name in self.loss.train_metrics}
+        if not self.loss.needs_pairs:   # evaluation data is not paired: per-polarity losses only
+            self.metrics |= {name: keras.metrics.Mean(name=name) for name in ("val_loss_pos", "val_loss_neg")}
+        self.metrics |= {
+            "goodness_pos": keras.metrics.Mean(name="goodness_pos"),
+            "goodness_neg": keras.metrics.Mean(name="goodness_neg"),
+            "separation": losses.GoodnessSeparation(name="separation"),
+        }
+
+    def _goodness(self, h, y, positive: bool):
+        flat = tf.reshape(h, [tf.shape(h)[0], -1]) if h.shape.rank > 2 else h
+        return losses.goodness(flat, self.reduction)
+
+    def train_pos(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        return self._polar_step(x, y, True)
+
+    def train_neg(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        return self._polar_step(x, y, False)
+
+    def _polar_step(self, x, y, positive: bool):
+        with tf.GradientTape() as tape:
+            h = self.layer(x)
+            g = self._goodness(h, y, positive)
+            loss = self.loss.positive(g, self.th_pos) if positive else self.loss.negative(g, self.th_neg)
+        self._step(tape, loss)
+        self.metrics["loss_pos" if positive else "loss_neg"].update_state(loss)
+        return h
+
+    def train_pair(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        return self._pair_step(x, y, parts=2)
+
+    def train_pair_readout(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        return self._pair_step(x, y, parts=3)
+
+    def _pair_step(self, x, y, parts: int):
+        """One step on [positives; negatives] (parts=2), or [positives; negatives; neutral-label
+        positives] (parts=3: the last third has no FF loss, it only passes on to the readouts)."""
+        n = tf.shape(x)[0] // parts
+        with tf.GradientTape() as tape:
+            h = self.layer(x)
+            g = self._goodness(h, y, True)
+            loss, terms = self.loss.pair(g[:n], g[n:2 * n], self.th_pos, self.th_neg)
+        self._step(tape, loss)
+        for name, value in terms.items():
+            self.metrics[name].update_state(value)
+        return h
+
+    def evaluate(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        h = self.layer(x)
+        g = self._goodness(h, y, self.positive)
+        suffix = "pos" if self.positive else "neg"
+        if not self.loss.needs_pairs:
+            th = self.th_pos if self.positive else self.th_neg
+            loss = (self.loss.positive if self.positive else self.loss.negative)(g, th)
+            self.metrics[f"val_loss_{suffix}"].update_state(loss, sample_weight=tf.cast(tf.shape(g)[0], tf.float32))
+        self.metrics[f"goodness_{suffix}"].update_state(g)
+        # separation is P(a positive scores better than a negative): with the sign-flipped loss a
+        # positive scores better by its LOWER goodness, so the two histograms swap roles
+        self.metrics["separation"].update_state(g, positive=self.positive == self.loss.positive_high)
+        return h
+
+
+
+class FFDense(FFLocalLayer):
     """Dense + ReLU trained by the FF objective on its own goodness.
 
     ``routing`` (classes x units, 0/1) restricts the goodness of a sample to the units its label
     selects; ``neg_routing="complement"`` makes negatives use the other units (unsup splitting).
     ``peer_norm`` > 0 adds Hinton's peer-normalization term on positive activity.
     """
-
-    trains_on = frozenset(TRAIN_TASKS)
 
     def __init__(self, units: int, th_pos: float = 0.1, th_neg: float = 0.1,
                  optimizer: keras.optimizers.Optimizer | None = None, *, name: str = "ffdense",
@@ -162,19 +242,13 @@ class FFDense(BaseFFLayer):
                  peer_init: float = 0.0,
                  l2: float = 0.0, dtype: Any = None, split_gradient: bool = True,
                  loss: losses.FFLoss | str = "threshold"):
-        if goodness not in losses.GOODNESS_REDUCTIONS:
-            raise ValueError(f"goodness must be one of {losses.GOODNESS_REDUCTIONS}, got {goodness!r}")
         if neg_routing not in ("same", "complement"):
             raise ValueError(f"neg_routing must be 'same' or 'complement', got {neg_routing!r}")
         dense = keras.layers.Dense(units, activation=ACTIVATIONS.get(activation, activation),
                                    kernel_initializer=kernel_initializer,
                                    bias_initializer="zeros", name=name, dtype=dtype)
-        super().__init__(dense, name, optimizer or keras.optimizers.Adam(1e-4), l2=l2)
+        super().__init__(dense, name, optimizer, th_pos=th_pos, th_neg=th_neg, goodness=goodness, loss=loss, l2=l2)
         self.units = units
-        self.th_pos = float(th_pos)
-        self.th_neg = float(th_neg)
-        self.reduction = goodness
-        self.loss = losses.make_loss(loss) if isinstance(loss, str) else loss
         self.routing = None if routing is None else tf.constant(routing, tf.float32)
         self.neg_routing = neg_routing
         # Half-split routing (the seed's A/B: a class owns units [0, U/2) or [U/2, U)) lets a step
@@ -184,14 +258,6 @@ class FFDense(BaseFFLayer):
         self.peer_momentum = float(peer_momentum)
         self.running_mean = tf.Variable(tf.fill([units], float(peer_init)), trainable=False, name=f"{name}_peer_mean") \
             if self.peer_norm else None
-        self.metrics = {name: keras.metrics.Mean(name=name) for name in self.loss.train_metrics}
-        if not self.loss.needs_pairs:   # evaluation data is not paired: per-polarity losses only
-            self.metrics |= {name: keras.metrics.Mean(name=name) for name in ("val_loss_pos", "val_loss_neg")}
-        self.metrics |= {
-            "goodness_pos": keras.metrics.Mean(name="goodness_pos"),
-            "goodness_neg": keras.metrics.Mean(name="goodness_neg"),
-            "separation": losses.GoodnessSeparation(name="separation"),
-        }
 
     def _mask(self, y: tf.Tensor, positive: bool) -> tf.Tensor | None:
         if self.routing is None:
@@ -297,12 +363,6 @@ class FFDense(BaseFFLayer):
         x, z = self._forward_z(x)
         return self._step_on_z(x, z, loss_of_h, kernel_grad)
 
-    def train_pair(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
-        return self._pair_step(x, y, parts=2)
-
-    def train_pair_readout(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
-        return self._pair_step(x, y, parts=3)
-
     def _pair_step(self, x, y, parts: int):
         """One step on [positives; negatives] (parts=2), or on [positives; negatives; neutral-label
         positives] (parts=3) where the last third only passes through to the readouts.
@@ -318,33 +378,18 @@ class FFDense(BaseFFLayer):
 
         def loss_of_h(h):
             g = losses.goodness(h, self.reduction, masks)
-            loss, parts = self.loss.pair(g[:n], g[n:2 * n], self.th_pos, self.th_neg)
-            return loss + self._peer_loss(h, n), parts
+            loss, terms = self.loss.pair(g[:n], g[n:2 * n], self.th_pos, self.th_neg)
+            return loss + self._peer_loss(h, n), terms
 
         def kernel_grad(x, dz):   # the neutral rows have no FF loss: their gradient is zero
             return tf.matmul(x[:2 * n], dz[:2 * n], transpose_a=True) if parts > 2 \
                 else tf.matmul(x, dz, transpose_a=True)
 
         x, z = self._forward_z(x)
-        h, parts = self._step_on_z(x, z, loss_of_h, kernel_grad)
-        for name, value in parts.items():
+        h, terms = self._step_on_z(x, z, loss_of_h, kernel_grad)
+        for name, value in terms.items():
             self.metrics[name].update_state(value)
         return h
-
-    def evaluate(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
-        h = self.layer(x)
-        g = self._goodness(h, y, self.positive)
-        suffix = "pos" if self.positive else "neg"
-        if not self.loss.needs_pairs:
-            th = self.th_pos if self.positive else self.th_neg
-            loss = (self.loss.positive if self.positive else self.loss.negative)(g, th)
-            self.metrics[f"val_loss_{suffix}"].update_state(loss, sample_weight=tf.cast(tf.shape(g)[0], tf.float32))
-        self.metrics[f"goodness_{suffix}"].update_state(g)
-        # separation is P(a positive scores better than a negative): with the sign-flipped loss a
-        # positive scores better by its LOWER goodness, so the two histograms swap roles
-        self.metrics["separation"].update_state(g, positive=self.positive == self.loss.positive_high)
-        return h
-
 
 def _half_split(routing: Any) -> tf.Tensor | None:
     """Per class, whether it owns the first half of the units, if ``routing`` (classes x units)
@@ -364,25 +409,77 @@ def _half_split(routing: Any) -> tf.Tensor | None:
     return tf.constant(owns_first)
 
 
+class FFConv2D(FFLocalLayer):
+    """Conv2D + ReLU trained by its own FF loss on the goodness of its whole output map: per image,
+    the sum or mean of the squared activities over every position and channel (Hinton 2022,
+    sec. 6, trains his locally connected nets on per-layer goodness over all units; CwComp,
+    Papachristodoulou et al. 2024, averages squared activities over positions). Input and output
+    are images (N, H, W, C)."""
+
+    def __init__(self, filters: int, kernel_size: int = 3, strides: int = 1, padding: str = "same",
+                 th_pos: float = 1.0, th_neg: float | None = None,
+                 optimizer: keras.optimizers.Optimizer | None = None, *, name: str = "ffconv",
+                 goodness: str = "mean", activation: str = "relu", kernel_initializer: Any = "glorot_uniform",
+                 loss: losses.FFLoss | str = "threshold", l2: float = 0.0, dtype: Any = None):
+        if padding not in ("same", "valid"):
+            raise ValueError(f"padding must be 'same' or 'valid', got {padding!r}")
+        for key, value in (("filters", filters), ("kernel_size", kernel_size), ("strides", strides)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{key} must be an integer >= 1, got {value!r}")
+        conv = keras.layers.Conv2D(filters, kernel_size, strides=strides, padding=padding,
+                                   activation=ACTIVATIONS.get(activation, activation),
+                                   kernel_initializer=kernel_initializer, name=name, dtype=dtype)
+        super().__init__(conv, name, optimizer, th_pos=th_pos, th_neg=th_pos if th_neg is None else th_neg,
+                         goodness=goodness, loss=loss, l2=l2)
+        self.filters = filters
+
+
+class FFPool(BaseFFLayer):
+    """Max or average pooling of an image (N, H, W, C); no weights, no loss."""
+
+    def __init__(self, kind: str = "max", pool_size: int = 2, *, name: str = "pool"):
+        pools = {"max": keras.layers.MaxPooling2D, "avg": keras.layers.AveragePooling2D}
+        if kind not in pools:
+            raise ValueError(f"pool kind must be one of {sorted(pools)}, got {kind!r}")
+        super().__init__(pools[kind](pool_size, name=name), name)
+
+
+class FFFlatten(BaseFFLayer):
+    """(N, H, W, C) -> (N, H*W*C), for the dense layers and readouts after a conv block."""
+
+    def __init__(self, *, name: str = "flatten"):
+        super().__init__(None, name)
+
+    def transform(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        return tf.reshape(x, [tf.shape(x)[0], -1])
+
+
 class FFPreNorm(BaseFFLayer):
     """Divides each sample by its length, so the next layer cannot read this layer's goodness.
 
     ``kind="l2"``: x / (||x|| + eps) (the seed); ``kind="rms"``: x / (sqrt(mean x^2) + eps) (the paper).
+    For an image (N, H, W, C), ``scope="channels"`` normalizes the channel vector at each position,
+    ``scope="map"`` the whole map of a sample (what a flat layer's norm is to its units).
     """
 
     KINDS = ("l2", "rms")
+    SCOPES = ("channels", "map")
 
-    def __init__(self, kind: str = "l2", eps: float = 1e-7, *, name: str = "prenorm"):
+    def __init__(self, kind: str = "l2", eps: float = 1e-7, *, name: str = "prenorm", scope: str = "channels"):
         if kind not in self.KINDS:
             raise ValueError(f"norm must be one of {self.KINDS}, got {kind!r}")
+        if scope not in self.SCOPES:
+            raise ValueError(f"prenorm scope must be one of {self.SCOPES}, got {scope!r}")
         super().__init__(None, name)
         self.kind = kind
         self.eps = eps
+        self.scope = scope
 
     def transform(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
         x = tf.cast(x, tf.float32)
-        sq = tf.reduce_sum(tf.square(x), -1, keepdims=True) if self.kind == "l2" \
-            else tf.reduce_mean(tf.square(x), -1, keepdims=True)
+        axes = -1 if self.scope == "channels" or x.shape.rank <= 2 else list(range(1, x.shape.rank))
+        sq = tf.reduce_sum(tf.square(x), axes, keepdims=True) if self.kind == "l2" \
+            else tf.reduce_mean(tf.square(x), axes, keepdims=True)
         return x / (tf.sqrt(sq) + self.eps)
 
 
@@ -391,12 +488,16 @@ class FFOverlay(BaseFFLayer):
 
     ``mode="add"`` (the seed): +value at pixel index y of the flattened image.
     ``mode="replace"`` (the paper): the first ``num_classes`` pixels become one-hot(y) * value.
-    A label of -1 is the neutral label: 1/num_classes in each of the first ``num_classes`` pixels.
+    ``mode="channels"`` (for conv nets): ``num_classes`` label planes appended to an image
+    (N, H, W, C) -> (N, H, W, C + num_classes), one-hot(y) * value at every position: the label is
+    seen by every receptive field, where a pixel would reach only the few that cover it.
+    A label of -1 is the neutral label: 1/num_classes in each of the ``num_classes`` places.
+    ``add`` and ``replace`` on an image act on its flattened pixels (H, W, C order).
     Under EVAL_ALL_LABELS each sample is replicated once per class, sample-major (rows i*C..i*C+C-1 are
     sample i with labels 0..C-1).
     """
 
-    MODES = ("add", "replace")
+    MODES = ("add", "replace", "channels")
 
     def __init__(self, num_classes: int, mode: str = "add", value: float = 1.0, *, name: str = "overlay"):
         if mode not in self.MODES:
@@ -412,6 +513,13 @@ class FFOverlay(BaseFFLayer):
         y = tf.cast(y, tf.int32)
         neutral = tf.cast(tf.equal(y, -1), x.dtype)[:, None]
         onehot = tf.one_hot(y, c, dtype=x.dtype) * self.value + neutral * (1.0 / c)
+        if self.mode == "channels":
+            if x.shape.rank != 4:
+                raise ValueError(f"overlay mode 'channels' needs images (N, H, W, C), got rank {x.shape.rank}")
+            planes = tf.broadcast_to(onehot[:, None, None, :], tf.concat([tf.shape(x)[:3], [c]], 0))
+            return tf.concat([x, planes], axis=-1)
+        if x.shape.rank > 2:   # an image: write into its flattened pixels, then give the shape back
+            return tf.reshape(self.overlay(tf.reshape(x, [tf.shape(x)[0], -1]), y), tf.shape(x))
         if self.mode == "replace":
             return tf.concat([onehot, x[:, c:]], axis=1)
         pad = tf.zeros([tf.shape(x)[0], tf.shape(x)[1] - c], x.dtype)
@@ -439,6 +547,7 @@ class FFGoodness(BaseFFLayer):
         self.metrics = {"acc": keras.metrics.Accuracy(name="acc")}
 
     def predict_all_labels(self, x: tf.Tensor) -> tf.Tensor:
+        x = tf.reshape(x, [tf.shape(x)[0], -1]) if x.shape.rank > 2 else x   # a conv map: all of it
         g = tf.reshape(losses.goodness(x, "sum"), [-1, self.num_classes])
         return tf.argmax(-g if self.lowest else g, axis=1, output_type=tf.int32)
 
@@ -468,6 +577,7 @@ class FFSoftmax(BaseFFLayer):
         }
 
     def logits(self, x: tf.Tensor) -> tf.Tensor:
+        x = tf.reshape(x, [tf.shape(x)[0], -1]) if x.shape.rank > 2 else x   # a conv map: all of it
         return tf.cast(self.layer(tf.stop_gradient(x)), tf.float32)
 
     def train_pos(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:

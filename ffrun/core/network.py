@@ -33,13 +33,20 @@ class Roles:
     supervised: bool = False         # the label is overlaid on the input
 
 
-def make_sequence(layers: Mapping[str, BaseFFLayer], nodes: list[Node]) -> SeqFn:
-    """The sequence function ``seq(X, y, y_ff)`` that runs the nodes in order; returns all outputs."""
+def _flat(t: tf.Tensor) -> tf.Tensor:
+    return tf.reshape(t, [tf.shape(t)[0], -1]) if t.shape.rank > 2 else t
+
+
+def make_sequence(layers: Mapping[str, BaseFFLayer], nodes: list[Node],
+                  image_shape: tuple[int, int, int] | None = None) -> SeqFn:
+    """The sequence function ``seq(X, y, y_ff)`` that runs the nodes in order; returns all outputs.
+    Data stays flat (N, D) in memory; with ``image_shape`` (H, W, C) the input node is the image
+    (a reshape, free). A node with several inputs gets them flattened and concatenated."""
     def seq(X, y, y_ff):
-        outs = {"input": X}
+        outs = {"input": X if image_shape is None else tf.reshape(X, [-1, *image_shape])}
         for node in nodes:
             xs = [outs[i] for i in node.inputs]
-            x = xs[0] if len(xs) == 1 else tf.concat([tf.cast(t, tf.float32) for t in xs], axis=-1)
+            x = xs[0] if len(xs) == 1 else tf.concat([_flat(tf.cast(t, tf.float32)) for t in xs], axis=-1)
             outs[node.name] = layers[node.name].ff_do_task(x, y_ff if node.label == "ff" else y)
         return outs
     return seq

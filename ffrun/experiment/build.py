@@ -8,21 +8,19 @@ readouts the config declares with their inputs by name, so the wiring lives in Y
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import keras
 import numpy as np
 from omegaconf import DictConfig, ListConfig
 
-from ffrun.core.layers import BaseFFLayer, FFDense, FFGoodness, FFOverlay, FFPreNorm, FFSoftmax
-from ffrun.core.losses import make_loss
-from ffrun.core.network import Network, Node, Roles, make_sequence
+from ffrun.core.network import Network
 from ffrun.core.optimizers import FUSED
 from ffrun.errors import ConfigError
 from ffrun.experiment import protocols
 from ffrun.experiment.datasets import ImageSplits, load_splits
+from ffrun.experiment.graph import Context, build_graph, generate_mlp
 from ffrun.experiment.protocols import Plan
 from ffrun.experiment.schema import DataConfig, FFRunConfig, ModelConfig, typed
 
@@ -34,20 +32,6 @@ def per_layer(value: Any, n: int, key: str) -> list:
             raise ConfigError(f"{key} has {len(value)} values but the model has {n} FF layers")
         return list(value)
     return [value] * n
-
-
-def expand_inputs(inputs: Sequence[str], n_layers: int) -> list[str]:
-    """``norm2..`` stands for norm2, norm3, ..., normN (the last layer alone if N < 2), so readout
-    wiring survives a change of ``num_layers``."""
-    out = []
-    for name in inputs:
-        m = re.fullmatch(r"([a-z_]+)(\d+)\.\.", str(name))
-        if m:
-            first = min(int(m[2]), n_layers)
-            out += [f"{m[1]}{i}" for i in range(first, n_layers + 1)]
-        else:
-            out.append(str(name))
-    return out
 
 
 def make_optimizer(spec: Any, key: str) -> keras.optimizers.Optimizer:
@@ -74,66 +58,20 @@ def make_initializer(spec: Any) -> Any:
 
 
 def build_network(model: ModelConfig, num_classes: int, supervised: bool,
-                  routing: list[np.ndarray] | None = None, neg_routing: str = "same") -> Network:
-    """Build the layers dict and the sequence from the typed ``model`` config."""
-    n_layers = model.num_layers
-    units = per_layer(model.units, n_layers, "units")
-    th_pos = per_layer(model.th_pos, n_layers, "model.th_pos")
-    th_neg = per_layer(model.th_neg if model.th_neg is not None else model.th_pos, n_layers, "model.th_neg")
-    loss_names = per_layer(model.loss, n_layers, "model.loss")
-    dtype = "mixed_bfloat16" if model.precision == "bf16" else None
-    layers: dict[str, BaseFFLayer] = {}
-    nodes: list[Node] = []
-
-    def add(layer: BaseFFLayer, inputs, label="ff"):
-        layers[layer.name] = layer
-        nodes.append(Node(layer.name, tuple(inputs), label))
-        return layer.name
-
-    prev = "input"
-    if supervised:
-        prev = add(FFOverlay(num_classes, mode=model.overlay.mode, value=model.overlay.value, name="overlay"), [prev])
-    if model.input_norm != "none":
-        prev = add(FFPreNorm(model.input_norm, name="norm0"), [prev])
-    ff_names = []
-    for i in range(n_layers):
-        name = f"dense{i + 1}"
-        ff_names.append(add(FFDense(
-            units[i], th_pos[i], th_neg[i], make_optimizer(model.optimizer, "model.optimizer"), name=name,
-            goodness=model.goodness, activation=model.activation,
-            kernel_initializer=make_initializer(model.init), routing=None if routing is None else routing[i],
-            neg_routing=neg_routing, peer_norm=model.peer_norm, peer_init=model.peer_init,
-            l2=model.weight_decay, dtype=dtype, split_gradient=model.split_gradient,
-            loss=make_loss(loss_names[i], alpha=model.symba_alpha) if loss_names[i] == "symba" else loss_names[i]),
-            [prev]))
-        prev = add(FFPreNorm(model.norm, name=f"norm{i + 1}"), [name]) if model.norm != "none" else name
-
-    softmax_names, goodness_names = [], []
-    for rname, spec in model.readouts.items():
-        inputs = expand_inputs(spec.inputs, n_layers)
-        unknown = [i for i in inputs if i not in layers and i != "input"]
-        if unknown:
-            raise ConfigError(f"readout {rname}: unknown input(s) {unknown}; nodes are {['input', *layers]}")
-        if spec.type == "softmax":
-            add(FFSoftmax(num_classes, make_optimizer(spec.optimizer, f"model.readouts.{rname}.optimizer"),
-                          name=rname, use_bias=spec.use_bias, kernel_initializer=make_initializer(spec.init),
-                          l2=spec.weight_decay, dtype=dtype), inputs, label="true")
-            softmax_names.append(rname)
-        else:
-            if not supervised:
-                raise ConfigError(f"readout {rname}: a goodness readout needs the label overlaid (mode=sup)")
-            # the label whose overlay scores best: the largest goodness, or the smallest when the
-            # layers it sums were trained with the sign-flipped loss
-            high = {layers[i].loss.positive_high for i in inputs if isinstance(layers.get(i), FFDense)}
-            if len(high) > 1:
-                raise ConfigError(f"readout {rname}: its inputs mix losses that point goodness opposite ways "
-                                  f"(flipped and not); sum layers of one orientation")
-            add(FFGoodness(num_classes, name=rname, lowest=high == {False}), inputs, label="true")
-            goodness_names.append(rname)
-    if not softmax_names and not goodness_names:
-        raise ConfigError("the model declares no readout (model.readouts)")
-    roles = Roles(tuple(ff_names), tuple(softmax_names), tuple(goodness_names), supervised)
-    return Network(layers, make_sequence(layers, nodes), nodes, roles)
+                  routing: list[np.ndarray] | None = None, neg_routing: str = "same",
+                  image_shape: tuple[int, int, int] = (0, 0, 0)) -> Network:
+    """The network of the typed ``model`` config: its declared graph (``model.layers``), or the
+    MLP generated from ``num_layers`` / ``units`` as the same kind of node list."""
+    nodes = model.layers
+    if nodes is None:
+        n = model.num_layers
+        th_pos = per_layer(model.th_pos, n, "model.th_pos")
+        th_neg = per_layer(model.th_neg if model.th_neg is not None else model.th_pos, n, "model.th_neg")
+        nodes = generate_mlp(model, supervised, per_layer(model.units, n, "units"), th_pos, th_neg,
+                             per_layer(model.loss, n, "model.loss"))
+    ctx = Context(model, num_classes, supervised, "mixed_bfloat16" if model.precision == "bf16" else None,
+                  make_optimizer, make_initializer)
+    return build_graph(nodes, ctx, image_shape, routing, neg_routing)
 
 
 @dataclass
@@ -174,8 +112,13 @@ def build_run(cfg: DictConfig | FFRunConfig, keep_splits: bool = False) -> Run:
     splits = load_data(spec.data)
     supervised = spec.mode.name == "sup"
     protocol = protocols.make(spec.protocol, splits, supervised=supervised, seed=spec.seed)
-    routing, neg_routing = protocol.routing(per_layer(spec.model.units, spec.model.num_layers, "units"))
-    network = build_network(spec.model, protocol.num_classes, supervised, routing, neg_routing)
+    if spec.model.layers is None:
+        dense_units = per_layer(spec.model.units, spec.model.num_layers, "units")
+    else:   # a declared graph: the dense nodes in order
+        dense_units = [node.get("units") for node in spec.model.layers.values() if node.get("type") == "dense"]
+    routing, neg_routing = protocol.routing(dense_units)
+    network = build_network(spec.model, protocol.num_classes, supervised, routing, neg_routing,
+                            (*splits.image_shape, splits.channels))
     plan = protocols.make_plan(protocol, network.roles, eval_on=spec.eval_on, pairing=spec.pairing,
                                readout_step=spec.readout_step, readout_probs=network.readout_probs)
     return Run(splits.name, splits if keep_splits else None, network, plan, build_schedule(spec.schedule))

@@ -208,6 +208,80 @@ class ReadoutConfig:
         return spec
 
 
+# --- declared networks (model.layers): what each node type takes, checked without building ----
+FLAT, IMAGE = "flat", "image"
+
+
+@dataclass(frozen=True)
+class NodeType:
+    """A layer type's keys (required first), the shape it takes and gives (FLAT, IMAGE; takes None:
+    either; gives "same": what it is fed), and the label it sees ("ff": the label the FF layers see,
+    "true": the true label, for readouts). ffrun/experiment/graph.py builds each type's layer."""
+
+    required: tuple[str, ...]
+    optional: tuple[str, ...]
+    takes: str | None
+    gives: str
+    label: str = "ff"
+
+
+NODE_TYPES: dict[str, NodeType] = {
+    "dense": NodeType(("units",), ("th_pos", "th_neg", "activation", "goodness", "loss", "optimizer", "init",
+                                   "peer_norm", "peer_init", "weight_decay"), FLAT, FLAT),
+    "conv2d": NodeType(("filters",), ("kernel_size", "strides", "padding", "th_pos", "th_neg", "activation",
+                                      "goodness", "loss", "optimizer", "init", "weight_decay"), IMAGE, IMAGE),
+    "pool": NodeType((), ("kind", "size"), IMAGE, IMAGE),
+    "flatten": NodeType((), (), None, FLAT),
+    "prenorm": NodeType((), ("kind", "scope"), None, "same"),
+    "overlay": NodeType((), ("mode", "value"), None, "same"),
+    "softmax": NodeType((), ("optimizer", "use_bias", "init", "weight_decay"), None, FLAT, "true"),
+    "goodness": NodeType((), (), None, FLAT, "true"),
+}
+
+
+def check_graph(nodes: dict[str, Any]) -> bool:
+    """Check every node's type, keys and inputs, and the shapes between them, without building
+    anything (the CLI runs it before a run folder is made). The data is an image (H, W, C) when a
+    conv or pool node is in the graph, else a flat vector. Returns whether it is. Errors name the
+    node and the key."""
+    convolutional = any(isinstance(s, dict) and s.get("type") in ("conv2d", "pool") for s in nodes.values())
+    kinds = {"input": IMAGE if convolutional else FLAT}
+    for name, spec in nodes.items():
+        where = f"model.layers.{name}"
+        if name == "input":
+            raise ConfigError(f"{where}: 'input' is the data; give the node another name")
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{where} must be a mapping with type and inputs, got {spec!r}")
+        ntype = NODE_TYPES.get(spec.get("type"))
+        if ntype is None:
+            raise ConfigError(f"{where}.type: unknown layer type {spec.get('type')!r}; types are {', '.join(NODE_TYPES)}")
+        unknown = sorted(set(spec) - {"type", "inputs", "routing", "neg_routing"} - set(ntype.required) - set(ntype.optional))
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {unknown} for type {spec['type']}; its keys are "
+                              f"{list(ntype.required + ntype.optional)}")
+        missing = [k for k in ntype.required if k not in spec]
+        if missing:
+            raise ConfigError(f"{where}.{missing[0]} is required for type {spec['type']}")
+        inputs = spec.get("inputs")
+        if not inputs or not isinstance(inputs, list):
+            raise ConfigError(f"{where}.inputs must list at least one node (or input, the data)")
+        for i in inputs:
+            if i not in kinds:
+                raise ConfigError(f"{where}.inputs: {i!r} " + (
+                    "comes later: nodes run in the order they are declared, so an input must come first "
+                    "(a cycle cannot run)" if i in nodes else f"is not a node; nodes so far are {list(kinds)}"))
+        fed = kinds[inputs[0]] if len(inputs) == 1 else FLAT    # several inputs are flattened and joined
+        if ntype.takes is not None and fed != ntype.takes:
+            fix = "put a flatten node before it" if ntype.takes == FLAT else \
+                "conv and pool layers need images: feed them the input (kept as H x W x C) or a conv/pool node"
+            what = "an image" if fed == IMAGE else "a flat vector"
+            raise ConfigError(f"{where}: a {spec['type']} layer is fed {what} ({', '.join(inputs)}); {fix}")
+        if spec["type"] == "overlay" and spec.get("mode") == "channels" and fed != IMAGE:
+            raise ConfigError(f"{where}.mode: 'channels' adds label planes to an image; it is fed a flat vector")
+        kinds[name] = fed if ntype.gives == "same" else ntype.gives
+    return convolutional
+
+
 @dataclass
 class ModelConfig:
     num_layers: int = 4
@@ -231,6 +305,9 @@ class ModelConfig:
     # a mapping name -> readout (or null to drop one); parsed into ReadoutConfig below, not typed
     # here, so that a readout can also be added from the command line (+model.readouts.x={...})
     readouts: Dict[str, Any] = field(default_factory=dict)
+    # a declared network (ffrun/experiment/graph.py): an ordered mapping node -> {type, inputs, ...};
+    # null: the MLP generated from num_layers / units with the readouts above
+    layers: Optional[Dict[str, Any]] = None
 
     def __post_init__(self) -> None:
         _at_least(self.num_layers, 1, "num_layers")
@@ -250,6 +327,8 @@ class ModelConfig:
         _finite(self.peer_init, "model.peer_init")
         self.readouts = {name: ReadoutConfig.parse(spec, f"model.readouts.{name}")
                          for name, spec in self.readouts.items() if spec is not None}
+        if self.layers is not None:
+            check_graph(self.layers)
 
 
 @dataclass
@@ -371,11 +450,20 @@ class FFRunConfig:
             raise ConfigError(f"max_loss must be a finite number > 0, got {self.max_loss!r}")
         if self.readout_step == StepChoice.same_step and self.pairing != StepChoice.same_step:
             raise ConfigError("readout_step=same_step trains the readout in the pos+neg step: it needs pairing=same_step")
-        losses = self.model.loss if isinstance(self.model.loss, list) else [self.model.loss]
-        paired = [(i, name) for i, name in enumerate(losses) if name in PAIRED_LOSSES]
+        if self.model.layers is not None:
+            losses = {name: node.get("loss", "threshold") for name, node in self.model.layers.items()
+                      if isinstance(node, dict)}
+        else:
+            losses = self.model.loss if isinstance(self.model.loss, list) else [self.model.loss]
+            losses = {(f"dense{i + 1}" if isinstance(self.model.loss, list) else ""): n for i, n in enumerate(losses)}
+        unknown = [(node, name) for node, name in losses.items() if name not in LOSS_NAMES]
+        if unknown:
+            raise ConfigError(f"model.layers.{unknown[0][0]}.loss must be one of {', '.join(LOSS_NAMES)}, "
+                              f"got {unknown[0][1]!r}")
+        paired = [(node, name) for node, name in losses.items() if name in PAIRED_LOSSES]
         if paired and self.pairing != StepChoice.same_step:
-            i, name = paired[0]
-            where = f"dense{i + 1}: " if isinstance(self.model.loss, list) else ""
+            node, name = paired[0]
+            where = f"{node}: " if node else ""
             raise ConfigError(f"{where}model.loss={name} compares each positive with its aligned negative: it needs "
                               f"pairing=same_step (and a protocol with aligned pairs: split, wrong_label or hybrid)")
         if self.pairing == StepChoice.same_step and getattr(self.protocol, "name", None) == ProtocolName.five_digits:
