@@ -96,7 +96,7 @@ def evaluate_run(run_dir: Path, console: Console, best: bool = False) -> dict[st
         raise CheckpointError(f"{run_dir} has no best-epoch weights in its checkpoint")
     metrics = {**mgr.evaluate(plan.val, prefix="val/"), **mgr.evaluate(plan.test, prefix="test/")}
 
-    readouts = list(net.roles.goodness + net.roles.softmax)
+    readouts = list(net.roles.readouts)
     test_pos = next(e.data for e in plan.test if e.task in (Task.EVAL, Task.EVAL_ALL_LABELS) and
                     not callable(e.data) and e.data.positive)
     y_true = test_pos.y.numpy()

@@ -155,7 +155,8 @@ class FFLocalLayer(BaseFFLayer):
     trains_on = frozenset(TRAIN_TASKS)
 
     def __init__(self, layer: keras.layers.Layer, name: str, optimizer: keras.optimizers.Optimizer | None, *,
-                 th_pos: float, th_neg: float, goodness: str, loss: losses.FFLoss | str, l2: float):
+                 th_pos: float, th_neg: float, goodness: str, loss: losses.FFLoss | str, l2: float,
+                 num_classes: int | None = None, units: int | None = None):
         if goodness not in losses.GOODNESS_REDUCTIONS:
             raise ValueError(f"goodness must be one of {losses.GOODNESS_REDUCTIONS}, got {goodness!r}")
         super().__init__(layer, name, optimizer or keras.optimizers.Adam(1e-4), l2=l2)
@@ -163,6 +164,17 @@ class FFLocalLayer(BaseFFLayer):
         self.th_neg = float(th_neg)
         self.reduction = goodness
         self.loss = losses.make_loss(loss) if isinstance(loss, str) else loss
+        self.num_classes = num_classes
+        if self.loss.competitive:   # one group of units per class: trained on labels, no negatives
+            if num_classes is None or num_classes < 2:
+                raise ValueError(f"loss {self.loss.name!r} needs num_classes >= 2, got {num_classes!r}")
+            if units is not None and units % num_classes:
+                raise ValueError(f"loss {self.loss.name!r} splits the units into one group per class: "
+                                 f"{units} is not divisible by {num_classes} classes")
+            self.trains_on = frozenset({Task.TRAIN_POS})
+            self.metrics = {k: keras.metrics.Mean(name=k) for k in ("loss", "val_loss")}
+            self.metrics["acc"] = keras.metrics.Accuracy(name="acc")
+            return
         self.metrics = {name: keras.metrics.Mean(name=name) for name in self.loss.train_metrics}
         if not self.loss.needs_pairs:   # evaluation data is not paired: per-polarity losses only
             self.metrics |= {name: keras.metrics.Mean(name=name) for name in ("val_loss_pos", "val_loss_neg")}
@@ -177,14 +189,33 @@ class FFLocalLayer(BaseFFLayer):
         return losses.goodness(flat, self.reduction)
 
     def train_pos(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        if self.loss.competitive:
+            return self._class_step(x, y)
         return self._polar_step(x, y, True)
 
     def train_neg(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
         return self._polar_step(x, y, False)
 
+    def _class_step(self, x, y):
+        """One step of a class-goodness loss (CwComp): every image is a positive of its label."""
+        with tf.GradientTape() as tape:
+            h = self.layer(x, training=True)
+            loss = self.loss.classes(losses.class_goodness(h, self.num_classes), y, self.th_pos)
+        self._step(tape, loss)
+        self.metrics["loss"].update_state(loss)
+        return h
+
+    def _evaluate_classes(self, x, y):
+        h = self.layer(x)
+        g = losses.class_goodness(h, self.num_classes)
+        n = tf.cast(tf.shape(g)[0], tf.float32)
+        self.metrics["val_loss"].update_state(self.loss.classes(g, y, self.th_pos), sample_weight=n)
+        self.metrics["acc"].update_state(tf.cast(y, tf.int32), tf.argmax(g, axis=1, output_type=tf.int32))
+        return h
+
     def _polar_step(self, x, y, positive: bool):
         with tf.GradientTape() as tape:
-            h = self.layer(x)
+            h = self.layer(x, training=True)
             g = self._goodness(h, y, positive)
             loss = self.loss.positive(g, self.th_pos) if positive else self.loss.negative(g, self.th_neg)
         self._step(tape, loss)
@@ -202,7 +233,7 @@ class FFLocalLayer(BaseFFLayer):
         positives] (parts=3: the last third has no FF loss, it only passes on to the readouts)."""
         n = tf.shape(x)[0] // parts
         with tf.GradientTape() as tape:
-            h = self.layer(x)
+            h = self.layer(x, training=True)
             g = self._goodness(h, y, True)
             loss, terms = self.loss.pair(g[:n], g[n:2 * n], self.th_pos, self.th_neg)
         self._step(tape, loss)
@@ -211,6 +242,8 @@ class FFLocalLayer(BaseFFLayer):
         return h
 
     def evaluate(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        if self.loss.competitive:
+            return self._evaluate_classes(x, y)
         h = self.layer(x)
         g = self._goodness(h, y, self.positive)
         suffix = "pos" if self.positive else "neg"
@@ -241,13 +274,14 @@ class FFDense(FFLocalLayer):
                  neg_routing: str = "same", peer_norm: float = 0.0, peer_momentum: float = 0.9,
                  peer_init: float = 0.0,
                  l2: float = 0.0, dtype: Any = None, split_gradient: bool = True,
-                 loss: losses.FFLoss | str = "threshold"):
+                 loss: losses.FFLoss | str = "threshold", num_classes: int | None = None):
         if neg_routing not in ("same", "complement"):
             raise ValueError(f"neg_routing must be 'same' or 'complement', got {neg_routing!r}")
         dense = keras.layers.Dense(units, activation=ACTIVATIONS.get(activation, activation),
                                    kernel_initializer=kernel_initializer,
                                    bias_initializer="zeros", name=name, dtype=dtype)
-        super().__init__(dense, name, optimizer, th_pos=th_pos, th_neg=th_neg, goodness=goodness, loss=loss, l2=l2)
+        super().__init__(dense, name, optimizer, th_pos=th_pos, th_neg=th_neg, goodness=goodness, loss=loss, l2=l2,
+                         num_classes=num_classes, units=units)
         self.units = units
         self.routing = None if routing is None else tf.constant(routing, tf.float32)
         self.neg_routing = neg_routing
@@ -290,6 +324,8 @@ class FFDense(FFLocalLayer):
         return self.peer_norm * losses.peer_normalization_loss(running)
 
     def train_pos(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        if self.loss.competitive:
+            return self._class_step(x, y)
         if self.owns_first_half is not None and not self.peer_norm:
             h, loss = self._half_split_step(x, y, True)
         else:
@@ -409,28 +445,65 @@ def _half_split(routing: Any) -> tf.Tensor | None:
     return tf.constant(owns_first)
 
 
+class GroupedConv2D(keras.layers.Conv2D):
+    """Keras' Conv2D with ``groups`` > 1 (the same kernel layout and results), computed as one
+    convolution per group. TensorFlow's own grouped kernel is pathological on CPU: at CwComp's
+    240 -> 480 channels, 14 x 14, groups 10, batch 128 it measured 351 ms forward and 27.6 s
+    forward + kernel gradient, against 165 ms and 0.40 s split per group (this machine, 2026-11-30,
+    with other jobs sharing the cores; the outputs are identical)."""
+
+    def convolution_op(self, inputs, kernel):
+        groups = self.groups
+        parts = zip(tf.split(inputs, groups, axis=-1), tf.split(kernel, groups, axis=-1))
+        return tf.concat([tf.nn.conv2d(x, k, self.strides, self.padding.upper(), dilations=self.dilation_rate)
+                          for x, k in parts], axis=-1)
+
+
 class FFConv2D(FFLocalLayer):
     """Conv2D + ReLU trained by its own FF loss on the goodness of its whole output map: per image,
     the sum or mean of the squared activities over every position and channel (Hinton 2022,
     sec. 6, trains his locally connected nets on per-layer goodness over all units; CwComp,
     Papachristodoulou et al. 2024, averages squared activities over positions). Input and output
-    are images (N, H, W, C)."""
+    are images (N, H, W, C).
+
+    CwComp's block is also this layer: ``groups`` (a grouped convolution; with a class loss and
+    ``groups`` = the number of classes, class k's channels see only class k's channels of the layer
+    before), ``pool`` (max pooling of that size after the ReLU) and ``batchnorm`` (after the pool),
+    all inside the layer because the loss reads the block's final output (CwComp: conv -> ReLU ->
+    pool -> BatchNorm, goodness on the normalized map)."""
 
     def __init__(self, filters: int, kernel_size: int = 3, strides: int = 1, padding: str = "same",
                  th_pos: float = 1.0, th_neg: float | None = None,
                  optimizer: keras.optimizers.Optimizer | None = None, *, name: str = "ffconv",
                  goodness: str = "mean", activation: str = "relu", kernel_initializer: Any = "glorot_uniform",
-                 loss: losses.FFLoss | str = "threshold", l2: float = 0.0, dtype: Any = None):
+                 loss: losses.FFLoss | str = "threshold", l2: float = 0.0, dtype: Any = None,
+                 groups: int = 1, pool: int = 0, batchnorm: bool = False, num_classes: int | None = None):
         if padding not in ("same", "valid"):
             raise ValueError(f"padding must be 'same' or 'valid', got {padding!r}")
-        for key, value in (("filters", filters), ("kernel_size", kernel_size), ("strides", strides)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{key} must be an integer >= 1, got {value!r}")
-        conv = keras.layers.Conv2D(filters, kernel_size, strides=strides, padding=padding,
+        for key, value, low in (("filters", filters, 1), ("kernel_size", kernel_size, 1), ("strides", strides, 1),
+                                ("groups", groups, 1), ("pool", pool, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{key} must be an integer >= {low}, got {value!r}")
+        if filters % groups:
+            raise ValueError(f"filters ({filters}) must be divisible by groups ({groups})")
+        if not isinstance(batchnorm, bool):
+            raise ValueError(f"batchnorm must be true or false, got {batchnorm!r}")
+        conv = (GroupedConv2D if groups > 1 else keras.layers.Conv2D)(
+                                   filters, kernel_size, strides=strides, padding=padding, groups=groups,
                                    activation=ACTIVATIONS.get(activation, activation),
                                    kernel_initializer=kernel_initializer, name=name, dtype=dtype)
-        super().__init__(conv, name, optimizer, th_pos=th_pos, th_neg=th_pos if th_neg is None else th_neg,
-                         goodness=goodness, loss=loss, l2=l2)
+        block = [conv]
+        if pool:
+            block.append(keras.layers.MaxPooling2D(pool, name=f"{name}_pool", dtype=dtype))
+        if batchnorm:
+            # PyTorch's BatchNorm2d as CwComp sets it (momentum 0.1 there is 0.9 in Keras' convention;
+            # eps 1e-4). Batch statistics in training steps, running statistics otherwise.
+            block.append(keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-4, name=f"{name}_bn", dtype=dtype))
+        layer = conv if len(block) == 1 else keras.Sequential(block, name=f"{name}_block")
+        super().__init__(layer, name, optimizer, th_pos=th_pos, th_neg=th_pos if th_neg is None else th_neg,
+                         goodness=goodness, loss=loss, l2=l2, num_classes=num_classes, units=filters)
+        if groups > 1 and self.loss.competitive and groups % self.num_classes and self.num_classes % groups:
+            raise ValueError(f"groups ({groups}) do not line up with the {self.num_classes} class groups")
         self.filters = filters
 
 
@@ -554,6 +627,30 @@ class FFGoodness(BaseFFLayer):
     def evaluate_all_labels(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
         self.metrics["acc"].update_state(tf.cast(y, tf.int32), self.predict_all_labels(x))
         return x
+
+
+class FFClassGoodness(BaseFFLayer):
+    """CwComp's goodness predictor: the label whose group of units has the largest class goodness
+    (``losses.class_goodness``), summed over the readout's inputs (CwComp reads its last layer only;
+    list several to sum). One plain forward pass: the label is never in the input. Its output is
+    the (N, classes) class goodness, scored like logits."""
+
+    takes_list = True   # each input keeps its own shape: the groups are per layer
+
+    def __init__(self, num_classes: int, *, name: str = "classes"):
+        super().__init__(None, name)
+        self.num_classes = num_classes
+        self.metrics = {"acc": keras.metrics.Accuracy(name="acc")}
+
+    def transform(self, x, y: tf.Tensor) -> tf.Tensor:
+        xs = x if isinstance(x, (list, tuple)) else [x]
+        return tf.add_n([losses.class_goodness(t, self.num_classes) for t in xs])
+
+    def evaluate(self, x, y: tf.Tensor) -> tf.Tensor:
+        g = self.transform(x, y)
+        if self.positive:
+            self.metrics["acc"].update_state(tf.cast(y, tf.int32), tf.argmax(g, axis=1, output_type=tf.int32))
+        return g
 
 
 class FFSoftmax(BaseFFLayer):

@@ -51,6 +51,8 @@ class FFLoss:
 
     name: str = ""
     needs_pairs: bool = False
+    #: a loss on per-class goodness against the label (ClassLoss): no negative data
+    competitive: bool = False
     positive_high: bool = True
     #: metric names the training steps of this loss report
     train_metrics: tuple[str, ...] = ("loss_pos", "loss_neg")
@@ -111,8 +113,77 @@ class SymbaLoss(FFLoss):
         return loss, {"loss_pair": loss}
 
 
+def class_goodness(h: tf.Tensor, num_classes: int) -> tf.Tensor:
+    """Per-class goodness (N, num_classes) of a layer whose output units (the last axis: a dense
+    layer's units, a conv map's channels) are split into ``num_classes`` contiguous groups: the mean
+    of the squared activities over a group's units and, for a map, over every position (CwComp,
+    Papachristodoulou et al. 2024; group k = channels [k F/C, (k+1) F/C), as their torch.split)."""
+    h = tf.cast(h, tf.float32)
+    units = h.shape[-1]
+    if units is None or units % num_classes:
+        raise ValueError(f"a class-goodness layer needs its units/filters divisible by the {num_classes} classes, "
+                         f"got {units}")
+    grouped = tf.reshape(h, [tf.shape(h)[0], -1, num_classes, units // num_classes])
+    return tf.reduce_mean(tf.square(grouped), axis=[1, 3])
+
+
+class ClassLoss(FFLoss):
+    """A loss on per-class goodness (``class_goodness``) against the true label, with no negative
+    data: the groups of a layer compete for each image (CwComp). ``classes(g, y, theta)`` gives the
+    loss of a batch; the layer predicts the group with the largest goodness."""
+
+    competitive = True
+    train_metrics = ("loss",)
+
+    def classes(self, g: tf.Tensor, y: tf.Tensor, threshold: float | tf.Tensor) -> tf.Tensor:
+        raise NotImplementedError
+
+
+def _true_and_rest(g: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """The true class's goodness and the mean goodness of the other classes, per row."""
+    onehot = tf.one_hot(tf.cast(y, tf.int32), tf.shape(g)[1], dtype=g.dtype)
+    g_true = tf.reduce_sum(g * onehot, axis=1)
+    g_rest = (tf.reduce_sum(g, axis=1) - g_true) / tf.cast(tf.shape(g)[1] - 1, g.dtype)
+    return g_true, g_rest
+
+
+class CwCLoss(ClassLoss):
+    """CwComp's CwC: the cross-entropy of softmax(g) against the label, the class goodness taken as
+    logits as they are (no temperature; CwComp's default ``CwC_CE``)."""
+
+    name = "cwc"
+
+    def classes(self, g, y, threshold):
+        return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.cast(y, tf.int32), logits=g))
+
+
+class PvNLoss(ClassLoss):
+    """CwComp's PvN (positive vs negative channels): the threshold loss with the true class's group
+    as the positive and the mean of the other groups as the negative, on the same image:
+    mean over [softplus(theta - g_y), softplus(mean_{c != y} g_c - theta)] (CwComp: theta = 2)."""
+
+    name = "pvn"
+
+    def classes(self, g, y, threshold):
+        g_true, g_rest = _true_and_rest(g, y)
+        return 0.5 * (positive_loss(g_true, threshold) + negative_loss(g_rest, threshold))
+
+
+class CWGLoss(ClassLoss):
+    """CwComp's CWG: ``weight`` x CwC + (1 - weight) x PvN (their weight: 0.28)."""
+
+    name = "cwg"
+
+    def __init__(self, weight: float = 0.28):
+        self.weight = float(weight)
+
+    def classes(self, g, y, threshold):
+        return self.weight * CwCLoss().classes(g, y, threshold) + (1.0 - self.weight) * PvNLoss().classes(g, y, threshold)
+
+
 #: loss name -> class; ``make_loss(name, **options)`` builds one
-LOSSES: dict[str, type[FFLoss]] = {cls.name: cls for cls in (ThresholdLoss, FlippedLoss, SymbaLoss)}
+LOSSES: dict[str, type[FFLoss]] = {cls.name: cls for cls in (ThresholdLoss, FlippedLoss, SymbaLoss,
+                                                             CwCLoss, PvNLoss, CWGLoss)}
 
 
 def make_loss(name: str = "threshold", **options) -> FFLoss:

@@ -31,6 +31,12 @@ class Roles:
     softmax: tuple[str, ...] = ()    # softmax readouts and probes
     goodness: tuple[str, ...] = ()   # FFGoodness readouts (need EVAL_ALL_LABELS)
     supervised: bool = False         # the label is overlaid on the input
+    classes: tuple[str, ...] = ()    # FFClassGoodness readouts (CwComp: one plain pass)
+
+    @property
+    def readouts(self) -> tuple[str, ...]:
+        """Every readout that scores accuracy, the goodness readouts first."""
+        return self.goodness + self.classes + self.softmax
 
 
 def _flat(t: tf.Tensor) -> tf.Tensor:
@@ -46,8 +52,12 @@ def make_sequence(layers: Mapping[str, BaseFFLayer], nodes: list[Node],
         outs = {"input": X if image_shape is None else tf.reshape(X, [-1, *image_shape])}
         for node in nodes:
             xs = [outs[i] for i in node.inputs]
-            x = xs[0] if len(xs) == 1 else tf.concat([_flat(tf.cast(t, tf.float32)) for t in xs], axis=-1)
-            outs[node.name] = layers[node.name].ff_do_task(x, y_ff if node.label == "ff" else y)
+            layer = layers[node.name]
+            if getattr(layer, "takes_list", False):   # a readout that reads each input in its own shape
+                x = xs
+            else:
+                x = xs[0] if len(xs) == 1 else tf.concat([_flat(tf.cast(t, tf.float32)) for t in xs], axis=-1)
+            outs[node.name] = layer.ff_do_task(x, y_ff if node.label == "ff" else y)
         return outs
     return seq
 

@@ -134,7 +134,8 @@ class TrainMgr:
                  eval_batch_size: int | None = None, seed: int = 0, shuffle: bool = True,
                  lr_multiplier: Callable[[int], float] | None = None,
                  progress: ProgressHook | None = None, max_loss: float = math.inf,
-                 shuffle_buffer: int | None = None, drop_last: bool = False, same_order: bool = False):
+                 shuffle_buffer: int | None = None, drop_last: bool = False, same_order: bool = False,
+                 augment: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None):
         self.network = layers if isinstance(layers, Network) else Network(dict(layers), seq)
         self.layers = self.network.layers
         self.seq = self.network.seq
@@ -147,6 +148,8 @@ class TrainMgr:
         # one order for the positive and the negative pass
         self.shuffle_buffer, self.drop_last, self.same_order = shuffle_buffer, bool(drop_last), bool(same_order)
         self.lr_multiplier = lr_multiplier
+        # augment(images, seed) -> images, applied to the images of training passes only
+        self.augment = augment
         self.progress = progress
         self.max_loss = float(max_loss)
         self.trace_counts: collections.Counter = collections.Counter()
@@ -215,6 +218,7 @@ class TrainMgr:
         paired = task in PAIRED_TASKS
         with_neutral = task == Task.TRAIN_PAIR_READOUT
         hard_from = entry.hard_from if paired else None
+        augment = self.augment if task in TRAIN_TASKS else None
 
         def one_pass(X, y, y_ff, perm, Xn, yn, y_ffn, rng):
             self.trace_counts[key] += 1       # runs only while tracing
@@ -224,11 +228,17 @@ class TrainMgr:
             for i in tf.range(batches):
                 idx = perm[i * batch_size: tf.minimum((i + 1) * batch_size, n)]
                 xb, yb, yffb = tf.gather(X, idx), tf.gather(y, idx), tf.gather(y_ff, idx)
+                batch_seed = tf.stack([rng[0], rng[1] + tf.cast(i, tf.int64)])
+                xnb = tf.gather(Xn, idx) if paired else None
+                if augment is not None:   # a positive and its aligned negative get the same shift
+                    aug_seed = tf.random.experimental.stateless_fold_in(batch_seed, 1)
+                    xb = augment(xb, aug_seed)
+                    xnb = augment(xnb, aug_seed) if paired else None
                 if paired:   # positives then their aligned negatives, one step for both
                     yffn_b = tf.gather(y_ffn, idx)
                     if hard_from is not None:   # this batch's wrong labels from the current softmax
-                        yffn_b = self.hard_labels(xb, yb, hard_from, tf.stack([rng[0], rng[1] + tf.cast(i, tf.int64)]))
-                    xs, ys, yffs = [xb, tf.gather(Xn, idx)], [yb, tf.gather(yn, idx)], [yffb, yffn_b]
+                        yffn_b = self.hard_labels(xb, yb, hard_from, batch_seed)
+                    xs, ys, yffs = [xb, xnb], [yb, tf.gather(yn, idx)], [yffb, yffn_b]
                     if with_neutral:   # and the positives again, neutral label, for the readouts
                         xs, ys, yffs = xs + [xb], ys + [yb], yffs + [tf.fill(tf.shape(yb), -1)]
                     xb, yb, yffb = tf.concat(xs, 0), tf.concat(ys, 0), tf.concat(yffs, 0)

@@ -15,6 +15,7 @@ import keras
 import numpy as np
 from omegaconf import DictConfig, ListConfig
 
+from ffrun.core.augment import Augment
 from ffrun.core.network import Network
 from ffrun.core.optimizers import FUSED
 from ffrun.errors import ConfigError
@@ -84,6 +85,7 @@ class Run:
     network: Network
     plan: Plan
     schedule: list[tuple[Any, int]]
+    augment: Augment | None = None    # training-time shifts / flips (data.augment), None when off
 
 
 def build_schedule(schedule: Any) -> list[tuple[Any, int]]:
@@ -121,4 +123,9 @@ def build_run(cfg: DictConfig | FFRunConfig, keep_splits: bool = False) -> Run:
                             (*splits.image_shape, splits.channels))
     plan = protocols.make_plan(protocol, network.roles, eval_on=spec.eval_on, pairing=spec.pairing,
                                readout_step=spec.readout_step, readout_probs=network.readout_probs)
-    return Run(splits.name, splits if keep_splits else None, network, plan, build_schedule(spec.schedule))
+    aug = spec.data.augment
+    try:
+        augment = Augment((*splits.image_shape, splits.channels), aug.shift, aug.flip) if aug.shift or aug.flip else None
+    except ValueError as exc:
+        raise ConfigError(f"data.augment: {exc}") from None
+    return Run(splits.name, splits if keep_splits else None, network, plan, build_schedule(spec.schedule), augment)

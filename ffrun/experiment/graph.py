@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ffrun.core.layers import (BaseFFLayer, FFConv2D, FFDense, FFFlatten, FFGoodness, FFLocalLayer, FFOverlay,
+from ffrun.core.layers import (BaseFFLayer, FFClassGoodness, FFConv2D, FFDense, FFFlatten, FFGoodness, FFLocalLayer, FFOverlay,
                                FFPool, FFPreNorm, FFSoftmax)
 from ffrun.core.losses import make_loss
 from ffrun.core.network import Network, Node, Roles, make_sequence
@@ -53,7 +53,8 @@ def _dense(name: str, p: dict, ctx: Context) -> BaseFFLayer:
                    kernel_initializer=ctx.make_initializer(p.get("init", m.init)), routing=p.get("routing"),
                    neg_routing=p.get("neg_routing", "same"), peer_norm=p.get("peer_norm", m.peer_norm),
                    peer_init=p.get("peer_init", m.peer_init), l2=p.get("weight_decay", m.weight_decay),
-                   dtype=ctx.dtype, split_gradient=m.split_gradient, loss=_loss(p.get("loss", "threshold"), ctx))
+                   dtype=ctx.dtype, split_gradient=m.split_gradient, loss=_loss(p.get("loss", "threshold"), ctx),
+                   num_classes=ctx.num_classes)
 
 
 def _conv2d(name: str, p: dict, ctx: Context) -> BaseFFLayer:
@@ -64,7 +65,9 @@ def _conv2d(name: str, p: dict, ctx: Context) -> BaseFFLayer:
                     ctx.make_optimizer(p.get("optimizer", m.optimizer), f"model.layers.{name}.optimizer"), name=name,
                     goodness=p.get("goodness", "mean"), activation=p.get("activation", "relu"),
                     kernel_initializer=ctx.make_initializer(p.get("init", "glorot_uniform")),
-                    loss=_loss(p.get("loss", "threshold"), ctx), l2=p.get("weight_decay", 0.0), dtype=ctx.dtype)
+                    loss=_loss(p.get("loss", "threshold"), ctx), l2=p.get("weight_decay", 0.0), dtype=ctx.dtype,
+                    groups=p.get("groups", 1), pool=p.get("pool", 0), batchnorm=p.get("batchnorm", False),
+                    num_classes=ctx.num_classes)
 
 
 def _softmax(name: str, p: dict, ctx: Context) -> BaseFFLayer:
@@ -86,6 +89,7 @@ BUILDERS: dict[str, Callable[[str, dict, Context], BaseFFLayer]] = {
     "overlay": lambda n, p, c: FFOverlay(c.num_classes, mode=p.get("mode", "add"), value=p.get("value", 1.0), name=n),
     "softmax": _softmax,
     "goodness": lambda n, p, c: FFGoodness(c.num_classes, name=n),
+    "classes": lambda n, p, c: FFClassGoodness(c.num_classes, name=n),
 }
 
 
@@ -155,8 +159,15 @@ def build_graph(nodes: dict[str, dict], ctx: Context, image_shape: tuple[int, in
         wiring.append(Node(name, tuple(spec["inputs"]), NODE_TYPES[spec["type"]].label))
     softmax = tuple(n for n, s in nodes.items() if s["type"] == "softmax")
     goodness = tuple(n for n, s in nodes.items() if s["type"] == "goodness")
-    if not softmax and not goodness:
-        raise ConfigError("the model declares no readout (a softmax or goodness node)")
+    classes = tuple(n for n, s in nodes.items() if s["type"] == "classes")
+    if not softmax and not goodness and not classes:
+        raise ConfigError("the model declares no readout (a softmax, goodness or classes node)")
+    for name in classes:
+        plain = [i for i in nodes[name]["inputs"] if not (isinstance(layers.get(i), FFLocalLayer)
+                                                          and layers[i].loss.competitive)]
+        if plain:
+            raise ConfigError(f"model.layers.{name}.inputs: {plain[0]!r} is not a layer with a class loss "
+                              f"(cwc, pvn, cwg): a classes readout reads the class groups of such layers")
     if goodness and not ctx.supervised:
         raise ConfigError(f"readout {goodness[0]}: a goodness readout needs the label overlaid (mode=sup)")
     for name in goodness:   # the label that scores best: largest goodness, or smallest (flipped loss)
@@ -166,5 +177,5 @@ def build_graph(nodes: dict[str, dict], ctx: Context, image_shape: tuple[int, in
                               f"(flipped and not); sum layers of one orientation")
         layers[name].lowest = high == {False}
     ff = tuple(n for n, layer in layers.items() if isinstance(layer, FFLocalLayer))
-    roles = Roles(ff, softmax, goodness, ctx.supervised)
+    roles = Roles(ff, softmax, goodness, ctx.supervised, classes)
     return Network(layers, make_sequence(layers, wiring, image_shape if convolutional else None), wiring, roles)

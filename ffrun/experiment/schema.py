@@ -104,12 +104,14 @@ class ProtocolName(StrEnum):
     split = "split"
     wrong_label = "wrong_label"
     hybrid = "hybrid"
+    competitive = "competitive"
 
 
 #: FF losses by name (ffrun.core.losses.LOSSES; listed here so the check runs without TensorFlow,
 #: and a test keeps the two lists equal)
-LOSS_NAMES = ("threshold", "flipped", "symba")
+LOSS_NAMES = ("threshold", "flipped", "symba", "cwc", "pvn", "cwg")
 PAIRED_LOSSES = ("symba",)   # defined on aligned (positive, negative) pairs only
+CLASS_LOSSES = ("cwc", "pvn", "cwg")   # on per-class goodness against the label: protocol competitive only
 
 #: Keras 3 optimizers by class name (``keras.optimizers.get`` also accepts the abstract base
 #: ``Optimizer``, which cannot train); kept here so that the check runs without importing TensorFlow.
@@ -154,6 +156,15 @@ def check_per_layer(value: Any, key: str, kind: type, minimum: float | None = No
 
 
 @dataclass
+class AugmentConfig:
+    shift: int = 0         # pixels: each training image moved by a random offset in [-shift, shift] per axis
+    flip: bool = False     # mirror each training image left-right with probability 1/2 (CIFAR, not digits)
+
+    def __post_init__(self) -> None:
+        _at_least(self.shift, 0, "data.augment.shift")
+
+
+@dataclass
 class DataConfig:
     name: DataName = DataName.mnist
     path: Optional[str] = None
@@ -162,6 +173,7 @@ class DataConfig:
     train_size: Optional[int] = None
     test_size: Optional[int] = None
     num_classes: int = 10
+    augment: AugmentConfig = field(default_factory=AugmentConfig)   # training passes only
 
     def __post_init__(self) -> None:
         _at_least(self.val_size, 0, "data.val_size")
@@ -229,13 +241,15 @@ NODE_TYPES: dict[str, NodeType] = {
     "dense": NodeType(("units",), ("th_pos", "th_neg", "activation", "goodness", "loss", "optimizer", "init",
                                    "peer_norm", "peer_init", "weight_decay"), FLAT, FLAT),
     "conv2d": NodeType(("filters",), ("kernel_size", "strides", "padding", "th_pos", "th_neg", "activation",
-                                      "goodness", "loss", "optimizer", "init", "weight_decay"), IMAGE, IMAGE),
+                                      "goodness", "loss", "optimizer", "init", "weight_decay", "groups", "pool",
+                                      "batchnorm"), IMAGE, IMAGE),
     "pool": NodeType((), ("kind", "size"), IMAGE, IMAGE),
     "flatten": NodeType((), (), None, FLAT),
     "prenorm": NodeType((), ("kind", "scope"), None, "same"),
     "overlay": NodeType((), ("mode", "value"), None, "same"),
     "softmax": NodeType((), ("optimizer", "use_bias", "init", "weight_decay"), None, FLAT, "true"),
     "goodness": NodeType((), (), None, FLAT, "true"),
+    "classes": NodeType((), (), None, FLAT, "true"),
 }
 
 
@@ -380,8 +394,14 @@ class HybridProtocol:
         _at_least(self.blur_steps, 0, "protocol.blur_steps")
 
 
+@dataclass
+class CompetitiveProtocol:
+    name: ProtocolName = ProtocolName.competitive
+
+
 PROTOCOL_SCHEMAS = {"five_digits": FiveDigitsProtocol, "split": SplitProtocol,
-                    "wrong_label": WrongLabelProtocol, "hybrid": HybridProtocol}
+                    "wrong_label": WrongLabelProtocol, "hybrid": HybridProtocol,
+                    "competitive": CompetitiveProtocol}
 
 
 @dataclass
@@ -466,8 +486,39 @@ class FFRunConfig:
             where = f"{node}: " if node else ""
             raise ConfigError(f"{where}model.loss={name} compares each positive with its aligned negative: it needs "
                               f"pairing=same_step (and a protocol with aligned pairs: split, wrong_label or hybrid)")
-        if self.pairing == StepChoice.same_step and getattr(self.protocol, "name", None) == ProtocolName.five_digits:
+        protocol = getattr(self.protocol, "name", None)
+        if self.pairing == StepChoice.same_step and protocol == ProtocolName.five_digits:
             raise ConfigError("protocol five_digits has unequal positive and negative sets: use pairing=separate")
+        self._check_competitive(losses, protocol)
+
+    def _check_competitive(self, losses: dict[str, str], protocol: Any) -> None:
+        """Class losses (cwc, pvn, cwg) train on labels without negatives: they go with protocol
+        competitive, and that protocol's FF layers all need one (it makes no negatives), with the
+        label never in the input."""
+        where = lambda node: f"model.layers.{node}.loss" if node else "model.loss"
+        if protocol != ProtocolName.competitive:
+            for node, name in losses.items():
+                if name in CLASS_LOSSES:
+                    raise ConfigError(f"{where(node)}={name} trains each class's group of units on the label, "
+                                      f"without negatives: it needs protocol=competitive")
+            return
+        if self.pairing == StepChoice.same_step:
+            raise ConfigError("protocol competitive has no negatives to pair: use pairing=separate")
+        if self.model.layers is None:
+            if self.mode.name == Mode.sup:
+                raise ConfigError("protocol competitive never shows the label in the input: use mode=unsup "
+                                  "(or declare model.layers without an overlay)")
+        else:
+            ff = {n for n, node in self.model.layers.items() if isinstance(node, dict) and node.get("type") in ("dense", "conv2d")}
+            losses = {n: name for n, name in losses.items() if n in ff}
+            for node, spec in self.model.layers.items():
+                if isinstance(spec, dict) and spec.get("type") in ("overlay", "goodness"):
+                    raise ConfigError(f"model.layers.{node}: protocol competitive never shows the label in the "
+                                      f"input, so a {spec['type']} node cannot be used (read out with a classes node)")
+        for node, name in losses.items():
+            if name not in CLASS_LOSSES:
+                raise ConfigError(f"{where(node)}={name} needs negatives, and protocol competitive makes none: "
+                                  f"use a class loss ({', '.join(CLASS_LOSSES)})")
 
 
 def register_resolvers() -> None:

@@ -97,7 +97,7 @@ def epoch_line(result: EpochResult, total: int, acc_keys: Sequence[str], ff_name
     m = result.metrics
     parts = [f"epoch {result.epoch}/{total}", f"{result.seconds:.1f}s"]
     parts += [f"{k.split('/')[0]} acc {m[k]:.4f}" for k in acc_keys if k in m]
-    losses = [m[f"{n}/loss_{s}"] for n in ff_names for s in ("pos", "neg", "pair") if f"{n}/loss_{s}" in m]
+    losses = [m[f"{n}/{k}"] for n in ff_names for k in ("loss_pos", "loss_neg", "loss_pair", "loss") if f"{n}/{k}" in m]
     if losses:
         parts.append(f"ff loss {sum(losses) / len(losses):.4f}")
     seps = [m[f"{n}/separation"] for n in ff_names if f"{n}/separation" in m]

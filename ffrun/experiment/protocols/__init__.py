@@ -14,12 +14,13 @@ from ffrun.errors import ConfigError
 from ffrun.experiment.datasets import ImageSplits
 from ffrun.experiment.protocols.base import (Plan, PerEpoch, Protocol, hard_wrong_labels, make_entries, neutral,
                                              wrong_labels, _eval_splits)
+from ffrun.experiment.protocols.competitive import Competitive
 from ffrun.experiment.protocols.five_digits import FiveDigits
 from ffrun.experiment.protocols.hybrid import Hybrid, hybrid_images
 from ffrun.experiment.protocols.split import Split, routing_matrices
 from ffrun.experiment.protocols.wrong_label import WrongLabel
 
-PROTOCOLS: dict[str, type[Protocol]] = {p.name: p for p in (FiveDigits, Split, WrongLabel, Hybrid)}
+PROTOCOLS: dict[str, type[Protocol]] = {p.name: p for p in (FiveDigits, Split, WrongLabel, Hybrid, Competitive)}
 
 __all__ = ["PROTOCOLS", "Plan", "PerEpoch", "Protocol", "hard_wrong_labels", "hybrid_images", "make",
            "make_entries", "make_plan", "neutral", "routing_matrices", "wrong_labels"]
@@ -39,6 +40,14 @@ def make_plan(protocol: Protocol, roles: Roles, *, eval_on: str, pairing: str, r
         raise ConfigError(f"protocol {protocol.name} has unequal positive and negative sets: use pairing=separate")
     splits, seed = protocol.splits, protocol.seed
     pos, draw = protocol.source(splits.x_train, splits.y_train, 1)
+    sets = _eval_splits(splits, eval_on)
+    if not protocol.makes_negatives:
+        parts = {name: protocol.source(*sets[key], stream)[0] for name, key, stream in (("val", "val", 2), ("test", "test", 3))}
+        return Plan(protocol.num_classes, make_entries(roles, pos, None, paired=False, split="train"),
+                    make_entries(roles, parts["val"], None, paired=False, split="val"),
+                    make_entries(roles, parts["test"], None, paired=False, split="test"),
+                    val_set="test" if eval_on == "test" else "validation",
+                    info={"train_pos": len(pos), "val_pos": len(parts["val"]), "test_pos": len(parts["test"])})
     fresh = protocol.fresh_negatives
     negatives = getattr(protocol.cfg, "negatives", "uniform")
     if negatives != "uniform" and (not protocol.takes_hard_negatives or not roles.softmax):
@@ -54,7 +63,6 @@ def make_plan(protocol: Protocol, roles: Roles, *, eval_on: str, pairing: str, r
             readout_probs(pos), y_np, np.random.default_rng([seed, 1, epoch]))), positive=False)
         fresh = True
     neg = PerEpoch(lambda epoch: draw(epoch)) if fresh else draw(0)
-    sets = _eval_splits(splits, eval_on)
     val_pos, val_draw = protocol.source(*sets["val"], 2)
     test_pos, test_draw = protocol.source(*sets["test"], 3)
     return Plan(

@@ -34,6 +34,8 @@ class Protocol:
     pairable: ClassVar[bool] = True
     #: negatives may be drawn from the network's own softmax (negatives=hard / hard_batch)
     takes_hard_negatives: ClassVar[bool] = False
+    #: False: positives only (``source`` gives no draw), the layers learn from the labels
+    makes_negatives: ClassVar[bool] = True
 
     def __init__(self, cfg: Any, splits: ImageSplits, *, supervised: bool, seed: int):
         self.cfg, self.splits, self.supervised, self.seed = cfg, splits, supervised, seed
@@ -120,11 +122,12 @@ def hard_wrong_labels(probs: np.ndarray, y: np.ndarray, rng: np.random.Generator
     return np.minimum(labels, p.shape[1] - 1).astype(np.int32)
 
 
-def make_entries(roles: Roles, pos: FFData, neg: FFData | PerEpoch, *, paired: bool, split: str,
+def make_entries(roles: Roles, pos: FFData, neg: FFData | PerEpoch | None, *, paired: bool, split: str,
                  readout_in_step: bool = False, hard_from: str | None = None) -> list[TaskEntry]:
     """The passes for one split. ``split='train'`` gives training passes, else evaluation passes.
     Positives are fixed; negatives may be drawn afresh every epoch.
 
+    Without negatives (``neg`` None: protocol competitive) there is one pass, of every layer.
     Supervised nets see the label in the input, so their softmax readouts are trained and scored
     only on neutral-label inputs: a readout that saw the true label would be leaky. They train in
     a pass of their own after the FF pass, or (``readout_in_step``, paired only) in the FF step
@@ -132,6 +135,8 @@ def make_entries(roles: Roles, pos: FFData, neg: FFData | PerEpoch, *, paired: b
     only) names the softmax readout that picks every batch's wrong labels inside the step."""
     ff, sm, sup = roles.ff, roles.softmax, roles.supervised
     entries: list[TaskEntry] = []
+    if neg is None:   # no negatives: every layer trains (or is scored) on the labelled positives, in one pass
+        return [TaskEntry(Task.TRAIN_POS if split == "train" else Task.EVAL, pos, None, split)]
     if split == "train":
         if paired:
             pair = (lambda epoch: (pos, neg(epoch))) if callable(neg) else (pos, neg)
