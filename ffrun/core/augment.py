@@ -49,10 +49,12 @@ class Augment:
             transforms = tf.stack([ones, zeros, -d[:, 0], zeros, ones, -d[:, 1], zeros, zeros], axis=1)
             # the uncovered border takes each image's darkest value: MNIST's background whether or not
             # the data was standardized (a zero fill would be a grey frame after standardization)
+            # (pixels are copied exactly: the border is marked by moving a plane of ones the same way)
+            move = lambda t: tf.raw_ops.ImageProjectiveTransformV3(
+                images=t, transforms=transforms, output_shape=[h, w], fill_value=0.0,
+                interpolation="NEAREST", fill_mode="CONSTANT")
             floor = tf.reduce_min(img, axis=[1, 2, 3], keepdims=True)
-            img = tf.raw_ops.ImageProjectiveTransformV3(
-                images=img - floor, transforms=transforms, output_shape=[h, w], fill_value=0.0,
-                interpolation="NEAREST", fill_mode="CONSTANT") + floor
+            img = move(img) + (1.0 - move(tf.ones([n, h, w, 1], img.dtype))) * floor
         if self.flip:
             coin = tf.random.stateless_uniform([n], tf.random.experimental.stateless_fold_in(seed, 1)) < 0.5
             img = tf.where(coin[:, None, None, None], tf.reverse(img, [2]), img)

@@ -57,7 +57,10 @@ def make_sequence(layers: Mapping[str, BaseFFLayer], nodes: list[Node],
                 x = xs
             else:
                 x = xs[0] if len(xs) == 1 else tf.concat([_flat(tf.cast(t, tf.float32)) for t in xs], axis=-1)
-            outs[node.name] = layer.ff_do_task(x, y_ff if node.label == "ff" else y)
+            try:
+                outs[node.name] = layer.ff_do_task(x, y_ff if node.label == "ff" else y)
+            except ValueError as exc:   # at trace time: say which node (Keras' shape errors do not)
+                raise ValueError(f"model.layers.{node.name}: {' '.join(str(exc).split())}") from exc
         return outs
     return seq
 

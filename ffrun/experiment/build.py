@@ -13,6 +13,7 @@ from typing import Any
 
 import keras
 import numpy as np
+import tensorflow as tf
 from omegaconf import DictConfig, ListConfig
 
 from ffrun.core.augment import Augment
@@ -121,6 +122,11 @@ def build_run(cfg: DictConfig | FFRunConfig, keep_splits: bool = False) -> Run:
     routing, neg_routing = protocol.routing(dense_units)
     network = build_network(spec.model, protocol.num_classes, supervised, routing, neg_routing,
                             (*splits.image_shape, splits.channels))
+    try:   # shapes only the data knows (image size, channels per group): refused before any training
+        y = tf.constant(splits.y_train[:2], tf.int32)
+        network.transform(tf.constant(splits.x_train[:2]), y, y)
+    except ValueError as exc:
+        raise ConfigError(str(exc).split("\n")[0]) from None
     plan = protocols.make_plan(protocol, network.roles, eval_on=spec.eval_on, pairing=spec.pairing,
                                readout_step=spec.readout_step, readout_probs=network.readout_probs)
     aug = spec.data.augment

@@ -162,12 +162,7 @@ def build_graph(nodes: dict[str, dict], ctx: Context, image_shape: tuple[int, in
     classes = tuple(n for n, s in nodes.items() if s["type"] == "classes")
     if not softmax and not goodness and not classes:
         raise ConfigError("the model declares no readout (a softmax, goodness or classes node)")
-    for name in classes:
-        plain = [i for i in nodes[name]["inputs"] if not (isinstance(layers.get(i), FFLocalLayer)
-                                                          and layers[i].loss.competitive)]
-        if plain:
-            raise ConfigError(f"model.layers.{name}.inputs: {plain[0]!r} is not a layer with a class loss "
-                              f"(cwc, pvn, cwg): a classes readout reads the class groups of such layers")
+
     if goodness and not ctx.supervised:
         raise ConfigError(f"readout {goodness[0]}: a goodness readout needs the label overlaid (mode=sup)")
     for name in goodness:   # the label that scores best: largest goodness, or smallest (flipped loss)

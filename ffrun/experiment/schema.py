@@ -290,6 +290,10 @@ def check_graph(nodes: dict[str, Any]) -> bool:
                 "conv and pool layers need images: feed them the input (kept as H x W x C) or a conv/pool node"
             what = "an image" if fed == IMAGE else "a flat vector"
             raise ConfigError(f"{where}: a {spec['type']} layer is fed {what} ({', '.join(inputs)}); {fix}")
+        groups, filters = spec.get("groups", 1), spec.get("filters")
+        if spec["type"] == "conv2d" and isinstance(groups, int) and isinstance(filters, int) and groups > 0 \
+                and filters % groups:
+            raise ConfigError(f"{where}.groups={groups} must divide filters={filters}")
         if spec["type"] == "overlay" and spec.get("mode") == "channels" and fed != IMAGE:
             raise ConfigError(f"{where}.mode: 'channels' adds label planes to an image; it is fed a flat vector")
         kinds[name] = fed if ntype.gives == "same" else ntype.gives
@@ -501,6 +505,10 @@ class FFRunConfig:
                 if name in CLASS_LOSSES:
                     raise ConfigError(f"{where(node)}={name} trains each class's group of units on the label, "
                                       f"without negatives: it needs protocol=competitive")
+            for node, spec in (self.model.layers or {}).items():
+                if isinstance(spec, dict) and spec.get("type") == "classes":
+                    raise ConfigError(f"model.layers.{node}: a classes readout reads layers trained by a class loss "
+                                      f"(cwc, pvn, cwg): it needs protocol=competitive")
             return
         if self.pairing == StepChoice.same_step:
             raise ConfigError("protocol competitive has no negatives to pair: use pairing=separate")
@@ -519,6 +527,27 @@ class FFRunConfig:
             if name not in CLASS_LOSSES:
                 raise ConfigError(f"{where(node)}={name} needs negatives, and protocol competitive makes none: "
                                   f"use a class loss ({', '.join(CLASS_LOSSES)})")
+        classes = self.data.num_classes
+        nodes = self.model.layers or {}
+        for node, spec in nodes.items():
+            key = {"dense": "units", "conv2d": "filters"}.get(spec.get("type"))
+            if key and isinstance(spec.get(key), int) and spec[key] % classes:
+                raise ConfigError(f"model.layers.{node}.{key}={spec[key]} must be divisible by the {classes} classes: "
+                                  f"a class loss gives each class an equal group of them")
+            groups = spec.get("groups", 1)
+            if key == "filters" and isinstance(groups, int) and groups > 1 and groups % classes and classes % groups:
+                raise ConfigError(f"model.layers.{node}.groups={groups} does not line up with the {classes} class "
+                                  f"groups: use a multiple or a divisor of {classes}")
+            if spec.get("type") == "classes":
+                plain = [i for i in spec.get("inputs", []) if i not in losses]
+                if plain:
+                    raise ConfigError(f"model.layers.{node}.inputs: {plain[0]!r} is not a layer with a class loss: "
+                                      f"a classes readout reads the class groups of such layers")
+        if self.model.layers is None:
+            for units in (self.model.units if isinstance(self.model.units, list) else [self.model.units]):
+                if units % classes:
+                    raise ConfigError(f"units={units} must be divisible by the {classes} classes: a class loss gives "
+                                      f"each class an equal group of them")
 
 
 def register_resolvers() -> None:
