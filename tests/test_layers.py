@@ -292,3 +292,57 @@ def test_pair_readout_step_trains_ff_on_pos_neg_and_the_readout_on_the_last_thir
         sm.ff_do_task(batch, y[:12] if task == Task.TRAIN_POS else tf.concat([y, y[:12]], 0))
         outputs.append(sm.layer.kernel.numpy())
     np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-6)
+
+
+def _xla_pair_case(xla, *, parts, routed, dtype=None):
+    """A paper-like FFDense (peer norm, weight decay, full-gradient ReLU, fused SGD momentum) after
+    three pair steps; returns its weights and running mean."""
+    from ffrun.core.optimizers import FusedSGD
+    routing = np.array([[1, 1, 1, 0, 0, 0], [0, 0, 0, 1, 1, 1]], np.float32) if routed else None
+    x = tf.random.stateless_normal([12 * parts, 5], seed=[9, 10])
+    y = tf.constant(np.arange(12 * parts) % 2, tf.int32)
+    keras.utils.set_random_seed(0)
+    layer = FFDense(6, 2.0, 2.0, FusedSGD(0.05, momentum=0.9), name="pair", routing=routing, neg_routing="complement",
+                    activation="relu_full_grad", peer_norm=0.03, peer_init=0.5, l2=3e-3, dtype=dtype, xla=xla)
+    layer.transform(x, y)
+    layer.build_optimizer()
+    layer.set_task(Task.TRAIN_PAIR if parts == 2 else Task.TRAIN_PAIR_READOUT)
+    for _ in range(3):
+        layer.ff_do_task(x, y)
+    return [w.numpy() for w in layer.layer.weights] + [layer.running_mean.numpy()], layer.metric_results()
+
+
+@pytest.mark.parametrize("parts,routed,dtype", [(2, False, None), (2, True, None), (3, False, None),
+                                                (2, False, "mixed_bfloat16")])
+def test_xla_pair_step_matches_the_tensorflow_step(parts, routed, dtype):
+    """model.xla compiles the element-wise part and the update of a step with XLA: same weights."""
+    (plain, plain_metrics), (fast, fast_metrics) = (_xla_pair_case(xla, parts=parts, routed=routed, dtype=dtype)
+                                                    for xla in (False, True))
+    tol = 1e-6 if dtype is None else 1e-4
+    for a, b in zip(plain, fast):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=tol)
+    assert plain_metrics.keys() == fast_metrics.keys()
+    for key in plain_metrics:
+        assert fast_metrics[key] == pytest.approx(plain_metrics[key], rel=1e-5 if dtype is None else 1e-3)
+
+
+@pytest.mark.parametrize("task", [Task.TRAIN_POS, Task.TRAIN_NEG])
+def test_xla_half_split_step_matches_the_tensorflow_step(task):
+    routing = np.zeros((4, 6), np.float32)
+    routing[[0, 2], :3] = 1.0
+    routing[[1, 3], 3:] = 1.0
+    x = tf.random.stateless_normal([32, 5], seed=[1, 2])
+    y = tf.constant(np.arange(32) % 4, tf.int32)
+    after = []
+    for xla in (False, True):
+        keras.utils.set_random_seed(0)
+        layer = FFDense(6, 1.0, 1.0, keras.optimizers.Adam(0.05), name="routed", routing=routing,
+                        neg_routing="complement", l2=0.01, xla=xla)
+        layer.transform(x, y)
+        layer.build_optimizer()
+        layer.set_task(task)
+        for _ in range(3):
+            layer.ff_do_task(x, y)
+        after.append([w.numpy() for w in layer.layer.weights])
+    for plain, fast in zip(*after):
+        np.testing.assert_allclose(fast, plain, rtol=1e-5, atol=1e-6)

@@ -168,3 +168,31 @@ def test_all_labels_evaluation_batches_count_rows_not_images(cfg_factory):
         n = len(all_labels[0].data)
         assert hook.passes == [(all_labels[0].label, -(-n // max(1, eval_bs // 10)))]
     assert accs[0] == accs[1]          # batching changes memory, never the result
+
+
+def test_xla_steps_match_and_are_traced_once_with_a_ragged_last_batch():
+    """model.xla: the compiled parts of each dense step are traced once for every epoch (XLA then
+    compiles them once per batch shape: full batches and the ragged last one), and five epochs give
+    the weights of the plain TensorFlow steps."""
+    from ffrun.core.optimizers import FusedSGD
+    pos, neg = _toy_data(97)      # batch 32: three full pairs and a ragged pair of 1 + 1 rows
+    weights = []
+    for xla in (False, True):
+        keras.utils.set_random_seed(0)
+        layers = dict(dense1=FFDense(16, 2.0, 2.0, FusedSGD(1e-2, momentum=0.9), name="dense1", peer_norm=0.03,
+                                     l2=3e-4, activation="relu_full_grad", xla=xla),
+                      norm1=FFPreNorm("rms", name="norm1"),
+                      dense2=FFDense(16, 2.0, 2.0, FusedSGD(1e-2, momentum=0.9), name="dense2", peer_norm=0.03,
+                                     l2=3e-4, activation="relu_full_grad", xla=xla))
+
+        def seq(X, y, y_ff, layers=layers):
+            layers["dense2"].ff_do_task(layers["norm1"].ff_do_task(layers["dense1"].ff_do_task(X, y_ff), y_ff), y_ff)
+        mgr = TrainMgr(layers, seq, [(Task.TRAIN_PAIR, (pos, neg))], batch_size=32)
+        mgr.fit([("all", 5)])
+        assert list(mgr.trace_counts.values()) == [1]
+        if xla:
+            fns = [fn for name in ("dense1", "dense2") for fn in layers[name]._xla_fns.values()]
+            assert len(fns) == 4 and all(fn.experimental_get_tracing_count() == 1 for fn in fns)
+        weights.append([w.numpy() for name in ("dense1", "dense2") for w in layers[name].layer.weights])
+    for plain, fast in zip(*weights):
+        np.testing.assert_allclose(fast, plain, rtol=1e-5, atol=1e-6)

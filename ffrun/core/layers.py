@@ -274,7 +274,7 @@ class FFDense(FFLocalLayer):
                  neg_routing: str = "same", peer_norm: float = 0.0, peer_momentum: float = 0.9,
                  peer_init: float = 0.0,
                  l2: float = 0.0, dtype: Any = None, split_gradient: bool = True,
-                 loss: losses.FFLoss | str = "threshold", num_classes: int | None = None):
+                 loss: losses.FFLoss | str = "threshold", num_classes: int | None = None, xla: bool = False):
         if neg_routing not in ("same", "complement"):
             raise ValueError(f"neg_routing must be 'same' or 'complement', got {neg_routing!r}")
         dense = keras.layers.Dense(units, activation=ACTIVATIONS.get(activation, activation),
@@ -292,6 +292,10 @@ class FFDense(FFLocalLayer):
         self.peer_momentum = float(peer_momentum)
         self.running_mean = tf.Variable(tf.fill([units], float(peer_init)), trainable=False, name=f"{name}_peer_mean") \
             if self.peer_norm else None
+        # XLA on the two memory-bound parts of a step (see _step_on_z); the compiled functions are
+        # made once per layer and kind of step, and XLA compiles each once per batch shape.
+        self.xla = bool(xla)
+        self._xla_fns: dict[tuple, Any] = {}
 
     def _mask(self, y: tf.Tensor, positive: bool) -> tf.Tensor | None:
         if self.routing is None:
@@ -355,24 +359,53 @@ class FFDense(FFLocalLayer):
         x = tf.cast(x, dtype)
         return x, tf.matmul(x, tf.cast(dense.kernel, dtype)) + tf.cast(dense.bias, dtype)
 
-    def _step_on_z(self, x, z, loss_of_h, kernel_grad=None):
+    def _step_on_z(self, x, z, key, loss_of_h, loss_args=(), kernel_grad=None):
         """One optimizer step where the tape covers only the element-wise work after z = xW + b.
 
-        ``loss_of_h(h)`` returns (total loss, outputs to pass on); ``kernel_grad(x, dz)`` computes
-        the kernel's gradient (default x^T dz) so callers can skip rows or units whose gradient is
-        known to be zero. Returns (h, outputs)."""
+        ``loss_of_h(h, *loss_args)`` returns (total loss, outputs to pass on); ``kernel_grad(x, dz)``
+        computes the kernel's gradient (default x^T dz) so callers can skip rows or units whose
+        gradient is known to be zero. Returns (h, outputs).
+
+        With ``xla`` the two parts around the weight-gradient matmul are each one XLA call: the
+        element-wise part (activation, goodness, loss, peer normalization, dz: ~40 small ops,
+        which XLA fuses into a few loops) and the update (bias gradient, weight decay and the
+        optimizer kernel: one pass over the weights instead of three). paper_small's pos+neg pass
+        (pass_breakdown.py, interleaved, 2 cores shared with background training): medians 15.3 ->
+        12.6 s; 6 compilations, ~5 s once per process. The matmuls stay TensorFlow's (oneDNN):
+        XLA's CPU dot was slower (readout pass under a whole-step XLA call: 1.60 s against 1.13 s).
+        Results match the plain step to ~1e-7 per step (tests), but paper_small's early steps
+        amplify any rounding difference (a 1e-7 relative nudge of one kernel grows to 1e-4 in 20
+        steps), so whole epochs are not bit-comparable. ``key`` names the kind of step: the compiled function of a
+        key is made from the first ``loss_of_h`` given with it, so ``loss_of_h`` may depend only
+        on its arguments and on constants that ``key`` determines."""
+        h, dz, outputs = self._compiled(("elementwise",) + key, lambda z, *args: self._elementwise(z, loss_of_h, args))(
+            z, *loss_args)
+        grad_kernel = kernel_grad(x, dz) if kernel_grad is not None else tf.matmul(x, dz, transpose_a=True)
+        self._compiled(("update",), self._update)(grad_kernel, dz)
+        return h, outputs
+
+    def _elementwise(self, z, loss_of_h, args):
         with tf.GradientTape() as tape:
             tape.watch(z)
             h = self.layer.activation(z)
-            total, outputs = loss_of_h(h)
-        dz = tape.gradient(total, z)
-        grad_kernel = kernel_grad(x, dz) if kernel_grad is not None else tf.matmul(x, dz, transpose_a=True)
+            total, outputs = loss_of_h(h, *args)
+        return h, tape.gradient(total, z), outputs
+
+    def _update(self, grad_kernel, dz):
         grads = [tf.cast(grad_kernel, tf.float32), tf.cast(tf.reduce_sum(dz, 0), tf.float32)]
         variables = [self.layer.kernel, self.layer.bias]
         if self.l2:
             grads = [g + self.l2 * v for g, v in zip(grads, variables)]
         self.optimizer.apply_gradients(zip(grads, variables))
-        return h, outputs
+        return tf.constant(0)    # an XLA function needs an output; nothing reads it
+
+    def _compiled(self, key: tuple, fn):
+        """``fn`` itself, or with ``xla`` its XLA-compiled function, made once per ``key``."""
+        if not self.xla:
+            return fn
+        if key not in self._xla_fns:
+            self._xla_fns[key] = tf.function(fn, jit_compile=True, reduce_retracing=True)
+        return self._xla_fns[key]
 
     def _half_split_step(self, x, y, positive: bool):
         """The same step as the tape's, with half the weight-gradient work.
@@ -386,7 +419,7 @@ class FFDense(FFLocalLayer):
         rows_a, rows_b = tf.where(first)[:, 0], tf.where(tf.logical_not(first))[:, 0]
         half = self.units // 2
 
-        def loss_of_h(h):
+        def loss_of_h(h, y):
             g = self._goodness(h, y, positive)
             loss = self.loss.positive(g, self.th_pos) if positive else self.loss.negative(g, self.th_neg)
             return loss, loss
@@ -397,7 +430,7 @@ class FFDense(FFLocalLayer):
                 tf.matmul(tf.gather(x, rows_b), tf.gather(dz, rows_b)[:, half:], transpose_a=True)], axis=1)
 
         x, z = self._forward_z(x)
-        return self._step_on_z(x, z, loss_of_h, kernel_grad)
+        return self._step_on_z(x, z, ("half_split", positive), loss_of_h, (y,), kernel_grad)
 
     def _pair_step(self, x, y, parts: int):
         """One step on [positives; negatives] (parts=2), or on [positives; negatives; neutral-label
@@ -412,8 +445,9 @@ class FFDense(FFLocalLayer):
             m_pos, m_neg = self._mask(y_pos, True), self._mask(y_neg, False)
             masks = tf.concat([m_pos, m_neg] + [m_pos] * (parts - 2), axis=0)
 
-        def loss_of_h(h):
-            g = losses.goodness(h, self.reduction, masks)
+        def loss_of_h(h, *masks):
+            n = tf.shape(h)[0] // parts
+            g = losses.goodness(h, self.reduction, masks[0] if masks else None)
             loss, terms = self.loss.pair(g[:n], g[n:2 * n], self.th_pos, self.th_neg)
             return loss + self._peer_loss(h, n), terms
 
@@ -422,7 +456,7 @@ class FFDense(FFLocalLayer):
                 else tf.matmul(x, dz, transpose_a=True)
 
         x, z = self._forward_z(x)
-        h, terms = self._step_on_z(x, z, loss_of_h, kernel_grad)
+        h, terms = self._step_on_z(x, z, ("pair", parts), loss_of_h, () if masks is None else (masks,), kernel_grad)
         for name, value in terms.items():
             self.metrics[name].update_state(value)
         return h

@@ -54,7 +54,7 @@ def _dense(name: str, p: dict, ctx: Context) -> BaseFFLayer:
                    neg_routing=p.get("neg_routing", "same"), peer_norm=p.get("peer_norm", m.peer_norm),
                    peer_init=p.get("peer_init", m.peer_init), l2=p.get("weight_decay", m.weight_decay),
                    dtype=ctx.dtype, split_gradient=m.split_gradient, loss=_loss(p.get("loss", "threshold"), ctx),
-                   num_classes=ctx.num_classes)
+                   num_classes=ctx.num_classes, xla=m.xla)
 
 
 def _conv2d(name: str, p: dict, ctx: Context) -> BaseFFLayer:

@@ -319,6 +319,9 @@ class ModelConfig:
     peer_init: float = 0.0
     precision: Precision = Precision.fp32
     split_gradient: bool = True
+    # XLA-compile the element-wise part and the optimizer update of each dense FF step (the
+    # matmuls stay TensorFlow's); see FFDense._step_on_z and docs/performance.md
+    xla: bool = False
     overlay: OverlayConfig = field(default_factory=OverlayConfig)
     # a mapping name -> readout (or null to drop one); parsed into ReadoutConfig below, not typed
     # here, so that a readout can also be added from the command line (+model.readouts.x={...})
