@@ -93,3 +93,46 @@ def test_executed_flops_halve_the_weight_gradient_under_half_split(cfg_factory):
     assert counts["false"] == (counted, counted)          # without it: every weight gradient is full
     # positives and negatives (n rows each) skip half of a 2 * in * out weight-gradient product
     assert counted - executed == 2 * n * ff_macs
+
+
+def test_bench_conv_section_alone(tmp_path):
+    """--conv with no Result-2 modes, paper preset or scaling: only the conv section runs (a tiny CwComp
+    net on digits: 8 x 8 images, conv3 and conv4 shrunk by overrides)."""
+    out = tmp_path / "bench.json"
+    rc = bench.main(["--data", "digits", "--conv", "cwcomp_mnist", "--modes", "", "--paper", "", "--no-scaling",
+                     "--reps", "1", "--roofline-time", "0.01", "--out", str(out),
+                     "model.layers.conv3.filters=20", "model.layers.conv4.filters=40"])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    assert not {"roofline", "ff", "backprop", "evaluation", "paper", "scaling"} & set(res)
+
+    conv = res["conv"]
+    assert conv["experiment"] == "cwcomp_mnist" and conv["batch_size"] == 128 and conv["image_shape"] == [8, 8, 1]
+    assert "no input gradient" in conv["note"]
+    roof = conv["roofline"]
+    # each layer at its own shapes: pooled after conv2, grouped conv2 and conv4 (one group per class)
+    assert [(r["layer"], r["input"], r["output"], r["groups"]) for r in roof["layers"]] == [
+        ("conv1", [8, 8, 1], [8, 8, 20], 1), ("conv2", [8, 8, 20], [8, 8, 80], 10),
+        ("conv3", [4, 4, 80], [4, 4, 20], 1), ("conv4", [4, 4, 20], [4, 4, 40], 10)]
+    for r in roof["layers"]:
+        assert r["batch"] == 128 and _positive(r["forward"]) and _positive(r["kernel_grad"])
+    # 2 * N * Hout * Wout * k * k * (Cin / groups) * Cout
+    assert roof["layers"][1]["gflop_per_batch"] == pytest.approx(2 * 128 * 8 * 8 * 9 * 2 * 80 / 1e9, rel=1e-3)
+    assert _positive(roof["model_gflops"])
+
+    ff, bp = conv["ff"], conv["backprop"]
+    # protocol competitive: one TRAIN_POS pass, every training image once, every conv layer training
+    assert ff["protocol"] == "competitive" and ff["samples_per_epoch"] == conv["train_images"] == bp["images"]
+    assert ff["trained_conv"] == ["conv1", "conv2", "conv3", "conv4"] and ff["retraces_while_timed"] == 0
+    per_image = sum(r["gflop_per_batch"] / 128 for r in roof["layers"])
+    # FF: forward + kernel gradient of each conv; backprop also the input gradients, but not conv1's
+    assert ff["executed_gflop_per_epoch"] == pytest.approx(2 * per_image * conv["train_images"], rel=1e-3)
+    assert bp["gflop_per_epoch"] == pytest.approx(
+        (3 * per_image - roof["layers"][0]["gflop_per_batch"] / 128) * conv["train_images"], rel=1e-3)
+    for key in ("median_epoch_s", "samples_per_s", "executed_gflop_per_epoch", "executed_gflops", "ratio_roofline"):
+        assert _positive(ff[key]), key
+    for key in ("median_epoch_s", "samples_per_s", "gflop_per_epoch", "gflops", "ratio_roofline"):
+        assert _positive(bp[key]), key
+    assert conv["ff_over_bp"] == pytest.approx(ff["median_epoch_s"] / bp["median_epoch_s"], rel=1e-3)
+    assert conv["meets_target"] == (conv["ff_over_bp"] <= conv["target_ff_over_bp"] == 1.2)
+    assert _positive(res["memory"]["after"]["conv"])
