@@ -56,3 +56,9 @@ def test_peak_memory_finds_the_4x2000_presets():
     found = module.presets_4x2000()
     assert {"paper_sup", "paper_unsup", "seed_r2_unsup_random", "bp_mlp"} <= set(found)
     assert "paper_small" not in found and "cwcomp_mnist" not in found
+
+
+def test_pass_breakdown_compares_two_values_in_one_process():
+    out = _run("pass_breakdown.py", "--compare", "model.xla=false,true", "--rounds", "2", "debug=tiny", "mode=sup",
+               "protocol=wrong_label", "pairing=same_step")
+    assert "model.xla=false" in out and "model.xla=true" in out and "alternated, 2 rounds" in out, out
