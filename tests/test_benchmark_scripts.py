@@ -43,7 +43,8 @@ def test_peak_memory_reports_each_preset_and_fails_above_the_limit(tmp_path):
     assert [r["preset"] for r in rows] == ["paper_small", "bp_mlp"]
     assert all(r["status"] == "completed" and r["peak_memory_mb"] > 100 for r in rows), rows
     assert "paper_small" in out and "ok" in out
-    proc = subprocess.run([sys.executable, str(BENCH / "peak_memory.py"), *args, "--limit-mb", "1"],
+    over = ["--presets", "paper_small", *args[2:]]
+    proc = subprocess.run([sys.executable, str(BENCH / "peak_memory.py"), *over, "--limit-mb", "1"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and "OVER" in proc.stdout
 
