@@ -36,8 +36,10 @@ def test_every_preset_header_gives_a_run_command_that_composes(name):
 def test_experiment_runs_one_epoch_on_digits(cfg_factory, tmp_path, name):
     """Every preset composes and trains for an epoch (narrow layers, the 8x8 digits)."""
     from ffrun.run import loop, outputs
+    # one stage of one epoch: presets with their own stage windows (cwcomp_mnist) do not follow `epochs`
     cfg = cfg_factory([f"experiment={name}", "data=digits", "data.val_size=300", "epochs=1",
-                       "readout_epochs=0", "units=32", "checkpoint.every=0", "tensorboard.enabled=false"])
+                       "readout_epochs=0", "units=32", "checkpoint.every=0", "tensorboard.enabled=false",
+                       "schedule=[[all,1]]"])
     OmegaConf.resolve(cfg)
     results = loop.train(cfg, tmp_path, outputs.make_console())
     assert results["status"] == "completed" and results["epochs"] == 1
