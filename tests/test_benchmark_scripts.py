@@ -33,28 +33,39 @@ def test_pass_breakdown_train_only_skips_evaluation():
     assert "train pos" in out and "val" not in out.split("seconds per pass")[-1], out
 
 
-def test_peak_memory_reports_each_preset_and_fails_above_the_limit(tmp_path):
-    """Run on the 8x8 digits with 16 units (the real figures need full MNIST): one row per preset
-    with the run's own peak, and exit status 1 once a peak is above --limit-mb."""
+def test_peak_memory_reports_a_preset_run_in_its_own_process(tmp_path):
+    """On the 8x8 digits with 16 units (the real figures need full MNIST): the run's own peak."""
     import json
-    args = ["--presets", "paper_small,bp_mlp", "--epochs", "1", "data=digits", "data.val_size=300", "units=16"]
-    out = _run("peak_memory.py", *args, "--out", str(tmp_path / "mem.json"))
-    rows = json.loads((tmp_path / "mem.json").read_text())["rows"]
-    assert [r["preset"] for r in rows] == ["paper_small", "bp_mlp"]
-    assert all(r["status"] == "completed" and r["peak_memory_mb"] > 100 for r in rows), rows
+    out = _run("peak_memory.py", "--presets", "paper_small", "--epochs", "1", "data=digits", "data.val_size=300",
+               "units=16", "--out", str(tmp_path / "mem.json"))
+    (row,) = json.loads((tmp_path / "mem.json").read_text())["rows"]
+    assert row["preset"] == "paper_small" and row["status"] == "completed" and row["peak_memory_mb"] > 100, row
     assert "paper_small" in out and "ok" in out
-    over = ["--presets", "paper_small", *args[2:]]
-    proc = subprocess.run([sys.executable, str(BENCH / "peak_memory.py"), *over, "--limit-mb", "1"],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 1 and "OVER" in proc.stdout
+
+
+def test_peak_memory_exits_1_when_a_preset_is_over_the_limit_or_fails(monkeypatch, capsys):
+    module = _load("peak_memory.py")
+    peaks = {"a": 1500.0, "b": 2500.0, "c": None}
+    monkeypatch.setattr(module, "measure", lambda preset, *args: {
+        "preset": preset, "status": "failed" if peaks[preset] is None else "completed", "reason": "boom",
+        "peak_memory_mb": peaks[preset], "wall_seconds": 1.0})
+    assert module.main(["--presets", "a", "--limit-mb", "2000"]) == 0
+    assert module.main(["--presets", "a,b", "--limit-mb", "2000"]) == 1
+    assert module.main(["--presets", "c"]) == 1
+    out = capsys.readouterr().out
+    assert "b " in out and "OVER" in out and "boom" in out
+
+
+def _load(script: str):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(script[:-3], BENCH / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_peak_memory_finds_the_4x2000_presets():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("peak_memory", BENCH / "peak_memory.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    found = module.presets_4x2000()
+    found = _load("peak_memory.py").presets_4x2000()
     assert {"paper_sup", "paper_unsup", "seed_r2_unsup_random", "bp_mlp"} <= set(found)
     assert "paper_small" not in found and "cwcomp_mnist" not in found
 

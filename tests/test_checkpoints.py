@@ -33,8 +33,9 @@ def _train(run_dir: Path, overrides, resume=False):
                                     "+model.readouts.softmax={type: softmax, inputs: [norm2..], optimizer: {class_name: Adam, learning_rate: 1e-3}}"],
                                    # BatchNorm's running statistics and the augmentation's draws
                                    ["experiment=cwcomp_mnist", "data=digits", "data.val_size=300", "batch_size=64",
-                                    "model.layers.conv3.filters=20", "model.layers.conv4.filters=40",
-                                    "schedule=[[all,3],[[conv4,softmax],2]]", "data.augment.shift=1"]])
+                                    "model.layers.conv1.filters=10", "model.layers.conv2.filters=10",
+                                    "model.layers.conv3.filters=10", "model.layers.conv4.filters=20",
+                                    "schedule=[[all,2],[[conv4,softmax],2]]", "data.augment.shift=1"]])
 def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, extra):
     full = _train(tmp_path / "full", extra)
     part = _train(tmp_path / "part", [*extra, "stop_after_epoch=3"])
