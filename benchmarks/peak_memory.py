@@ -40,11 +40,18 @@ def presets_4x2000() -> list[str]:
     return found
 
 
+def ffrun_script() -> str:
+    """The ``ffrun`` installed beside this interpreter (the environment being measured), else PATH's:
+    a venv's python run by its full path, without the venv activated, has no ffrun on PATH."""
+    beside = Path(sys.executable).parent / "ffrun"
+    return str(beside) if beside.exists() else (shutil.which("ffrun") or "ffrun")
+
+
 def measure(preset: str, epochs: int, data_dir: str | None, overrides: list[str] = ()) -> dict:
     """Run ``preset`` for ``epochs`` epochs in a fresh process; its status, peak MB and seconds."""
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / "run"
-        cmd = [shutil.which("ffrun") or "ffrun", f"experiment={preset}", f"epochs={epochs}", "readout_epochs=0",
+        cmd = [ffrun_script(), f"experiment={preset}", f"epochs={epochs}", "readout_epochs=0",
                "checkpoint.every=0", "tensorboard.enabled=false", "progress=false", *overrides,
                f"hydra.run.dir={run_dir}"]
         env = None

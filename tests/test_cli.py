@@ -34,16 +34,6 @@ def test_installed_script_runs_from_any_directory(tmp_path):
 
 
 @pytest.mark.slow
-def test_multirun_with_basic_launcher(tmp_path):
-    proc = _run(["-m", "debug=tiny", "epochs=1", "readout_epochs=0", "units=8,16",
-                 f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    results = sorted((tmp_path / "sweep").glob("*/results.json"))
-    assert len(results) == 2
-    assert all(json.loads(p.read_text())["status"] == "completed" for p in results)
-
-
-@pytest.mark.slow
 def test_unknown_override_fails_with_one_line(tmp_path):
     proc = _run(["debug=tiny", "unitz=5"], cwd=tmp_path)
     assert proc.returncode == 2

@@ -135,3 +135,26 @@ def test_every_node_type_has_a_builder_and_a_schema_entry():
     from ffrun.experiment.graph import BUILDERS
     from ffrun.experiment.schema import NODE_TYPES
     assert set(BUILDERS) == set(NODE_TYPES)
+
+
+def test_torch_default_init_draws_pytorchs_range_per_group():
+    """PyTorch's default conv/linear init is U(+-1/sqrt(fan_in)), fan_in = k*k*(in channels per group)."""
+    from ffrun.experiment.build import make_initializer
+    layer = FFConv2D(80, 3, groups=10, kernel_initializer=make_initializer("torch_default"))
+    layer.transform(tf.zeros([1, 8, 8, 20]), tf.zeros([1], tf.int32))
+    kernel = layer.layer.kernel.numpy()
+    assert kernel.shape == (3, 3, 2, 80)
+    bound = 1 / np.sqrt(3 * 3 * 2)
+    assert np.abs(kernel).max() <= bound and np.abs(kernel).max() > 0.95 * bound
+    assert abs(kernel.std() - bound / np.sqrt(3)) < 0.1 * bound   # a uniform draw, not a normal one
+
+
+def test_an_unknown_initializer_is_one_line_naming_the_node(cfg_factory):
+    """Initializer names are Keras' (open-ended), so the build checks them, before any training."""
+    from ffrun.errors import ConfigError
+    spec = typed(cfg_factory(["experiment=conv_mnist", "data=digits", "data.val_size=300",
+                              "+model.layers.conv1.init=bogus"]))
+    with pytest.raises(ConfigError) as info:
+        build_run(spec)
+    assert str(info.value).startswith("model.layers.conv1: ") and "bogus" in str(info.value)
+    assert "\n" not in str(info.value)

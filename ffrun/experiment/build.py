@@ -50,10 +50,22 @@ def make_optimizer(spec: Any, key: str) -> keras.optimizers.Optimizer:
         raise ConfigError(f"{key}: cannot build optimizer {name} with {spec}: {exc}") from None
 
 
+#: kernel initializers by name, beside Keras' own names (``glorot_uniform``, ``he_normal``, ...) and
+#: ``{class_name: ..., config: ...}`` mappings, which ``init`` also takes
+INITIALIZERS = {
+    # N(0, 1/fan_out): the init of Hinton's released code and its PyTorch port
+    "normal_fan_out": lambda: keras.initializers.VarianceScaling(1.0, "fan_out", "untruncated_normal"),
+    # PyTorch's default for nn.Linear / nn.Conv2d weights, kaiming_uniform(a=sqrt(5)) = U(+-1/sqrt(fan_in))
+    # (the code of PyTorch FF projects, e.g. CwComp, runs with it). Biases stay zero here; PyTorch
+    # draws them from the same range.
+    "torch_default": lambda: keras.initializers.VarianceScaling(1.0 / 3.0, "fan_in", "uniform"),
+}
+
+
 def make_initializer(spec: Any) -> Any:
-    if spec == "normal_fan_out":
-        # N(0, 1/fan_out): the init of Hinton's released code and its PyTorch port.
-        return keras.initializers.VarianceScaling(1.0, "fan_out", "untruncated_normal")
+    """A kernel initializer: one of INITIALIZERS, a Keras name or a Keras config mapping."""
+    if isinstance(spec, str) and spec in INITIALIZERS:
+        return INITIALIZERS[spec]()
     if isinstance(spec, dict):
         return keras.initializers.get(spec)
     return spec
