@@ -64,7 +64,7 @@ def _conv2d(name: str, p: dict, ctx: Context) -> BaseFFLayer:
                     th_pos, p.get("th_neg", th_pos),
                     ctx.make_optimizer(p.get("optimizer", m.optimizer), f"model.layers.{name}.optimizer"), name=name,
                     goodness=p.get("goodness", "mean"), activation=p.get("activation", "relu"),
-                    kernel_initializer=ctx.make_initializer(p.get("init", "glorot_uniform")),
+                    kernel_initializer=ctx.make_initializer(p.get("init", m.init)),
                     loss=_loss(p.get("loss", "threshold"), ctx), l2=p.get("weight_decay", 0.0), dtype=ctx.dtype,
                     groups=p.get("groups", 1), pool=p.get("pool", 0), batchnorm=p.get("batchnorm", False),
                     num_classes=ctx.num_classes)
