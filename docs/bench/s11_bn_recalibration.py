@@ -4,21 +4,10 @@ from the training images with the final weights (block by block, in order) and s
 import sys
 from pathlib import Path
 import numpy as np, tensorflow as tf, keras
-from ffrun.run.resume import load_run_config
-from ffrun.experiment.build import build_run
-from ffrun.core.trainer import TrainMgr
-from ffrun.core.checkpoints import BestWeights, Checkpointer
-from ffrun.core.layers import Task
+from ffrun.app.evaluate import load_run
 
-run_dir = Path(sys.argv[1])
-cfg = load_run_config(run_dir)
-keras.utils.set_random_seed(int(cfg.seed))
-run = build_run(cfg)
+run, mgr, epoch = load_run(Path(sys.argv[1]))
 net, plan = run.network, run.plan
-mgr = TrainMgr(net.layers, net.seq, plan.train + plan.val, batch_size=int(cfg.batch_size),
-               eval_batch_size=int(cfg.eval_batch_size), seed=int(cfg.seed))
-mgr.build()
-epoch = Checkpointer(run_dir / "checkpoints", net.layers, BestWeights(net.layers)).restore_latest()
 def score(tag):
     m = {**mgr.evaluate(plan.val, prefix="val/"), **mgr.evaluate(plan.test, prefix="test/")}
     print(tag, {k: round(v, 4) for k, v in m.items() if k.endswith("/acc")}, flush=True)
@@ -27,7 +16,6 @@ train = plan.train[0].resolve(1)
 train = train[0] if isinstance(train, tuple) else train
 convs = [n for n in net.ff_names if hasattr(net.layers[n].layer, "layers")]
 print("blocks", convs, flush=True)
-h_in = {}
 for name in convs:
     seqm = net.layers[name].layer
     bn = seqm.layers[-1]

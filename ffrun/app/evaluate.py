@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ffrun.run import outputs
-from ffrun.experiment.build import Network, build_run
+from ffrun.experiment.build import Network, Run, build_run
 from ffrun.core.checkpoints import BestWeights, Checkpointer
 from ffrun.run.resume import load_run_config
 from ffrun.errors import CheckpointError, FFRunError
@@ -80,8 +80,9 @@ def plot_confusions(mats: dict[str, np.ndarray], path: Path, title: str) -> None
     plt.close(fig)
 
 
-def evaluate_run(run_dir: Path, console: Console, best: bool = False) -> dict[str, Any]:
-    run_dir = run_dir.expanduser().resolve()
+def load_run(run_dir: Path, best: bool = False) -> tuple[Run, TrainMgr, int]:
+    """A run folder's network built from its own config, its newest checkpoint restored (or, with
+    ``best``, the best epoch's weights); returns the run, a TrainMgr over it and the checkpoint's epoch."""
     cfg = load_run_config(run_dir)
     keras.backend.clear_session()
     keras.utils.set_random_seed(int(cfg.seed))
@@ -94,6 +95,13 @@ def evaluate_run(run_dir: Path, console: Console, best: bool = False) -> dict[st
     epoch = Checkpointer(run_dir / "checkpoints", net.layers, best_weights).restore_latest()
     if best and not best_weights.restore():
         raise CheckpointError(f"{run_dir} has no best-epoch weights in its checkpoint")
+    return run, mgr, epoch
+
+
+def evaluate_run(run_dir: Path, console: Console, best: bool = False) -> dict[str, Any]:
+    run_dir = run_dir.expanduser().resolve()
+    run, mgr, epoch = load_run(run_dir, best)
+    net, plan = run.network, run.plan
     metrics = {**mgr.evaluate(plan.val, prefix="val/"), **mgr.evaluate(plan.test, prefix="test/")}
 
     readouts = list(net.roles.readouts)
