@@ -38,11 +38,16 @@ def per_layer(value: Any, n: int, key: str) -> list:
 
 def make_optimizer(spec: Any, key: str) -> keras.optimizers.Optimizer:
     """``{class_name: Adam, learning_rate: 1e-4, ...}`` -> a fresh Keras optimizer. Adam and SGD get
-    their fused-kernel twins (same math, see ffrun.core.optimizers) unless ``fused: false``."""
+    their fused-kernel twins (same math, see ffrun.core.optimizers) unless ``fused: false``. A
+    ``learning_rate`` mapping is a Keras schedule ``{class_name: CosineDecay, config: {...}}``."""
     spec = dict(spec)
     name = spec.pop("class_name")
     fused = spec.pop("fused", True)
     try:
+        lr = spec.get("learning_rate")
+        if isinstance(lr, (dict, DictConfig)):   # a Keras schedule, stepped by this optimizer's own steps
+            spec["learning_rate"] = keras.optimizers.schedules.deserialize(
+                {"class_name": lr["class_name"], "config": dict(lr["config"])})
         if fused and name in FUSED:
             return FUSED[name](**spec)
         return keras.optimizers.get({"class_name": name, "config": spec})

@@ -129,14 +129,36 @@ def _finite(value: Any, key: str) -> None:
         raise ConfigError(f"{key} must be a finite number, got {value!r}")
 
 
+#: Keras' learning-rate schedules (keras.optimizers.schedules) by class name. A learning_rate given as
+#: {class_name: CosineDecay, config: {initial_learning_rate: 0.01, decay_steps: 782}} follows the
+#: optimizer's own step count: every FF layer has its own optimizer, so it decays over the steps that
+#: layer takes (a block trained for 2 epochs of 391 batches decays over its 782 steps).
+LR_SCHEDULES = ("CosineDecay", "CosineDecayRestarts", "ExponentialDecay", "InverseTimeDecay",
+                "PiecewiseConstantDecay", "PolynomialDecay")
+
+
+def decays(spec: Any) -> bool:
+    """Whether an optimizer mapping's learning rate is a schedule."""
+    return isinstance(spec, (dict, DictConfig)) and isinstance(spec.get("learning_rate"), (dict, DictConfig))
+
+
 def check_optimizer(spec: Any, key: str) -> None:
-    """An optimizer is a mapping with a known ``class_name`` and a finite, positive learning rate."""
+    """An optimizer is a mapping with a known ``class_name`` and a finite, positive learning rate
+    or a learning-rate schedule of Keras (LR_SCHEDULES) with a mapping of its arguments."""
     if not isinstance(spec, (dict, DictConfig)):
         raise ConfigError(f"{key} must be a mapping such as {{class_name: Adam, learning_rate: 1e-3}}, got {spec!r}")
     name = spec.get("class_name")
     if name not in OPTIMIZERS:
         raise ConfigError(f"{key}.class_name must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
     lr = spec.get("learning_rate", 1e-3)
+    if isinstance(lr, (dict, DictConfig)):
+        if lr.get("class_name") not in LR_SCHEDULES:
+            raise ConfigError(f"{key}.learning_rate.class_name must be one of {', '.join(LR_SCHEDULES)}, "
+                              f"got {lr.get('class_name')!r}")
+        if not isinstance(lr.get("config"), (dict, DictConfig)):
+            raise ConfigError(f"{key}.learning_rate.config must be a mapping of the schedule's arguments, "
+                              f"got {lr.get('config')!r}")
+        return
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
         raise ConfigError(f"{key}.learning_rate must be a finite number > 0, got {lr!r}")
 
@@ -290,6 +312,8 @@ def check_graph(nodes: dict[str, Any]) -> bool:
                 "conv and pool layers need images: feed them the input (kept as H x W x C) or a conv/pool node"
             what = "an image" if fed == IMAGE else "a flat vector"
             raise ConfigError(f"{where}: a {spec['type']} layer is fed {what} ({', '.join(inputs)}); {fix}")
+        if "optimizer" in spec:
+            check_optimizer(spec["optimizer"], f"{where}.optimizer")
         groups, filters = spec.get("groups", 1), spec.get("filters")
         if spec["type"] == "conv2d" and isinstance(groups, int) and isinstance(filters, int) and groups > 0 \
                 and filters % groups:
@@ -475,6 +499,11 @@ class FFRunConfig:
         _at_least(self.shuffle_buffer, 1, "shuffle_buffer")
         if not (math.isfinite(self.max_loss) and self.max_loss > 0):
             raise ConfigError(f"max_loss must be a finite number > 0, got {self.max_loss!r}")
+        if self.lr_schedule != LRSchedule.constant:
+            decaying = [key for key, spec in self._optimizers() if decays(spec)]
+            if decaying:
+                raise ConfigError(f"{decaying[0]}.learning_rate is a schedule, and lr_schedule={self.lr_schedule} would "
+                                  f"overwrite it every epoch: use one of the two (lr_schedule=constant)")
         if self.readout_step == StepChoice.same_step and self.pairing != StepChoice.same_step:
             raise ConfigError("readout_step=same_step trains the readout in the pos+neg step: it needs pairing=same_step")
         if self.model.layers is not None:
@@ -497,6 +526,15 @@ class FFRunConfig:
         if self.pairing == StepChoice.same_step and protocol == ProtocolName.five_digits:
             raise ConfigError("protocol five_digits has unequal positive and negative sets: use pairing=separate")
         self._check_competitive(losses, protocol)
+
+    def _optimizers(self) -> list[tuple[str, Any]]:
+        """(config key, optimizer mapping) of every optimizer the config declares."""
+        found = [("model.optimizer", self.model.optimizer), ("mode.optimizer", self.mode.optimizer)]
+        for group in ("layers", "readouts"):
+            for name, spec in (getattr(self.model, group) or {}).items():
+                opt = spec.get("optimizer") if isinstance(spec, dict) else getattr(spec, "optimizer", None)
+                found.append((f"model.{group}.{name}.optimizer", opt))
+        return [(key, spec) for key, spec in found if spec is not None]
 
     def _check_competitive(self, losses: dict[str, str], protocol: Any) -> None:
         """Class losses (cwc, pvn, cwg) train on labels without negatives: they go with protocol
