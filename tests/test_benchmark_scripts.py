@@ -74,3 +74,13 @@ def test_pass_breakdown_compares_two_values_in_one_process():
     out = _run("pass_breakdown.py", "--compare", "model.xla=false,true", "--rounds", "2", "debug=tiny", "mode=sup",
                "protocol=wrong_label", "pairing=same_step")
     assert "model.xla=false" in out and "model.xla=true" in out and "alternated, 2 rounds" in out, out
+
+
+def test_pass_breakdown_floor_times_the_matmuls_with_and_without_the_real_updates():
+    """The floor's update loop runs each layer's own optimizer once per step of the pass (warm-up
+    plus every round), so its time is the real update's, not a skipped one."""
+    module = _load("pass_breakdown.py")
+    out = module.floor(["debug=tiny", "mode=sup", "protocol=wrong_label", "pairing=same_step"], rounds=2)
+    assert set(out["seconds"]) == {"matmuls", "matmuls+update", "real pass"}
+    assert all(len(ts) == 2 and min(ts) > 0 for ts in out["seconds"].values())
+    assert out["updates"] and all(n == 3 * out["steps"] for n in out["updates"].values()), out
