@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from rich.console import Console
 
 from ffrun.app.hydra_callbacks import SweepReport
-from ffrun.app.summary import find_runs, main, parse_overrides, varying_params, write_report
+from ffrun.app.summary import Reference, find_runs, main, parse_overrides, varying_params, write_report
 from tests.conftest import colored_pixels
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -198,6 +198,36 @@ def test_runs_that_differ_only_in_seed_are_summarized_over_seeds(tmp_path: Path,
         assert float(row["best_val_std"]) == pytest.approx(statistics.stdev(best))
         assert float(row["test_mean"]) == pytest.approx(statistics.mean(best) - 0.01)
         assert float(row["test_final_mean"]) == pytest.approx(statistics.mean(best) - 0.02)
+
+
+def test_a_published_figure_is_placed_against_each_settings_seeds(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    """`ffrun-report <runs> --reference 91.7`: is the seed's figure one of our seeds' outcomes? Inside
+    the min-max of one setting's test figures, above another's; the distance in sample stds from the
+    mean, by hand."""
+    root = tmp_path / "ref"
+    tests = {("1", "0"): 0.910, ("1", "1"): 0.925, ("1", "2"): 0.920, ("2", "0"): 0.930, ("2", "1"): 0.940}
+    for job, ((lr, seed), test) in enumerate(tests.items()):
+        ov = [f"lr={lr}", f"seed={seed}"]
+        make_run(root / str(job), ov, completed(0.95, [0.9, 0.95], ov) | {"test_acc": test}, [0.9, 0.95])
+    console = recording_console()
+    write_report(root, console, reference=Reference(0.917))
+    out = console.file.getvalue()
+    assert "reference 91.70% vs test at best (min-max)" in out
+    assert "inside (91.00-92.50), -0.2 std from the mean" in out and "below (93.00-94.00)" in out
+    assert main([str(root), "--reference", "91.7"]) == 0
+    rows = {r["lr"]: r for r in csv.DictReader(open(root / "seeds.csv"))}
+    assert rows["1"]["reference_place"] == "inside" and rows["2"]["reference_place"] == "below"
+    assert float(rows["1"]["reference_z"]) == pytest.approx((0.917 - 0.91833333) / 0.00763763, abs=1e-4)
+    assert float(rows["2"]["reference_z"]) == pytest.approx((0.917 - 0.935) / 0.00707107, abs=1e-4)
+    assert rows["1"]["reference_figure"] == "test"
+    # the seed-style figure is absent in these runs (no test columns): no place, not a wrong one
+    assert main([str(root), "--reference", "91.7", "--against", "seed_style_ff"]) == 0
+    rows = list(csv.DictReader(open(root / "seeds.csv")))
+    assert {r["reference_place"] for r in rows} == {""}
+    assert main([str(root), "--reference", "150"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == \
+        ["ffrun-report: error: --reference must be an accuracy in percent (0-100), got 150"]
 
 
 def test_no_seed_summary_without_repeated_seeds(sweep: Path, tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ import os
 import re
 import statistics
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -45,6 +46,10 @@ SEED_COLUMNS = ("n", "seeds", "best_val_mean", "best_val_std", "test_mean", "tes
 #: keys that draw random streams rather than define a setting: runs differing only in them are
 #: seeds of one setting (protocol.route_seed draws the A/B splits, as the seed's 10 "route seeds")
 SEED_KEYS = ("seed", "protocol.route_seed")
+#: the seed-summary figures a published reference can be placed against (``--reference``)
+FIGURES = {"test": "test at best", "test_final": "test final",
+           "seed_style_ff": "seed-style: best test, FF stage", "seed_style_all": "best test, all epochs"}
+REFERENCE_COLUMNS = ("reference", "reference_figure", "reference_place", "reference_z")
 # The results.json fields the report reads, by what a wrong type costs. These decide what a row
 # means (did the run succeed, which readout its accuracies belong to): a wrong type fails the row.
 MEANING_FIELDS = ("status", "reason", "primary")
@@ -266,12 +271,40 @@ def varying_params(runs: Sequence[dict[str, Any]]) -> list[str]:
     return [k for k in keys if len({run["params"].get(k) for run in runs}) > 1]
 
 
-def seed_groups(runs: Sequence[dict[str, Any]], varying: Sequence[str]) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class Reference:
+    """A published accuracy (a fraction) to place against one of the seed summary's figures."""
+
+    value: float
+    figure: str = "test"
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.value <= 1.0:
+            raise ReportError(f"--reference must be an accuracy in percent (0-100), got {100 * self.value:g}")
+        if self.figure not in FIGURES:
+            raise ReportError(f"--against must be one of {', '.join(FIGURES)}, got {self.figure!r}")
+
+    def place(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Where the reference lies against the setting's seeds: ``inside`` their min-max range, or
+        ``above`` / ``below`` it, and how many sample standard deviations from their mean (None with one
+        seed). A single published run inside the range is as likely as one of ours; outside it, the
+        difference needs a cause."""
+        lo, hi = record[f"{self.figure}_min"], record[f"{self.figure}_max"]
+        mean, std = record[f"{self.figure}_mean"], record[f"{self.figure}_std"]
+        place = None if lo is None else "below" if self.value < lo else "above" if self.value > hi else "inside"
+        z = (self.value - mean) / std if std else None
+        return {"reference": self.value, "reference_figure": self.figure, "reference_place": place,
+                "reference_z": z}
+
+
+def seed_groups(runs: Sequence[dict[str, Any]], varying: Sequence[str],
+                reference: Reference | None = None) -> list[dict[str, Any]]:
     """Completed runs that differ only in ``seed``, one record per setting of the other swept
     parameters: how many seeds, and the mean and sample standard deviation of the best validation
     accuracy, the test accuracy at the best epoch and the final test accuracy. A single run's accuracy
-    says little on 10k test images; a setting is judged by its seeds. Empty unless ``seed`` is swept
-    and some setting has at least two completed runs."""
+    says little on 10k test images; a setting is judged by its seeds. With a ``reference`` each record
+    also says where that figure lies against its seeds (:meth:`Reference.place`). Empty unless ``seed``
+    is swept and some setting has at least two completed runs."""
     if not any(k in varying for k in SEED_KEYS):
         return []
     others = _setting_keys(varying)
@@ -291,6 +324,8 @@ def seed_groups(runs: Sequence[dict[str, Any]], varying: Sequence[str]) -> list[
             record[f"{name}_mean"], record[f"{name}_std"] = _mean_std([r[field] for r in members])
             present = [r[field] for r in members if r[field] is not None]
             record[f"{name}_min"], record[f"{name}_max"] = (min(present), max(present)) if present else (None, None)
+        if reference is not None:
+            record |= reference.place(record)
         records.append(record)
     records.sort(key=lambda r: -(r["best_val_mean"] or 0.0))
     return records
@@ -315,22 +350,32 @@ def _mean_std(values: Sequence[float | None]) -> tuple[float | None, float | Non
     return statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else None
 
 
-def seed_table(records: Sequence[dict[str, Any]], varying: Sequence[str]) -> Table:
-    """The seed summary: one row per setting, accuracies as mean +- sample std over its seeds."""
+def seed_table(records: Sequence[dict[str, Any]], varying: Sequence[str],
+               reference: Reference | None = None) -> Table:
+    """The seed summary: one row per setting, accuracies as mean +- sample std over its seeds; with a
+    reference, a last column saying where it lies against the seeds' min-max of the chosen figure."""
     others = _setting_keys(varying)
     table = Table(title="over seeds (mean +- sample std)")
     for key in others:
         table.add_column(key, overflow="fold")
     table.add_column("n", justify="right", no_wrap=True)
     table.add_column("seeds", overflow="fold")
-    for label in ("best val", "test at best", "test final", "seed-style: best test, FF stage", "best test, all epochs"):
+    for label in ("best val", *FIGURES.values()):
         table.add_column(label, justify="right", no_wrap=True)
+    if reference is not None:
+        table.add_column(f"reference {100 * reference.value:.2f}% vs {FIGURES[reference.figure]} (min-max)",
+                         overflow="fold")
     for rec in records:
         cells = []
-        for name in ("best_val", "test", "test_final", "seed_style_ff", "seed_style_all"):
+        for name in ("best_val", *FIGURES):
             mean, std = rec[f"{name}_mean"], rec[f"{name}_std"]
             cells.append("-" if mean is None else f"{100 * mean:.2f}%"
                          + ("" if std is None else f" +- {100 * std:.2f}"))
+        if reference is not None:
+            lo, hi, z = rec[f"{reference.figure}_min"], rec[f"{reference.figure}_max"], rec["reference_z"]
+            cells.append("-" if rec["reference_place"] is None else
+                         f"{rec['reference_place']} ({100 * lo:.2f}-{100 * hi:.2f})"
+                         + ("" if z is None else f", {z:+.1f} std from the mean"))
         table.add_row(*[Text(_short(str(rec[k]))) if rec[k] is not None else "-" for k in others],
                       str(rec["n"]), Text(rec["seeds"]), *cells)
     return table
@@ -478,10 +523,11 @@ def _plot_param(ax, key: str, runs: Sequence[dict[str, Any]], skipped: int, alon
 
 
 def write_report(folder: Path | Sequence[Path], console: Console,
-                 out: Path | None = None) -> list[dict[str, Any]]:
+                 out: Path | None = None, reference: Reference | None = None) -> list[dict[str, Any]]:
     """Collect every run below ``folder`` (or below each of several folders), print the ranked table
     on ``console`` and write ``summary.csv`` and ``summary.png`` into ``out`` (default: the folder
-    itself; required for several). Runs are named relative to the folders' common parent. Returns the
+    itself; required for several). Runs are named relative to the folders' common parent. A
+    ``reference`` (a published figure) is placed against each seed group. Returns the
     summary.csv rows, best first. Raises ReportError when a folder does not exist or none holds runs."""
     folders = [Path(folder)] if isinstance(folder, (str, Path)) else [Path(f) for f in folder]
     if not folders:
@@ -510,11 +556,12 @@ def write_report(folder: Path | Sequence[Path], console: Console,
     plot_summary(runs, varying, out / "summary.png", title)
     console.print(summary_table(runs, varying, title))
     written = [out / "summary.csv", out / "summary.png"]
-    by_seed = seed_groups(runs, varying)
+    by_seed = seed_groups(runs, varying, reference)
     if by_seed:
         others = _setting_keys(varying)
-        write_csv_columns(by_seed, others + list(SEED_COLUMNS), out / "seeds.csv")
-        console.print(seed_table(by_seed, varying))
+        extra = list(REFERENCE_COLUMNS) if reference is not None else []
+        write_csv_columns(by_seed, others + list(SEED_COLUMNS) + extra, out / "seeds.csv")
+        console.print(seed_table(by_seed, varying, reference))
         written.append(out / "seeds.csv")
     console.print("summary: " + ", ".join(str(p) for p in written))
     return rows
@@ -530,9 +577,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None,
                         help="where summary.csv and summary.png go (default: the folder; "
                              "required with several folders)")
+    parser.add_argument("--reference", type=float, default=None, metavar="PERCENT",
+                        help="a published accuracy (e.g. the seed's 91.7): the seed summary says whether "
+                             "it lies inside each setting's min-max and how many std from the mean")
+    parser.add_argument("--against", choices=tuple(FIGURES), default="test",
+                        help="which figure the reference is placed against (default: test, the test "
+                             "accuracy at the validation-chosen epoch; seed_style_ff for a figure "
+                             "reported as the best test epoch)")
     args = parser.parse_args(argv)
     try:
-        write_report(args.folders, outputs.make_console(), out=args.out)
+        reference = None if args.reference is None else Reference(args.reference / 100, args.against)
+        write_report(args.folders, outputs.make_console(), out=args.out, reference=reference)
     except ReportError as exc:
         # A usage problem, like argparse's own: one line on stderr, exit code 2
         print(f"ffrun-report: error: {exc}", file=sys.stderr)
