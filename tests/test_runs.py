@@ -5,7 +5,7 @@ import keras
 import pytest
 
 from ffrun.errors import ConfigError
-from ffrun.run.outputs import read_metrics
+from ffrun.run.outputs import accuracy_lines, read_metrics
 from tests.conftest import colored_pixels
 
 
@@ -74,6 +74,10 @@ def test_track_test_records_the_seed_style_figure_beside_the_validation_choice(t
     # the epoch is still chosen on validation; the test figure at that epoch is the tracked one
     chosen = next(r for r in rows if r["epoch"] == results["best_epoch"])
     assert results["test_acc"] == pytest.approx(chosen["test/softmax/acc"], abs=1e-5)
+    # curves.png draws the tracked test curve dashed beside its readout's evaluation curve
+    assert accuracy_lines(rows) == [("softmax/acc", "softmax", "-"), ("test/softmax/acc", "softmax (test)", "--")]
+    assert accuracy_lines([{k: v for k, v in r.items() if not k.startswith("test/")} for r in rows]) \
+        == [("softmax/acc", "softmax", "-")]
 
 
 def test_seed_style_eval_on_test(train_tiny):

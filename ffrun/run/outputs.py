@@ -216,6 +216,21 @@ def accuracy_keys(rows: Iterable[Mapping[str, float]]) -> list[str]:
     return keys
 
 
+def accuracy_lines(rows: Iterable[Mapping[str, float]]) -> list[tuple[str, str, str]]:
+    """(column, label, line style) of each accuracy curve: every readout on the evaluation set, and
+    beside it, dashed, its test column when the run tracked the test set (``track_test=true``), so a
+    curve shows how far the epoch chosen on validation sits from the test set's best."""
+    rows = list(rows)
+    columns = {k for r in rows for k in r}
+    lines = []
+    for key in accuracy_keys(rows):
+        name = key.removesuffix("/acc")
+        lines.append((key, name, "-"))
+        if f"test/{key}" in columns:
+            lines.append((f"test/{key}", f"{name} (test)", "--"))
+    return lines
+
+
 def plot_curves(rows: Sequence[Mapping[str, float]], path: Path, title: str = "") -> None:
     """curves.png: accuracy, per-layer losses, goodness and pos/neg separation against epochs."""
     import matplotlib
@@ -229,9 +244,12 @@ def plot_curves(rows: Sequence[Mapping[str, float]], path: Path, title: str = ""
         pts = [(r["epoch"], r[key]) for r in rows if key in r and math.isfinite(r[key])]
         return zip(*pts) if pts else ((), ())
 
-    for key in accuracy_keys(rows):
-        ax_acc.plot(*series(key), label=key.replace("/acc", ""))
-    ax_acc.set(title="readout accuracy (evaluation set)", xlabel="epoch", ylabel="accuracy")
+    lines, readouts = accuracy_lines(rows), accuracy_keys(rows)
+    for key, label, style in lines:     # a readout's test curve in its evaluation curve's colour
+        ax_acc.plot(*series(key), color=f"C{readouts.index(key.removeprefix('test/'))}", linestyle=style, label=label)
+    tracked = any(style == "--" for _, _, style in lines)
+    ax_acc.set(title="readout accuracy (solid: evaluation set, dashed: test set, tracked)" if tracked
+               else "readout accuracy (evaluation set)", xlabel="epoch", ylabel="accuracy")
     layers = sorted({k.split("/")[0] for r in rows for k in r if k.endswith(("/loss_pos", "/loss_pair"))})
     for i, name in enumerate(layers):
         color = f"C{i}"
