@@ -107,17 +107,23 @@ def test_categorical_parameter_and_several_varying_parameters(tmp_path: Path) ->
     assert (tmp_path / "summary.png").read_bytes()[:8] == PNG_MAGIC
 
 
-def test_categorical_parameter_gets_a_category_axis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A sweep of model.goodness=sum,mean: summary.png plots best accuracy against the two names as
-    categories, each run's point above its own name."""
+@pytest.fixture
+def drawn(monkeypatch: pytest.MonkeyPatch) -> list:
+    """Every matplotlib figure saved during the test, in order, kept for its axes to be read."""
     import matplotlib.figure
-    drawn = []
+    figures = []
     save = matplotlib.figure.Figure.savefig
 
     def keep_figure(fig, *args, **kwargs):
-        drawn.append(fig)
+        figures.append(fig)
         return save(fig, *args, **kwargs)
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", keep_figure)
+    return figures
+
+
+def test_categorical_parameter_gets_a_category_axis(tmp_path: Path, drawn: list) -> None:
+    """A sweep of model.goodness=sum,mean: summary.png plots best accuracy against the two names as
+    categories, each run's point above its own name."""
     for job, (goodness, acc) in enumerate([("sum", 0.5), ("mean", 0.6), ("sum", 0.7)]):
         ov = [f"model.goodness={goodness}"]
         make_run(tmp_path / str(job), ov, completed(acc, [acc], ov), [acc])
@@ -228,6 +234,49 @@ def test_a_published_figure_is_placed_against_each_settings_seeds(tmp_path: Path
     assert main([str(root), "--reference", "150"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == \
         ["ffrun-report: error: --reference must be an accuracy in percent (0-100), got 150"]
+
+
+def test_seeds_png_draws_each_seed_its_mean_and_the_reference(tmp_path: Path, drawn: list) -> None:
+    """seeds.png of `--reference 91.7 --against seed_style_ff`: per setting, every seed's test figure
+    (at the validation-chosen epoch, final, seed-style) as a point, the mean +- sample std as a bar
+    beside them, and the reference as a dashed line; summary.png's seed panel joins no seeds by a line."""
+    import statistics
+
+    root = tmp_path / "ref"
+    tests = {("1", "0"): 0.910, ("1", "1"): 0.925, ("1", "2"): 0.920, ("2", "0"): 0.930, ("2", "1"): 0.940}
+    for job, ((lr, seed), test) in enumerate(tests.items()):
+        ov = [f"lr={lr}", f"seed={seed}"]
+        run = make_run(root / str(job), ov, completed(0.95, [0.9, 0.95], ov) | {"test_acc": test}, [0.9, 0.95])
+        stages = [{"stage": 0, "best": test + 0.004, "epoch": 2}]   # the tracked test curve's best
+        results = json.loads((run / "results.json").read_text())
+        results["readouts"] = {"softmax/acc": {"test_best_by_stage": stages}}
+        (run / "results.json").write_text(json.dumps(results))
+    write_report(root, recording_console(), reference=Reference(0.917, "seed_style_ff"))
+
+    assert (root / "seeds.png").read_bytes()[:8] == PNG_MAGIC
+    summary, seeds = drawn
+    (ax,) = seeds.axes
+    (seed_panel,) = [panel for panel in summary.axes if panel.get_xlabel() == "seed"]
+    assert seed_panel.get_lines() == [] and len(seed_panel.collections[0].get_offsets()) == 5
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert sorted(labels) == ["lr=1\nn = 3", "lr=2\nn = 2"]       # in seeds.csv's order
+    # one point series per (setting, figure), in the setting's column
+    from matplotlib.collections import PathCollection
+    series = {}
+    for points in (c for c in ax.collections if isinstance(c, PathCollection)):   # the scatters
+        offsets = points.get_offsets().tolist()
+        series.setdefault(round(offsets[0][0]), []).append(sorted(y for _, y in offsets))
+    setting_1 = sorted(v for (lr, _), v in tests.items() if lr == "1")
+    assert series[labels.index("lr=1\nn = 3")] == [pytest.approx(setting_1), pytest.approx([v + 0.004 for v in setting_1]),
+                         pytest.approx([v + 0.004 for v in setting_1])]
+    bars = [(bar.lines[0].get_ydata()[0], bar.lines[1][1].get_ydata()[0]) for bar in ax.containers]
+    assert len(bars) == 6          # 2 settings x 3 figures: (mean, mean + std)
+    mean, std = statistics.mean(setting_1), statistics.stdev(setting_1)
+    assert (pytest.approx(mean), pytest.approx(mean + std)) in bars
+    (reference,) = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+    assert list(reference.get_ydata()) == [0.917, 0.917]
+    assert "reference 91.70% (against seed-style: best test, FF stage)" in \
+        [t.get_text() for t in ax.get_legend().get_texts()]
 
 
 def test_no_seed_summary_without_repeated_seeds(sweep: Path, tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ Point it at a sweep (``outputs/multirun/<stamp>``) or at ``outputs/``: every fol
 results.json is a run. Several folders (``ffrun-report runA runB sweepC``) compare runs that live
 apart; their summary goes to ``--out``. Runs are ranked by best validation accuracy; failed runs come
 last with their reason. Runs that differ only in ``seed`` are also summarized over their seeds (mean and
-spread, ``seeds.csv``). The Hydra callback ``ffrun.app.hydra_callbacks.SweepReport`` calls :func:`write_report` when a sweep ends.
+spread, ``seeds.csv``, drawn in ``seeds.png``). The Hydra callback ``ffrun.app.hydra_callbacks.SweepReport`` calls :func:`write_report` when a sweep ends.
 """
 from __future__ import annotations
 
@@ -49,6 +49,9 @@ SEED_KEYS = ("seed", "protocol.route_seed")
 #: the seed-summary figures a published reference can be placed against (``--reference``)
 FIGURES = {"test": "test at best", "test_final": "test final",
            "seed_style_ff": "seed-style: best test, FF stage", "seed_style_all": "best test, all epochs"}
+#: each figure's field in a run record
+FIGURE_FIELDS = {"test": "test_acc", "test_final": "test_acc_final", "seed_style_ff": "seed_style_ff",
+                 "seed_style_all": "seed_style_all"}
 REFERENCE_COLUMNS = ("reference", "reference_figure", "reference_place", "reference_z")
 # The results.json fields the report reads, by what a wrong type costs. These decide what a row
 # means (did the run succeed, which readout its accuracies belong to): a wrong type fails the row.
@@ -308,10 +311,7 @@ def seed_groups(runs: Sequence[dict[str, Any]], varying: Sequence[str],
     if not any(k in varying for k in SEED_KEYS):
         return []
     others = _setting_keys(varying)
-    groups: dict[tuple, list[dict[str, Any]]] = {}
-    for run in runs:
-        if run["status"] == "completed" and run["best_val_acc"] is not None:
-            groups.setdefault(tuple(run["params"].get(k) for k in others), []).append(run)
+    groups = _settings(runs, others)
     if not any(len(members) > 1 for members in groups.values()):
         return []
     records = []
@@ -319,8 +319,7 @@ def seed_groups(runs: Sequence[dict[str, Any]], varying: Sequence[str],
         record: dict[str, Any] = dict(zip(others, values))
         record["n"] = len(members)
         record["seeds"] = " ".join(sorted((_seed_label(r) for r in members), key=_natural_key))
-        for name, field in (("best_val", "best_val_acc"), ("test", "test_acc"), ("test_final", "test_acc_final"),
-                            ("seed_style_ff", "seed_style_ff"), ("seed_style_all", "seed_style_all")):
+        for name, field in (("best_val", "best_val_acc"), *FIGURE_FIELDS.items()):
             record[f"{name}_mean"], record[f"{name}_std"] = _mean_std([r[field] for r in members])
             present = [r[field] for r in members if r[field] is not None]
             record[f"{name}_min"], record[f"{name}_max"] = (min(present), max(present)) if present else (None, None)
@@ -329,6 +328,16 @@ def seed_groups(runs: Sequence[dict[str, Any]], varying: Sequence[str],
         records.append(record)
     records.sort(key=lambda r: -(r["best_val_mean"] or 0.0))
     return records
+
+
+def _settings(runs: Sequence[dict[str, Any]], others: Sequence[str]) -> dict[tuple, list[dict[str, Any]]]:
+    """The completed, scored runs by their values of the setting keys ``others``: each list holds
+    one setting's seeds."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for run in runs:
+        if run["status"] == "completed" and run["best_val_acc"] is not None:
+            groups.setdefault(tuple(run["params"].get(k) for k in others), []).append(run)
+    return groups
 
 
 def _seed_label(run: dict[str, Any]) -> str:
@@ -505,8 +514,9 @@ def _plot_param(ax, key: str, runs: Sequence[dict[str, Any]], skipped: int, alon
         ax.scatter(xs, [a for _, a in pts], alpha=0.6)
         # On a grid, the line follows the best run per x (over the other parameters). When other
         # parameters vary and x never repeats (random/Optuna search) a line would join unrelated
-        # runs, so the points stand alone.
-        if alone or len(set(xs)) < len(xs):
+        # runs, so the points stand alone. Seeds are labels, not a quantity: no line joins seed 1
+        # to seed 2 (seeds.png sums them up).
+        if key not in SEED_KEYS and (alone or len(set(xs)) < len(xs)):
             best: dict[float, float] = {}
             for x, (_, acc) in zip(xs, pts):
                 best[x] = max(acc, best.get(x, -math.inf))
@@ -520,6 +530,47 @@ def _plot_param(ax, key: str, runs: Sequence[dict[str, Any]], skipped: int, alon
     note = f"\n({skipped} failed or unscored runs not shown)" if skipped else ""
     ax.set(title=f"best accuracy vs {key}{note}", xlabel=key, ylabel="best accuracy")
     ax.grid(alpha=0.3)
+
+
+def plot_seeds(runs: Sequence[dict[str, Any]], varying: Sequence[str], records: Sequence[dict[str, Any]],
+               path: Path, title: str, reference: Reference | None = None) -> None:
+    """seeds.png: one column per setting (seeds.csv's rows); in it each test figure the runs have (at
+    the validation-chosen epoch, final, seed-style) as one point per seed beside a bar of their mean
+    +- sample std, and a published reference as a dashed line across. Whether a reported figure lies
+    inside the seeds' spread, or where, is then read at a glance; seeds.csv holds the numbers."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    others = _setting_keys(varying)
+    groups = _settings(runs, others)
+    shown = [name for name in FIGURES if any(rec[f"{name}_mean"] is not None for rec in records)]
+    fig, ax = plt.subplots(figsize=(max(6.0, 2.0 + 1.8 * len(records)), 4.8), constrained_layout=True)
+    step = 0.8 / max(1, len(shown))
+    for i, rec in enumerate(records):
+        members = groups[tuple(rec[k] for k in others)]
+        for j, name in enumerate(shown):
+            x = i + (j - (len(shown) - 1) / 2) * step
+            ys = [m[FIGURE_FIELDS[name]] for m in members if m[FIGURE_FIELDS[name]] is not None]
+            ax.scatter([x - step / 6] * len(ys), ys, color=f"C{j}", alpha=0.6, s=16,
+                       label=FIGURES[name] if i == 0 else None)
+            mean, std = rec[f"{name}_mean"], rec[f"{name}_std"]
+            if mean is not None:
+                ax.errorbar([x + step / 6], [mean], yerr=[std or 0.0], color=f"C{j}", marker="_",
+                            markersize=10, capsize=3)
+    if reference is not None:
+        ax.axhline(reference.value, color="black", linestyle="--", linewidth=1,
+                   label=f"reference {100 * reference.value:.2f}% (against {FIGURES[reference.figure]})")
+    labels = [(", ".join(f"{k}={_short(str(rec[k]))}" for k in others) or "all runs") + f"\nn = {rec['n']}"
+              for rec in records]
+    ax.set_xticks(range(len(records)), labels, rotation=20 if len(records) > 4 else 0)
+    ax.set_xlim(-0.6, len(records) - 0.4)
+    ax.set(title=f"{title}\ntest figures over seeds (points: seeds; bars: mean +- std)", ylabel="test accuracy")
+    if ax.get_legend_handles_labels()[0]:   # below the axes: inside, it would hide points
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
+    ax.grid(alpha=0.3, axis="y")
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
 
 
 def write_report(folder: Path | Sequence[Path], console: Console,
@@ -561,8 +612,9 @@ def write_report(folder: Path | Sequence[Path], console: Console,
         others = _setting_keys(varying)
         extra = list(REFERENCE_COLUMNS) if reference is not None else []
         write_csv_columns(by_seed, others + list(SEED_COLUMNS) + extra, out / "seeds.csv")
+        plot_seeds(runs, varying, by_seed, out / "seeds.png", title, reference)
         console.print(seed_table(by_seed, varying, reference))
-        written.append(out / "seeds.csv")
+        written += [out / "seeds.csv", out / "seeds.png"]
     console.print("summary: " + ", ".join(str(p) for p in written))
     return rows
 
