@@ -219,8 +219,8 @@ def test_a_published_figure_is_placed_against_each_settings_seeds(tmp_path: Path
     console = recording_console()
     write_report(root, console, reference=Reference(0.917))
     out = console.file.getvalue()
-    assert "reference 91.70% vs test at best (min-max)" in out
-    assert "inside (91.00-92.50), -0.2 std from the mean" in out and "below (93.00-94.00)" in out
+    assert "reference 91.70% against the min-max of test at best" in out
+    assert "inside (91.00 - 92.50), -0.2 std from the mean" in out and "below (93.00 - 94.00)" in out
     assert main([str(root), "--reference", "91.7"]) == 0
     rows = {r["lr"]: r for r in csv.DictReader(open(root / "seeds.csv"))}
     assert rows["1"]["reference_place"] == "inside" and rows["2"]["reference_place"] == "below"
@@ -277,6 +277,33 @@ def test_seeds_png_draws_each_seed_its_mean_and_the_reference(tmp_path: Path, dr
     assert list(reference.get_ydata()) == [0.917, 0.917]
     assert "reference 91.70% (against seed-style: best test, FF stage)" in \
         [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def test_seed_table_fits_an_80_column_log(tmp_path: Path) -> None:
+    """A report piped into a log is 80 columns wide (rich's default without a terminal): the seed
+    table with a reference keeps every column and every figure whole in it, instead of squeezing
+    n and seeds to nothing and cutting the figures short, as it did."""
+    import statistics
+    root = tmp_path / "ref"
+    tests = [0.9307, 0.9506, 0.9346, 0.9280, 0.9480, 0.9622]
+    for seed, test in enumerate(tests):
+        ov = [f"seed={seed}"]
+        results = completed(test, [0.9, test], ov) | {"test_acc": test, "test_acc_final": test - 0.003}
+        results["readouts"] = {"softmax/acc": {"test_best_by_stage": [{"stage": 0, "best": test, "epoch": 2}]}}
+        make_run(root / str(seed), ov, results, [0.9, test])
+    console = Console(file=io.StringIO(), width=80, color_system=None)
+    write_report(root, console, reference=Reference(0.9576, "seed_style_ff"))
+    out = console.file.getvalue()
+    table = out[out.index("over seeds"):]
+    assert max(len(line) for line in table.splitlines()) <= 80
+    assert "…" not in table
+    rows = [line for line in table.splitlines() if line.startswith("│")]
+    assert rows[0].split("│")[1].strip() == "6"                        # n
+    assert "".join(r.split("│")[2] for r in rows).split() == ["0", "1", "2", "3", "4", "5"]
+    mean, std = 100 * statistics.mean(tests), 100 * statistics.stdev(tests)    # whole, not cut short
+    assert rows[0].count(f"{mean:.2f}%") == 4 and f"{std:.2f}" in "".join(rows)
+    assert "-" not in [cell.strip() for cell in rows[0].split("│")[3:8]]     # every figure present
+    assert "inside" in rows[0] and "96.22)," in "".join(rows)
 
 
 def test_no_seed_summary_without_repeated_seeds(sweep: Path, tmp_path: Path) -> None:
