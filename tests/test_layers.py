@@ -265,6 +265,53 @@ def test_pair_step_matches_the_loss_written_out_by_hand(routed, activation):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
 
 
+def test_peer_norm_of_five_units_lambda_is_the_step_of_hintons_released_code():
+    """Hinton's Matlab code (ffcode, `lambdamean`) adds lambda * (mean_k mu_k - mu_j) to each
+    positive row's gradient on unit j's input, ungated by the ReLU. ffrun's term (the loeweX port's)
+    is peer_norm * mean_j (mean_k mu_k - mu_j)^2 with mu = 0.9 mu_old + 0.1 * batch mean, whose
+    gradient per row is peer_norm * 0.2 / (units * N) * (mu_j - mean mu): so the port's 0.03 is
+    5 * units times weaker than Hinton's 0.03, and peer_norm = 5 * units * lambda is Hinton's.
+    The reference below is Hinton's update written out in numpy (delay 0, no weight cost)."""
+    units, n, lam, lr = 8, 16, 0.03, 0.05
+    x = 2.0 * tf.random.stateless_normal([2 * n, 5], seed=[9, 1]).numpy()
+    keras.utils.set_random_seed(0)
+    layer = FFDense(units, float(units), float(units), keras.optimizers.SGD(lr), name="hinton",
+                    activation="relu_full_grad", peer_norm=5 * units * lam, peer_init=0.5)
+    y = tf.zeros([2 * n], tf.int32)
+    layer.transform(tf.constant(x), y)
+    layer.build_optimizer()
+    w, b = layer.layer.kernel.numpy().astype(np.float64), np.full(units, 0.1)
+    layer.layer.bias.assign(b)
+    running = np.linspace(0.0, 1.5, units)         # units far from their layer's mean activity
+    layer.running_mean.assign(running)
+
+    def logistic(v):
+        return 1.0 / (1.0 + np.exp(-v))
+
+    def hinton_step(lambdamean):
+        xp, xn = x[:n].astype(np.float64), x[n:].astype(np.float64)
+        states = np.maximum(0.0, xp @ w + b)
+        posprobs = logistic((states ** 2).sum(1) - units)
+        meanstates = 0.9 * running + 0.1 * states.mean(0)
+        d_pos = (1 - posprobs)[:, None] * states + lambdamean * (meanstates.mean() - meanstates)
+        neg_states = np.maximum(0.0, xn @ w + b)
+        d_neg = -logistic((neg_states ** 2).sum(1) - units)[:, None] * neg_states
+        return (w + lr * (xp.T @ d_pos + xn.T @ d_neg) / n, b + lr * (d_pos.sum(0) + d_neg.sum(0)) / n,
+                meanstates, posprobs)
+
+    want_w, want_b, want_running, posprobs = hinton_step(lam)
+    assert 0.05 < posprobs.mean() < 0.95           # the goodness term is not saturated: both terms count
+
+    layer.set_task(Task.TRAIN_PAIR)
+    layer.ff_do_task(tf.constant(x), y)
+    np.testing.assert_allclose(layer.layer.kernel.numpy(), want_w, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(layer.layer.bias.numpy(), want_b, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(layer.running_mean.numpy(), want_running, rtol=1e-5)
+    # the port's strength (lambda / (5 units)) is a different step: the peer term is what is pinned
+    _, port_b, _, _ = hinton_step(lam / (5 * units))
+    assert np.abs(port_b - want_b).max() > 10 * (1e-6 + 1e-4 * np.abs(want_b).max())
+
+
 def test_pair_readout_step_trains_ff_on_pos_neg_and_the_readout_on_the_last_third():
     x = tf.random.stateless_normal([24, 5], seed=[5, 6])
     y = tf.constant(np.arange(24) % 3, tf.int32)
