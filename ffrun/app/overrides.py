@@ -8,6 +8,16 @@ _PLUGIN_EXTRAS = {"hydra/sweeper/optuna": "optuna", "hydra/launcher/joblib": "sw
                   "hydra/launcher/submitit_local": "sweep", "hydra/launcher/submitit_slurm": "sweep"}
 
 
+#: config groups every run composes: deleting one (``~model``) would leave the schema's bare
+#: defaults, e.g. a 4 x 500 network whatever ``units`` says
+REQUIRED_GROUPS = ("data", "model", "protocol", "mode")
+
+
+def _group_options(group: str) -> list[str]:
+    from importlib.resources import files
+    return sorted(f.name[:-5] for f in files("ffrun.conf").joinpath(group).iterdir() if f.name.endswith(".yaml"))
+
+
 def _job_overrides(args: list[str]) -> list[list[str]]:
     """Override lists that cover the jobs of ``args`` for checking: the first value of every sweep,
     then each other value of each sweep in turn (one composition per value, not per job: a 4 x 4
@@ -63,6 +73,11 @@ def override_problem(args: list[str]) -> str | None:
     if any(a.startswith("-") and a not in ("-m", "--multirun") for a in args):
         return None
     overrides = [a for a in args if not a.startswith("-")]
+    removed = next((o for o in overrides if o.lstrip("~").split("=", 1)[0] in REQUIRED_GROUPS and o.startswith("~")), None)
+    if removed is not None:
+        group = removed.lstrip("~").split("=", 1)[0]
+        return (f"{removed!r} removes the config group {group!r}, which every run needs; choose one of its "
+                f"options instead ({group}={'|'.join(_group_options(group))})")
     try:
         jobs = _job_overrides(overrides)
     except OverrideParseException as exc:
@@ -85,11 +100,13 @@ def _compose_problem(single: list[str]) -> str | None:
     from omegaconf.errors import ValidationError
 
     from ffrun.errors import FFRunError
-    from ffrun.experiment.schema import typed
+    from ffrun.experiment.schema import check_before_run, typed
     try:
         with initialize_config_module(config_module="ffrun.conf", version_base="1.3"):
             cfg = compose("config", overrides=single, return_hydra_config=True)
-        typed(cfg)      # ranges and cross-key rules: the same check every run makes at its start
+        spec = typed(cfg)      # ranges and cross-key rules: the same check every run makes at its start
+        if not spec.resume:    # a resumed run has its own saved config: run/resume.py checks that one
+            check_before_run(spec)
     except FFRunError as exc:
         return str(exc)
     except MissingConfigException as exc:

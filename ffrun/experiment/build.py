@@ -14,7 +14,7 @@ from typing import Any
 import keras
 import numpy as np
 import tensorflow as tf
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig
 
 from ffrun.core.augment import Augment
 from ffrun.core.network import Network
@@ -22,18 +22,13 @@ from ffrun.core.optimizers import FUSED
 from ffrun.errors import ConfigError
 from ffrun.experiment import protocols
 from ffrun.experiment.datasets import ImageSplits, load_splits
-from ffrun.experiment.graph import Context, build_graph, generate_mlp
+from ffrun.experiment.graph import Context, build_graph
 from ffrun.experiment.protocols import Plan
-from ffrun.experiment.schema import DataConfig, FFRunConfig, ModelConfig, typed
+from ffrun.experiment.schema import (DataConfig, FFRunConfig, ModelConfig, build_schedule, check_shapes,
+                                     network_nodes, per_layer, typed)
 
-
-def per_layer(value: Any, n: int, key: str) -> list:
-    """A scalar for every layer, or a list with one value per layer (the schema checked the values)."""
-    if isinstance(value, (list, tuple, ListConfig)):
-        if len(value) != n:
-            raise ConfigError(f"{key} has {len(value)} values but the model has {n} FF layers")
-        return list(value)
-    return [value] * n
+__all__ = ["Run", "build_network", "build_run", "build_schedule", "load_data", "make_initializer",
+           "make_optimizer", "per_layer"]
 
 
 def make_optimizer(spec: Any, key: str) -> keras.optimizers.Optimizer:
@@ -81,13 +76,7 @@ def build_network(model: ModelConfig, num_classes: int, supervised: bool,
                   image_shape: tuple[int, int, int] = (0, 0, 0)) -> Network:
     """The network of the typed ``model`` config: its declared graph (``model.layers``), or the
     MLP generated from ``num_layers`` / ``units`` as the same kind of node list."""
-    nodes = model.layers
-    if nodes is None:
-        n = model.num_layers
-        th_pos = per_layer(model.th_pos, n, "model.th_pos")
-        th_neg = per_layer(model.th_neg if model.th_neg is not None else model.th_pos, n, "model.th_neg")
-        nodes = generate_mlp(model, supervised, per_layer(model.units, n, "units"), th_pos, th_neg,
-                             per_layer(model.loss, n, "model.loss"))
+    nodes = network_nodes(model, supervised)
     ctx = Context(model, num_classes, supervised, "mixed_bfloat16" if model.precision == "bf16" else None,
                   make_optimizer, make_initializer)
     return build_graph(nodes, ctx, image_shape, routing, neg_routing)
@@ -104,19 +93,6 @@ class Run:
     plan: Plan
     schedule: list[tuple[Any, int]]
     augment: Augment | None = None    # training-time shifts / flips (data.augment), None when off
-
-
-def build_schedule(schedule: Any) -> list[tuple[Any, int]]:
-    """``[[layers, epochs], ...]`` (layers: ``all`` or a list of node names) as tuples."""
-    out = []
-    for i, stage in enumerate(schedule or []):
-        if not isinstance(stage, (list, tuple, ListConfig)) or len(stage) != 2:
-            raise ConfigError(f"schedule[{i}] must be [layers, epochs], got {stage!r}")
-        names, epochs = stage
-        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
-            raise ConfigError(f"schedule[{i}] epochs must be an integer >= 0, got {epochs!r}")
-        out.append((names if isinstance(names, str) else list(names), epochs))
-    return out
 
 
 def load_data(data: DataConfig) -> ImageSplits:
@@ -137,6 +113,7 @@ def build_run(cfg: DictConfig | FFRunConfig, keep_splits: bool = False) -> Run:
     else:   # a declared graph: the dense nodes in order
         dense_units = [node.get("units") for node in spec.model.layers.values() if node.get("type") == "dense"]
     routing, neg_routing = protocol.routing(dense_units)
+    check_shapes(spec, (*splits.image_shape, splits.channels), protocol.num_classes)   # as the CLI did, on the loaded data
     network = build_network(spec.model, protocol.num_classes, supervised, routing, neg_routing,
                             (*splits.image_shape, splits.channels))
     try:   # shapes only the data knows (image size, channels per group): refused before any training

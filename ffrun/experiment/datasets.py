@@ -68,14 +68,154 @@ class ImageSplits:
         return int(self.x_train.shape[1])
 
 
+#: where Keras downloads each dataset from (keras/src/datasets/*.py), named when a download fails
+KERAS_ORIGINS = {"mnist": "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz",
+                 "fashion_mnist": "https://storage.googleapis.com/tensorflow/tf-keras-datasets/",
+                 "cifar10": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"}
+
+
+def data_dir(wanted: str) -> Path | None:
+    """``$FFRUN_DATA_DIR`` as a folder, or None when unset. Set to a folder that does not exist is
+    an error, not a silent fall-back to a download: ``wanted`` names what was looked for there."""
+    raw = os.environ.get(DATA_DIR_ENV)
+    if not raw:
+        return None
+    folder = Path(raw).expanduser().resolve()
+    if not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise DataError(f"{folder / wanted} cannot be read: the folder {folder} {what} ({DATA_DIR_ENV}={raw}); "
+                        f"set {DATA_DIR_ENV} to the folder holding {wanted}, or data.path=...")
+    return folder
+
+
 def resolve_mnist_path(path: str | None) -> Path | None:
     """The local mnist.npz to read, or None to fall back to Keras' download."""
     if path:
-        return Path(path).expanduser().resolve()
-    data_dir = os.environ.get(DATA_DIR_ENV)
-    if data_dir:
-        return (Path(data_dir).expanduser() / "mnist.npz").resolve()
-    return None
+        file = Path(path).expanduser().resolve()
+        if file.is_dir():
+            raise DataError(f"data.path={file} is a directory; this dataset is one npz file "
+                            f"(e.g. data.path={file / 'mnist.npz'})")
+        return file
+    folder = data_dir("mnist.npz")
+    return folder / "mnist.npz" if folder is not None else None
+
+
+@dataclass
+class DataPeek:
+    """What the CLI's pre-check learns of a dataset without reading its pixels."""
+
+    source: str
+    image: tuple[int, int, int]        # (H, W, C) of one image
+    train_images: int | None           # training images before the validation hold-out; None: unknown
+
+
+#: image shape and training-set size of the datasets whose shape is fixed (Keras' downloads, digits)
+KNOWN_SHAPES = {"mnist": ((28, 28, 1), 60000), "fashion_mnist": ((28, 28, 1), 60000),
+                "cifar10": ((32, 32, 3), 50000), "digits": ((8, 8, 1), 1438)}
+
+
+def available_memory() -> int | None:
+    """Bytes of memory a new process can use: /proc/meminfo's MemAvailable (which counts the page
+    cache that would be freed), else the free physical pages; None where neither is known."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.3g} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def npz_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """(shape, dtype) of each .npy member of an npz, from its header alone (a few hundred bytes
+    each, whatever the array's size); members that cannot be read are left out: load_npz names them."""
+    out: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                try:
+                    with archive.open(info) as f:
+                        reader = {(1, 0): np.lib.format.read_array_header_1_0,
+                                  (2, 0): np.lib.format.read_array_header_2_0}.get(np.lib.format.read_magic(f))
+                        if reader is None:
+                            continue
+                        shape, _, dtype = reader(f)
+                except (ValueError, OSError, EOFError, zlib.error, NotImplementedError, SyntaxError):
+                    continue
+                out[info.filename[:-4]] = (tuple(int(d) for d in shape), np.dtype(dtype))
+    except (OSError, zipfile.BadZipFile, zlib.error, NotImplementedError):
+        return {}
+    return out
+
+
+def check_npz_memory(path: Path, headers: dict[str, tuple[tuple[int, ...], np.dtype]],
+                     available: int | None) -> None:
+    """Refuse an npz whose arrays cannot fit in memory: loading holds every array as stored and
+    the images again as float32 (4 bytes a pixel). This is a floor (training holds more), so a
+    refused file could never have loaded."""
+    if available is None:
+        return
+    sizes = {k: math.prod(shape) for k, (shape, _) in headers.items() if k in NPZ_KEYS}
+    need = {k: sizes[k] * headers[k][1].itemsize + (4 * sizes[k] if k.startswith("x_") else 0) for k in sizes}
+    if sum(need.values()) <= available:
+        return
+    key = max(need, key=need.get)
+    shape, dtype = headers[key]
+    raise DataError(f"{path}: {key}'s header claims shape {shape} of {dtype} ({sizes[key]:.3g} values); loading "
+                    f"the file needs at least {format_bytes(sum(need.values()))} ({key}: {format_bytes(need[key])}, "
+                    f"with its float32 copy), but {format_bytes(available)} of memory is available")
+
+
+def peek_data(name: str, path: str | None, train_size: int | None = None,
+              available: int | None = None) -> DataPeek | None:
+    """A dataset's image shape and size, read cheaply before a run: a fixed dataset's known shape,
+    or an npz's headers (not its pixels), which are also checked against ``available`` memory.
+    None when the files will only be known at load (a folder copy, an unreadable npz: the loader
+    then names the problem). Raises DataError for a path that cannot be right (a missing file or
+    folder, a directory where a file is expected)."""
+    peek: DataPeek | None = None
+    if name == "digits":
+        peek = DataPeek("scikit-learn digits", *KNOWN_SHAPES["digits"])
+    elif name in ("mnist", "npz"):
+        if name == "npz" and not path:
+            raise DataError("data=npz needs data.path=<file.npz> with keys x_train, y_train, x_test, y_test")
+        file = resolve_mnist_path(path)
+        if file is None:
+            peek = DataPeek("Keras' MNIST download", *KNOWN_SHAPES["mnist"])
+        elif not file.is_file():
+            raise DataError(f"data file not found: {file} (set data.path=... or {DATA_DIR_ENV}=<folder with mnist.npz>)")
+        else:
+            headers = npz_headers(file)
+            check_npz_memory(file, headers, available)
+            shape = headers.get("x_train", ((),))[0]
+            if len(shape) >= 2 and all(d > 0 for d in shape[1:]):
+                # as load_splits reads it: (N, D) is a D x 1 image; every axis after W is a channel
+                image = (shape[1], shape[2] if len(shape) >= 3 else 1, math.prod(shape[3:]))
+                peek = DataPeek(str(file), image, shape[0])
+    elif name in ("fashion_mnist", "cifar10"):
+        folders = (FASHION_MNIST_DIR,) if name == "fashion_mnist" else (CIFAR10_DIR, f"{CIFAR10_KERAS_DIR}/{CIFAR10_DIR}")
+        files = tuple(n for split in FASHION_MNIST_FILES.values() for n in split) if name == "fashion_mnist" \
+            else (*CIFAR10_TRAIN_FILES, CIFAR10_TEST_FILE)
+        image, count = KNOWN_SHAPES[name]
+        # a local copy may be a subset: its image size is fixed by the format, its count is not
+        local = resolve_dataset_dir(path, folders, files) is not None
+        peek = DataPeek(name, image, None if local else count)
+    if peek is not None and train_size and peek.train_images is not None:
+        peek.train_images = min(peek.train_images, train_size)
+    return peek
 
 
 def load_npz(path: Path, num_classes: int | None = None) -> tuple[np.ndarray, ...]:
@@ -181,7 +321,8 @@ def _download_mnist() -> tuple[np.ndarray, ...]:
         (x_train, y_train), (x_test, y_test) = keras.datasets.mnist.load_data()
     except Exception as exc:  # no internet, proxy, ...
         raise DataError(f"no local MNIST given and the download failed ({type(exc).__name__}); "
-                        f"set {DATA_DIR_ENV}=<folder with mnist.npz> or data.path=<file>") from None
+                        f"set {DATA_DIR_ENV}=<folder with mnist.npz> or data.path=<file>. "
+                        f"{_download_said('mnist', exc)}") from None
     return x_train, y_train, x_test, y_test
 
 
@@ -192,11 +333,18 @@ def _download_keras(module: str, title: str, hint: str) -> tuple[np.ndarray, ...
     try:
         (x_train, y_train), (x_test, y_test) = getattr(keras.datasets, module).load_data()
     except Exception as exc:  # no internet, proxy, a hash mismatch, ...
-        raise DataError(f"no local {title} found and the download failed ({type(exc).__name__}); {hint}") from None
+        raise DataError(f"no local {title} found and the download failed ({type(exc).__name__}); {hint}. "
+                        f"{_download_said(module, exc)}") from None
     # Keras hands colour images over in its configured layout: ffrun's order is (N, H, W, C).
     if x_train.ndim == 4 and keras.config.image_data_format() == "channels_first":
         x_train, x_test = x_train.transpose(0, 2, 3, 1), x_test.transpose(0, 2, 3, 1)
     return x_train, y_train, x_test, y_test
+
+
+def _download_said(dataset: str, exc: BaseException) -> str:
+    """What a failed download said, with what it fetched: the cause (a proxy, DNS, a hash) is in
+    the exception's text, which its class name alone does not give."""
+    return f"Downloading keras.datasets.{dataset} from {KERAS_ORIGINS[dataset]} said: {_one_line(exc)[:300]}"
 
 
 def resolve_dataset_dir(path: str | None, folders: tuple[str, ...], files: tuple[str, ...]) -> Path | None:
@@ -212,10 +360,9 @@ def resolve_dataset_dir(path: str | None, folders: tuple[str, ...], files: tuple
             raise DataError(f"data.path={root} is a file; this dataset is a folder of files "
                             f"({', '.join(files)}): set data.path to the folder (extract an archive first)")
     else:
-        data_dir = os.environ.get(DATA_DIR_ENV)
-        if not data_dir:
+        root = data_dir(f"{folders[0]}/")
+        if root is None:
             return None
-        root = Path(data_dir).expanduser().resolve()
     for folder in (root, *(root / f for f in folders)):
         if any((folder / name).is_file() for name in files):
             return folder
@@ -396,6 +543,44 @@ def _load_digits() -> tuple[np.ndarray, ...]:
     return x[:cut], y[:cut], x[cut:], y[cut:]
 
 
+#: the largest |pixel| accepted once the images are scaled (to [0, 1] for image data): far beyond
+#: any image, far below where float32 goodness (a sum of squares over a layer) overflows
+MAX_PIXEL = 1.0e6
+
+
+def pixel_scale(source: str, *images: np.ndarray) -> float:
+    """What an npz's pixels are divided by to lie in [0, 1]: an integer dtype's range (uint8: 255,
+    uint16: 65535, as 8- and 16-bit image files store them); other integer dtypes must hold 8-bit
+    values (0..255); float images in [0, 1] stay, larger ones are taken as 0..255."""
+    x = images[0]
+    if x.dtype in (np.uint8, np.uint16):
+        return float(np.iinfo(x.dtype).max)
+    top = max(float(a.max()) for a in images)
+    if x.dtype.kind in "iu":
+        if top > 255 or min(float(a.min()) for a in images) < 0:
+            raise DataError(f"{source}: x_train has {x.dtype} pixels in [{min(float(a.min()) for a in images):g}, "
+                            f"{top:g}]; integer images must be uint8 (0..255), uint16 (0..65535) or hold 0..255 "
+                            f"in another integer dtype")
+        return 255.0
+    return 255.0 if top > 1.0 else 1.0
+
+
+def check_pixels(source: str, images: dict[str, np.ndarray], scale: float) -> None:
+    """Scaled float32 images must be finite (a float64 pixel beyond float32's range, ~3.4e38, is Inf
+    after the cast) and of an image's magnitude (|x| <= MAX_PIXEL): pixels of 1e12 are not an
+    image, and would only show up later as a diverging loss."""
+    for key, x in images.items():
+        finite = np.isfinite(x)
+        if not finite.all():
+            raise DataError(f"{source}: {key} holds {x.size - int(np.count_nonzero(finite))} pixel value(s) that are "
+                            f"not finite as float32 (NaN, Inf, or beyond float32's range of about 3.4e38)")
+        top = float(np.abs(x).max())
+        if top > MAX_PIXEL:
+            raise DataError(f"{source}: {key} holds pixels of magnitude {top * scale:.3g} ({top:.3g} after dividing "
+                            f"by {scale:g}); that is not image data: pixels must lie in [0, 1] or [0, 255] "
+                            f"(at most {MAX_PIXEL:g} after scaling)")
+
+
 def load_splits(name: str, path: str | None = None, val_size: int = 0, normalize: str = "none",
                 train_size: int | None = None, test_size: int | None = None,
                 num_classes: int | None = None) -> ImageSplits:
@@ -404,26 +589,32 @@ def load_splits(name: str, path: str | None = None, val_size: int = 0, normalize
     ``num_classes`` (data.num_classes): labels must lie in [0, num_classes); None infers max label + 1.
     """
     if name == "digits":
-        x_train, y_train, x_test, y_test = validate_arrays("scikit-learn digits", _load_digits(), num_classes)
+        source = "scikit-learn digits"
+        x_train, y_train, x_test, y_test = validate_arrays(source, _load_digits(), num_classes)
         scale = 16.0
     elif name in ("mnist", "npz"):
         if name == "npz" and not path:
             raise DataError("data=npz needs data.path=<file.npz> with keys x_train, y_train, x_test, y_test")
         local = resolve_mnist_path(path)
+        source = str(local) if local else "Keras' MNIST download"
         x_train, y_train, x_test, y_test = (load_npz(local, num_classes) if local
-                                            else validate_arrays("Keras' MNIST download", _download_mnist(), num_classes))
-        scale = 255.0 if x_train.dtype == np.uint8 or x_train.max() > 1.0 else 1.0
+                                            else validate_arrays(source, _download_mnist(), num_classes))
+        scale = pixel_scale(source, x_train, x_test)
     elif name in ("fashion_mnist", "cifar10"):
         load = _load_fashion_mnist if name == "fashion_mnist" else _load_cifar10
         x_train, y_train, x_test, y_test = load(path, num_classes)
+        source = name
         scale = 255.0   # both are uint8 (checked by the readers; Keras' download is uint8 too)
     else:
         raise DataError(f"unknown dataset {name!r}; choose mnist, npz, digits, fashion_mnist or cifar10")
     image_shape = tuple(x_train.shape[1:3]) if x_train.ndim >= 3 else (int(x_train.shape[1]), 1)
     # (N, H, W, C): C channels; every trailing axis counts, so that H * W * channels == input_dim always
     channels = math.prod(x_train.shape[3:]) if x_train.ndim >= 4 else 1
-    flat = lambda a: (np.asarray(a, np.float32).reshape(len(a), -1) / scale)
-    x_train, x_test = flat(x_train), flat(x_test)
+    # float64 pixels beyond float32's range become Inf in the cast: check_pixels says so, not numpy's warning
+    with np.errstate(over="ignore"):
+        flat = lambda a: (np.asarray(a, np.float32).reshape(len(a), -1) / scale)
+        x_train, x_test = flat(x_train), flat(x_test)
+    check_pixels(source, {"x_train": x_train, "x_test": x_test}, scale)
     y_train, y_test = np.asarray(y_train, np.int32).ravel(), np.asarray(y_test, np.int32).ravel()
     if train_size:
         x_train, y_train = x_train[:train_size], y_train[:train_size]

@@ -1,5 +1,5 @@
 """The network as an ordered mapping of nodes: ``model.layers`` in YAML, or generated from
-``num_layers`` / ``units`` (the default MLP). Each node names a type from ``LAYER_TYPES``, its
+``num_layers`` / ``units`` (the default MLP). Each node names a type from ``schema.NODE_TYPES``, its
 parameters and its ``inputs`` (earlier nodes; ``input`` is the data). The builder checks every node
 (its type, its keys, its inputs, the shapes between them) and makes the layers in order.
 
@@ -25,7 +25,10 @@ from ffrun.core.layers import (BaseFFLayer, FFClassGoodness, FFConv2D, FFDense, 
 from ffrun.core.losses import make_loss
 from ffrun.core.network import Network, Node, Roles, make_sequence
 from ffrun.errors import ConfigError
-from ffrun.experiment.schema import NODE_TYPES, ModelConfig, ReadoutConfig, check_graph
+from ffrun.experiment.schema import (NODE_TYPES, ModelConfig, ReadoutConfig, check_graph, check_roles,
+                                     expand_inputs, generate_mlp)
+
+__all__ = ["BUILDERS", "Context", "build_graph", "expand_inputs", "generate_mlp"]
 
 
 @dataclass
@@ -93,59 +96,16 @@ BUILDERS: dict[str, Callable[[str, dict, Context], BaseFFLayer]] = {
 }
 
 
-def expand_inputs(inputs: list[str], n_layers: int) -> list[str]:
-    """``norm2..`` stands for norm2, norm3, ..., normN (the last layer alone if N < 2), so readout
-    wiring survives a change of ``num_layers``."""
-    import re
-    out = []
-    for name in inputs:
-        m = re.fullmatch(r"([a-z_]+)(\d+)\.\.", str(name))
-        if m:
-            first = min(int(m[2]), n_layers)
-            out += [f"{m[1]}{i}" for i in range(first, n_layers + 1)]
-        else:
-            out.append(str(name))
-    return out
-
-
-def generate_mlp(model: ModelConfig, supervised: bool, units: list[int], th_pos: list, th_neg: list,
-                 losses: list[str]) -> dict[str, dict]:
-    """The default network as nodes: [overlay] -> [norm0] -> dense1 -> norm1 -> ... -> readouts."""
-    nodes: dict[str, dict] = {}
-    prev = "input"
-
-    def add(name: str, spec: dict) -> str:
-        nodes[name] = {**spec, "inputs": [prev]} if "inputs" not in spec else spec
-        return name
-
-    if supervised:
-        prev = add("overlay", {"type": "overlay", "mode": model.overlay.mode, "value": model.overlay.value})
-    if model.input_norm != "none":
-        prev = add("norm0", {"type": "prenorm", "kind": model.input_norm})
-    for i, u in enumerate(units):
-        prev = add(f"dense{i + 1}", {"type": "dense", "units": u, "th_pos": th_pos[i], "th_neg": th_neg[i],
-                                     "loss": losses[i]})
-        if model.norm != "none":
-            prev = add(f"norm{i + 1}", {"type": "prenorm", "kind": model.norm})
-    for name, spec in model.readouts.items():
-        node = {"type": str(spec.type), "inputs": expand_inputs(spec.inputs, len(units))}
-        if spec.type == "softmax":
-            node |= {"optimizer": spec.optimizer, "use_bias": spec.use_bias, "init": spec.init,
-                     "weight_decay": spec.weight_decay}
-        nodes[name] = node
-    return nodes
-
-
 def build_graph(nodes: dict[str, dict], ctx: Context, image_shape: tuple[int, int, int],
                 routing: list[np.ndarray] | None = None, neg_routing: str = "same") -> Network:
     """Make the layers of checked nodes in order and wire them. The data becomes an image
     (``image_shape``) when a conv or pool layer is in the graph; ``routing`` goes to the dense
     layers in order (A/B splitting)."""
     convolutional = check_graph(nodes)
+    check_roles(nodes, ctx.supervised)
     dense = [n for n, spec in nodes.items() if spec["type"] == "dense"]
     if routing is not None:
-        if convolutional:
-            raise ConfigError("protocol split routes the units of dense layers; a graph with conv layers cannot use it")
+        assert not convolutional, "the schema refuses protocol split with conv layers (FFRunConfig._check_run)"
         nodes = {n: ({**spec, "routing": routing[dense.index(n)], "neg_routing": neg_routing} if n in dense else spec)
                  for n, spec in nodes.items()}
     layers: dict[str, BaseFFLayer] = {}
@@ -160,16 +120,8 @@ def build_graph(nodes: dict[str, dict], ctx: Context, image_shape: tuple[int, in
     softmax = tuple(n for n, s in nodes.items() if s["type"] == "softmax")
     goodness = tuple(n for n, s in nodes.items() if s["type"] == "goodness")
     classes = tuple(n for n, s in nodes.items() if s["type"] == "classes")
-    if not softmax and not goodness and not classes:
-        raise ConfigError("the model declares no readout (a softmax, goodness or classes node)")
-
-    if goodness and not ctx.supervised:
-        raise ConfigError(f"readout {goodness[0]}: a goodness readout needs the label overlaid (mode=sup)")
     for name in goodness:   # the label that scores best: largest goodness, or smallest (flipped loss)
         high = {layers[i].loss.positive_high for i in nodes[name]["inputs"] if isinstance(layers[i], FFLocalLayer)}
-        if len(high) > 1:
-            raise ConfigError(f"readout {name}: its inputs mix losses that point goodness opposite ways "
-                              f"(flipped and not); sum layers of one orientation")
         layers[name].lowest = high == {False}
     ff = tuple(n for n, layer in layers.items() if isinstance(layer, FFLocalLayer))
     roles = Roles(ff, softmax, goodness, ctx.supervised, classes)

@@ -177,6 +177,24 @@ def check_per_layer(value: Any, key: str, kind: type, minimum: float | None = No
             raise ConfigError(f"{key} must be >= {minimum}, got {value!r}")
 
 
+def per_layer(value: Any, n: int, key: str) -> list:
+    """A scalar for every layer, or a list with one value per layer (the schema checked the values)."""
+    if isinstance(value, (list, tuple, ListConfig)):
+        if len(value) != n:
+            raise ConfigError(f"{key} has {len(value)} values but the model has {n} FF layers")
+        return list(value)
+    return [value] * n
+
+
+def check_threshold(value: Any, key: str) -> None:
+    """A threshold on goodness: goodness is a sum or mean of squares, never negative, so a negative
+    threshold is exceeded by every sample and the loss cannot tell positives from negatives."""
+    check_per_layer(value, key, float)
+    values = list(value) if isinstance(value, (list, tuple, ListConfig)) else [value]
+    if any(v < 0 for v in values):
+        raise ConfigError(f"{key} must be >= 0 (goodness, a sum or mean of squares, is never negative), got {value!r}")
+
+
 @dataclass
 class AugmentConfig:
     shift: int = 0         # pixels: each training image moved by a random offset in [-shift, shift] per axis
@@ -275,6 +293,43 @@ NODE_TYPES: dict[str, NodeType] = {
 }
 
 
+#: the keys of a node that take one of a few words, and their words (core/layers.py's classes)
+NODE_CHOICES: dict[str, dict[str, tuple[str, ...]]] = {
+    "dense": {"goodness": ("sum", "mean")},
+    "conv2d": {"padding": ("same", "valid"), "goodness": ("sum", "mean")},
+    "pool": {"kind": ("max", "avg")},
+    "prenorm": {"kind": ("l2", "rms"), "scope": ("channels", "map")},
+    "overlay": {"mode": ("add", "replace", "channels")},
+}
+#: integer keys of a node and their least value (conv2d pool 0: no pooling inside the block)
+NODE_INTEGERS: dict[str, dict[str, int]] = {
+    "dense": {"units": 1},
+    "conv2d": {"filters": 1, "kernel_size": 1, "strides": 1, "groups": 1, "pool": 0},
+    "pool": {"size": 1},
+}
+
+
+def check_node_values(where: str, spec: dict) -> None:
+    """One node's values: its integers, its choices and its thresholds (``where``: model.layers.<name>)."""
+    ntype = spec["type"]
+    for key, low in NODE_INTEGERS.get(ntype, {}).items():
+        value = spec.get(key)
+        if key in spec and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+            raise ConfigError(f"{where}.{key} must be an integer >= {low}, got {value!r}")
+    for key, words in NODE_CHOICES.get(ntype, {}).items():
+        if key in spec and spec[key] not in words:
+            raise ConfigError(f"{where}.{key} must be one of {', '.join(words)}, got {spec[key]!r}")
+    for key in ("th_pos", "th_neg"):
+        if spec.get(key) is not None:
+            check_threshold(spec[key], f"{where}.{key}")
+    if "batchnorm" in spec and not isinstance(spec["batchnorm"], bool):
+        raise ConfigError(f"{where}.batchnorm must be true or false, got {spec['batchnorm']!r}")
+    if ntype == "overlay" and "value" in spec:
+        value = spec["value"]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{where}.value must be a finite number, got {value!r}")
+
+
 def check_graph(nodes: dict[str, Any]) -> bool:
     """Check every node's type, keys and inputs, and the shapes between them, without building
     anything (the CLI runs it before a run folder is made). The data is an image (H, W, C) when a
@@ -312,6 +367,7 @@ def check_graph(nodes: dict[str, Any]) -> bool:
                 "conv and pool layers need images: feed them the input (kept as H x W x C) or a conv/pool node"
             what = "an image" if fed == IMAGE else "a flat vector"
             raise ConfigError(f"{where}: a {spec['type']} layer is fed {what} ({', '.join(inputs)}); {fix}")
+        check_node_values(where, spec)
         if "optimizer" in spec:
             check_optimizer(spec["optimizer"], f"{where}.optimizer")
         groups, filters = spec.get("groups", 1), spec.get("filters")
@@ -322,6 +378,178 @@ def check_graph(nodes: dict[str, Any]) -> bool:
             raise ConfigError(f"{where}.mode: 'channels' adds label planes to an image; it is fed a flat vector")
         kinds[name] = fed if ntype.gives == "same" else ntype.gives
     return convolutional
+
+
+def check_roles(nodes: dict[str, dict], supervised: bool) -> None:
+    """What the network's nodes must play: at least one FF layer and one readout; a goodness
+    readout needs the label in the input and inputs whose losses point goodness one way. The
+    builder calls it too, so a graph built from Python meets the same rules."""
+    ff = {n: spec for n, spec in nodes.items() if spec["type"] in ("dense", "conv2d")}
+    if not ff:
+        raise ConfigError("the model declares no FF layer (a dense or conv2d node): FF has nothing to train")
+    readouts = [n for n, spec in nodes.items() if spec["type"] in ("softmax", "goodness", "classes")]
+    if not readouts:
+        raise ConfigError("the model declares no readout (a softmax, goodness or classes node)")
+    for name, spec in nodes.items():
+        if spec["type"] != "goodness":
+            continue
+        if not supervised:
+            raise ConfigError(f"readout {name}: a goodness readout needs the label overlaid (mode=sup)")
+        # the flipped loss gives positives the LOWER goodness (core.losses.FlippedLoss.positive_high)
+        flipped = {ff[i].get("loss", "threshold") == "flipped" for i in spec["inputs"] if i in ff}
+        if len(flipped) > 1:
+            raise ConfigError(f"readout {name}: its inputs mix losses that point goodness opposite ways "
+                              f"(flipped and not); sum layers of one orientation")
+
+
+def check_negatives(negatives: str, pairing: str, has_softmax: bool) -> None:
+    """Hard negatives are drawn from the network's own softmax readout; per batch only in a paired step.
+    Only protocol wrong_label has the key (``negatives``)."""
+    if negatives != Negatives.uniform and not has_softmax:
+        raise ConfigError(f"protocol.negatives={negatives} draws wrong labels from the network's softmax "
+                          f"readout: the model needs a softmax node (model.readouts or model.layers)")
+    if negatives == Negatives.hard_batch and pairing != StepChoice.same_step:
+        raise ConfigError("negatives=hard_batch draws each batch's wrong labels in the pos+neg step: it needs "
+                          "pairing=same_step")
+
+
+def check_protocol_mode(protocol: Any, supervised: bool) -> None:
+    """The modes a protocol can run in (its typed config; protocols.Protocol.check calls it too)."""
+    name = protocol.name
+    if name == ProtocolName.wrong_label and not supervised:
+        raise ConfigError("protocol wrong_label needs the label in the input: use mode=sup")
+    if name == ProtocolName.hybrid and supervised:
+        raise ConfigError("protocol hybrid is the unsupervised recipe: use mode=unsup")
+    if name == ProtocolName.split and protocol.splitting == Splitting.none and not supervised:
+        raise ConfigError("splitting=none is supervised only: unsup negatives use the units the "
+                          "sample's class does NOT own, which would be none")
+
+
+def build_schedule(schedule: Any) -> list[tuple[Any, int]]:
+    """``[[layers, epochs], ...]`` (layers: ``all`` or a list of node names) as tuples."""
+    out = []
+    for i, stage in enumerate(schedule or []):
+        if not isinstance(stage, (list, tuple, ListConfig)) or len(stage) != 2:
+            raise ConfigError(f"schedule[{i}] must be [layers, epochs], got {stage!r}")
+        names, epochs = stage
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+            raise ConfigError(f"schedule[{i}] epochs must be an integer >= 0, got {epochs!r}")
+        if not isinstance(names, str) and not (isinstance(names, (list, tuple, ListConfig))
+                                                and all(isinstance(n, str) for n in names)):
+            raise ConfigError(f"schedule[{i}] layers must be all or a list of node names, got {names!r}")
+        out.append((names if isinstance(names, str) else list(names), epochs))
+    return out
+
+
+def expand_inputs(inputs: list[str], n_layers: int) -> list[str]:
+    """``norm2..`` stands for norm2, norm3, ..., normN (the last layer alone if N < 2), so readout
+    wiring survives a change of ``num_layers``."""
+    import re
+    out = []
+    for name in inputs:
+        m = re.fullmatch(r"([a-z_]+)(\d+)\.\.", str(name))
+        if m:
+            first = min(int(m[2]), n_layers)
+            out += [f"{m[1]}{i}" for i in range(first, n_layers + 1)]
+        else:
+            out.append(str(name))
+    return out
+
+
+def generate_mlp(model: "ModelConfig", supervised: bool, units: list[int], th_pos: list, th_neg: list,
+                 losses: list[str]) -> dict[str, dict]:
+    """The default network as nodes: [overlay] -> [norm0] -> dense1 -> norm1 -> ... -> readouts."""
+    nodes: dict[str, dict] = {}
+    prev = "input"
+
+    def add(name: str, spec: dict) -> str:
+        nodes[name] = {**spec, "inputs": [prev]} if "inputs" not in spec else spec
+        return name
+
+    if supervised:
+        prev = add("overlay", {"type": "overlay", "mode": model.overlay.mode, "value": model.overlay.value})
+    if model.input_norm != "none":
+        prev = add("norm0", {"type": "prenorm", "kind": model.input_norm})
+    for i, u in enumerate(units):
+        prev = add(f"dense{i + 1}", {"type": "dense", "units": u, "th_pos": th_pos[i], "th_neg": th_neg[i],
+                                     "loss": losses[i]})
+        if model.norm != "none":
+            prev = add(f"norm{i + 1}", {"type": "prenorm", "kind": model.norm})
+    for name, spec in model.readouts.items():
+        node = {"type": str(spec.type), "inputs": expand_inputs(spec.inputs, len(units))}
+        if spec.type == "softmax":
+            node |= {"optimizer": spec.optimizer, "use_bias": spec.use_bias, "init": spec.init,
+                     "weight_decay": spec.weight_decay}
+        nodes[name] = node
+    return nodes
+
+
+def network_nodes(model: "ModelConfig", supervised: bool) -> dict[str, dict]:
+    """The network as nodes: the declared ``model.layers``, or the MLP generated from
+    ``num_layers`` / ``units`` (the builder makes the layers of exactly these nodes)."""
+    if model.layers is not None:
+        return model.layers
+    n = model.num_layers
+    th_pos = per_layer(model.th_pos, n, "model.th_pos")
+    th_neg = per_layer(model.th_neg if model.th_neg is not None else model.th_pos, n, "model.th_neg")
+    return generate_mlp(model, supervised, per_layer(model.units, n, "units"), th_pos, th_neg,
+                        per_layer(model.loss, n, "model.loss"))
+
+
+def graph_sizes(nodes: dict[str, dict], image: tuple[int, int, int],
+                num_classes: int | None) -> tuple[dict[str, tuple[int, ...]], dict[str, int]]:
+    """Each node's output shape for one sample, (H, W, C) or (D,), propagated from the data's image
+    shape, and each node's number of weights. A kernel, stride or pool that does not fit the map it
+    is fed is refused, naming the node, the key and the map. ``num_classes`` None (inferred from
+    the labels at load) counts as 0: the label planes and readout widths are then left out."""
+    classes = num_classes or 0
+    convolutional = any(spec["type"] in ("conv2d", "pool") for spec in nodes.values())
+    shapes: dict[str, tuple[int, ...]] = {"input": image if convolutional else (math.prod(image),)}
+    weights: dict[str, int] = {}
+    for name, spec in nodes.items():
+        where, kind = f"model.layers.{name}", spec["type"]
+        fed = [shapes[i] for i in spec["inputs"]]
+        x = fed[0] if len(fed) == 1 else (sum(math.prod(f) for f in fed),)   # several inputs: flattened, joined
+        size = math.prod(x)
+        out, n_weights = x, 0
+        if kind == "conv2d":
+            (h, w, c), k, stride = x, spec.get("kernel_size", 3), spec.get("strides", 1)
+            if stride > min(h, w):
+                raise ConfigError(f"{where}.strides={stride} is larger than the {h}x{w} map it is fed")
+            if spec.get("padding", "same") == "valid":
+                if k > min(h, w):
+                    raise ConfigError(f"{where}.kernel_size={k} is larger than the {h}x{w} map it is fed "
+                                      f"(padding valid); use a smaller kernel or padding same")
+                h, w = (h - k) // stride + 1, (w - k) // stride + 1
+            else:
+                h, w = -(-h // stride), -(-w // stride)
+            pool = spec.get("pool", 0)
+            if pool and pool > min(h, w):
+                raise ConfigError(f"{where}.pool={pool} is larger than the {h}x{w} map its convolution gives")
+            if pool:
+                h, w = h // pool, w // pool
+            out = (h, w, spec["filters"])
+            n_weights = k * k * (c // spec.get("groups", 1)) * spec["filters"] + spec["filters"]
+        elif kind == "pool":
+            (h, w, c), pool = x, spec.get("size", 2)
+            if pool > min(h, w):
+                raise ConfigError(f"{where}.size={pool} is larger than the {h}x{w} map it is fed")
+            out = (h // pool, w // pool, c)
+        elif kind == "flatten":
+            out = (size,)
+        elif kind == "dense":
+            out, n_weights = (spec["units"],), (size + 1) * spec["units"]
+        elif kind == "overlay":
+            if spec.get("mode", "add") == "channels":
+                out = (*x[:2], x[2] + classes)
+            elif size < classes:
+                raise ConfigError(f"{where}: mode {spec.get('mode', 'add')} writes the label into the first "
+                                  f"{classes} values, but it is fed {size}")
+        elif kind in ("softmax", "classes"):
+            out = (classes,)
+            n_weights = (size + 1) * classes if kind == "softmax" else 0
+        shapes[name], weights[name] = out, n_weights
+    return shapes, weights
 
 
 @dataclass
@@ -351,15 +579,17 @@ class ModelConfig:
     # here, so that a readout can also be added from the command line (+model.readouts.x={...})
     readouts: Dict[str, Any] = field(default_factory=dict)
     # a declared network (ffrun/experiment/graph.py): an ordered mapping node -> {type, inputs, ...};
-    # null: the MLP generated from num_layers / units with the readouts above
-    layers: Optional[Dict[str, Any]] = None
+    # null: the MLP generated from num_layers / units with the readouts above. Typed Any, not
+    # Optional[Dict]: OmegaConf cannot merge a mapping given on the command line
+    # (model.layers={d1: {...}}) into a None typed as a dict; __post_init__ checks the type.
+    layers: Any = None
 
     def __post_init__(self) -> None:
         _at_least(self.num_layers, 1, "num_layers")
         check_per_layer(self.units, "units", int, minimum=1)
-        check_per_layer(self.th_pos, "model.th_pos", float)
+        check_threshold(self.th_pos, "model.th_pos")
         if self.th_neg is not None:
-            check_per_layer(self.th_neg, "model.th_neg", float)
+            check_threshold(self.th_neg, "model.th_neg")
         check_optimizer(self.optimizer, "model.optimizer")
         for name in (self.loss if isinstance(self.loss, list) else [self.loss]):
             if name not in LOSS_NAMES:
@@ -373,7 +603,16 @@ class ModelConfig:
         self.readouts = {name: ReadoutConfig.parse(spec, f"model.readouts.{name}")
                          for name, spec in self.readouts.items() if spec is not None}
         if self.layers is not None:
+            if not isinstance(self.layers, dict):
+                raise ConfigError(f"model.layers must be a mapping node -> {{type, inputs, ...}}, got {self.layers!r}")
+            if not self.layers:
+                raise ConfigError("model.layers is empty: declare at least one FF layer and a readout "
+                                  "(or leave model.layers unset for the MLP of num_layers x units)")
             check_graph(self.layers)
+        else:   # the generated MLP: one value per layer, or a scalar for all
+            for key, value in (("units", self.units), ("model.th_pos", self.th_pos), ("model.th_neg", self.th_neg),
+                               ("model.loss", self.loss)):
+                per_layer(value, self.num_layers, key)
 
 
 @dataclass
@@ -490,7 +729,8 @@ class FFRunConfig:
     resume: Optional[str] = None
 
     def __post_init__(self) -> None:
-        _at_least(self.seed, 0, "seed")
+        if not 0 <= self.seed < 2 ** 32:   # the range of keras.utils.set_random_seed (NumPy's legacy seed)
+            raise ConfigError(f"seed must be in [0, 2**32 - 1 = {2 ** 32 - 1}], got {self.seed}")
         for key in ("batch_size", "eval_batch_size", "eval_every"):
             _at_least(getattr(self, key), 1, key)
         for key in ("epochs", "readout_epochs"):
@@ -526,6 +766,36 @@ class FFRunConfig:
         if self.pairing == StepChoice.same_step and protocol == ProtocolName.five_digits:
             raise ConfigError("protocol five_digits has unequal positive and negative sets: use pairing=separate")
         self._check_competitive(losses, protocol)
+        self._check_run()
+
+    def _check_run(self) -> None:
+        """The rules the builder would otherwise meet only after the run folder exists: what the
+        schedule trains, the protocol against the mode, the network's roles and readouts."""
+        stages = build_schedule(self.schedule if self.schedule is not None else [["all", self.epochs]])
+        if sum(epochs for _, epochs in stages) == 0:
+            raise ConfigError(f"epochs={self.epochs} and readout_epochs={self.readout_epochs}: the schedule "
+                              f"{[[n, e] for n, e in stages]} trains for 0 epochs, so there is nothing to train "
+                              f"(give a stage at least 1 epoch)")
+        if self.eval_on == EvalOn.validation and self.data.val_size == 0:
+            raise ConfigError("eval_on=validation needs data.val_size > 0 (or eval_on=test)")
+        if self.mode.name == Mode.bp or self.protocol is None:
+            return
+        supervised = self.mode.name == Mode.sup
+        check_protocol_mode(self.protocol, supervised)
+        nodes = network_nodes(self.model, supervised)
+        if self.model.layers is None:
+            check_graph(nodes)
+        check_roles(nodes, supervised)
+        if self.protocol.name == ProtocolName.split and any(spec["type"] in ("conv2d", "pool") for spec in nodes.values()):
+            raise ConfigError("protocol split routes the units of dense layers; a graph with conv layers cannot use it")
+        check_negatives(getattr(self.protocol, "negatives", Negatives.uniform), self.pairing,
+                        any(spec["type"] == "softmax" for spec in nodes.values()))
+        for i, (names, _) in enumerate(stages):
+            unknown = [] if names == "all" else [n for n in names if n not in nodes]
+            if unknown:
+                raise ConfigError(f"schedule[{i}] names {unknown[0]!r}, not a node of the network (its nodes: "
+                                  f"{', '.join(nodes)}); a stage trains all or a list of nodes: name a node so, "
+                                  f"or set schedule=[[all, N]]")
 
     def _optimizers(self) -> list[tuple[str, Any]]:
         """(config key, optimizer mapping) of every optimizer the config declares."""
@@ -589,6 +859,59 @@ class FFRunConfig:
                 if units % classes:
                     raise ConfigError(f"units={units} must be divisible by the {classes} classes: a class loss gives "
                                       f"each class an equal group of them")
+
+
+def network_classes(spec: FFRunConfig) -> int | None:
+    """The classes the network's label overlay and readouts have (protocols.Protocol.num_classes):
+    five_digits labels its positive classes only; None: inferred from the labels at load."""
+    if getattr(spec.protocol, "name", None) == ProtocolName.five_digits:
+        return len(spec.protocol.positive_classes)
+    return spec.data.num_classes
+
+
+def check_shapes(spec: FFRunConfig, image: tuple[int, int, int], num_classes: int | None) -> dict[str, int]:
+    """The network's shapes on images of ``image`` (H, W, C); returns each node's number of weights."""
+    return graph_sizes(network_nodes(spec.model, spec.mode.name == Mode.sup), image, num_classes)[1]
+
+
+def check_before_run(spec: FFRunConfig) -> None:
+    """The checks that need the data's shape, run by the CLI before Hydra makes a run folder: the
+    data's paths, data.val_size against the training set's size, the shapes through the network,
+    and memory. The data is only peeked at (datasets.peek_data: a fixed dataset's known shape, an
+    npz's headers); what only the pixels can tell is checked when the run loads them.
+
+    Memory is a floor, so that a refusal is certain: float32 weights and their gradients (8 bytes
+    a weight; the optimizer's state and the activations of a batch come on top) plus the float32
+    images (4 bytes a pixel), against MemAvailable."""
+    from ffrun.experiment.datasets import available_memory, format_bytes, peek_data
+    data = spec.data
+    available = available_memory()
+    peek = peek_data(str(data.name), data.path, data.train_size, available)
+    if peek is None:
+        return
+    n = peek.train_images
+    if n is not None and not 0 <= data.val_size < n:
+        raise ConfigError(f"data.val_size={data.val_size} must be in [0, {n}) for {data.name} "
+                          f"({peek.source}: {n} training images)")
+    if spec.mode.name == Mode.bp:
+        return
+    weights = check_shapes(spec, peek.image, network_classes(spec))
+    if available is None:
+        return
+    need = 8 * sum(weights.values()) + 4 * math.prod(peek.image) * (n or 0)
+    if need <= available:
+        return
+    node = max(weights, key=weights.get)
+    spec_node = network_nodes(spec.model, spec.mode.name == Mode.sup)[node]
+    width = {"dense": "units", "conv2d": "filters"}.get(spec_node["type"])
+    if width is None:
+        source = f"model.layers.{node}"
+    else:
+        source = f"{width}={spec_node[width]}" if spec.model.layers is None else f"model.layers.{node}.{width}={spec_node[width]}"
+    raise ConfigError(f"{source}: the network's {sum(weights.values()):.3g} weights ({node}: {weights[node]:.3g}) "
+                      f"and the images need at least {format_bytes(need)} of memory (float32 weights and "
+                      f"gradients, 8 bytes a weight), but {format_bytes(available)} is available; use fewer units "
+                      f"or filters")
 
 
 def register_resolvers() -> None:

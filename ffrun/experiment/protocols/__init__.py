@@ -19,6 +19,7 @@ from ffrun.experiment.protocols.five_digits import FiveDigits
 from ffrun.experiment.protocols.hybrid import Hybrid, hybrid_images
 from ffrun.experiment.protocols.split import Split, routing_matrices
 from ffrun.experiment.protocols.wrong_label import WrongLabel
+from ffrun.experiment.schema import check_negatives
 
 PROTOCOLS: dict[str, type[Protocol]] = {p.name: p for p in (FiveDigits, Split, WrongLabel, Hybrid, Competitive)}
 
@@ -50,11 +51,7 @@ def make_plan(protocol: Protocol, roles: Roles, *, eval_on: str, pairing: str, r
                     info={"train_pos": len(pos), "val_pos": len(parts["val"]), "test_pos": len(parts["test"])})
     fresh = protocol.fresh_negatives
     negatives = getattr(protocol.cfg, "negatives", "uniform")
-    if negatives != "uniform" and (not protocol.takes_hard_negatives or not roles.softmax):
-        raise ConfigError("hard negatives need protocol=wrong_label and a softmax readout (model.readouts)")
-    if negatives == "hard_batch" and not paired:
-        raise ConfigError("negatives=hard_batch draws each batch's wrong labels in the pos+neg step: it needs "
-                          "pairing=same_step")
+    check_negatives(negatives, pairing, bool(roles.softmax))   # the schema's rule, checked again on the built roles
     if negatives == "hard":
         if readout_probs is None:
             raise ConfigError("hard negatives need the network's softmax readout to draw from")

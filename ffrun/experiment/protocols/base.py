@@ -18,6 +18,7 @@ from ffrun.core.network import Roles
 from ffrun.core.trainer import FFData, TaskEntry
 from ffrun.errors import ConfigError
 from ffrun.experiment.datasets import ImageSplits
+from ffrun.experiment.schema import check_protocol_mode
 
 #: a source of one split: the positives, and draw(*key) -> the negatives of that draw
 Source = tuple[FFData, Callable[..., FFData]]
@@ -42,7 +43,9 @@ class Protocol:
         self.check()
 
     def check(self) -> None:
-        """Raise ConfigError when the protocol cannot run in this mode."""
+        """Raise ConfigError when the protocol cannot run in this mode or on this data (the mode
+        rules are the schema's, which the CLI checks before a run folder is made)."""
+        check_protocol_mode(self.cfg, self.supervised)
 
     @property
     def num_classes(self) -> int:

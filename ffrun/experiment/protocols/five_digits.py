@@ -6,7 +6,7 @@ import numpy as np
 import tensorflow as tf
 
 from ffrun.core.trainer import FFData
-from ffrun.errors import ConfigError
+from ffrun.errors import ConfigError, DataError
 from ffrun.experiment.protocols.base import Protocol, Source
 
 
@@ -15,6 +15,7 @@ class FiveDigits(Protocol):
     pairable = False      # more negatives than positives: no aligned pairs
 
     def check(self) -> None:
+        super().check()
         classes = list(self.cfg.positive_classes)
         if max(classes) >= self.splits.num_classes:
             raise ConfigError(f"protocol.positive_classes must be classes of 0..{self.splits.num_classes - 1}, "
@@ -23,6 +24,13 @@ class FiveDigits(Protocol):
         # class -> its index among the positive classes, -1 for the negative classes
         self.remap = np.full(self.splits.num_classes, -1, np.int32)
         self.remap[self.classes] = np.arange(len(self.classes), dtype=np.int32)
+        # a set of one kind only trains one of the two FF terms and "completes" at chance
+        is_pos = self.remap[self.splits.y_train] >= 0
+        if is_pos.all() or not is_pos.any():
+            kind = "negative classes (the classes not in" if is_pos.all() else "positive classes (protocol.positive_classes"
+            raise DataError(f"protocol five_digits: the training set ({self.splits.name}) holds no image of the {kind} "
+                            f"{classes}); it holds only the classes {np.unique(self.splits.y_train).tolist()}: "
+                            f"FF needs positives and negatives")
 
     @property
     def num_classes(self) -> int:

@@ -42,8 +42,7 @@ class Hybrid(Protocol):
     fresh_negatives = True
 
     def check(self) -> None:
-        if self.supervised:
-            raise ConfigError("protocol hybrid is the unsupervised recipe: use mode=unsup")
+        super().check()
         h, w = self.splits.image_shape
         if h * w != self.splits.input_dim:
             raise ConfigError("protocol hybrid needs 2-D images")

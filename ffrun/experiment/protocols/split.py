@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 
 from ffrun.core.trainer import FFData
-from ffrun.errors import ConfigError
 from ffrun.experiment.protocols.base import Protocol, Source, wrong_label_source
 
 
@@ -30,11 +29,6 @@ def routing_matrices(splitting: str, units: list[int], num_classes: int, seed: i
 
 class Split(Protocol):
     name = "split"
-
-    def check(self) -> None:
-        if self.cfg.splitting == "none" and not self.supervised:
-            raise ConfigError("splitting=none is supervised only: unsup negatives use the units the "
-                              "sample's class does NOT own, which would be none")
 
     def routing(self, units: list[int]) -> tuple[list[np.ndarray] | None, str]:
         matrices = routing_matrices(self.cfg.splitting, units, self.num_classes, int(self.cfg.route_seed))

@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from ffrun.errors import ConfigError
 from ffrun.experiment.protocols.base import Protocol, Source, wrong_label_source
 
 
 class WrongLabel(Protocol):
     name = "wrong_label"
     takes_hard_negatives = True
-
-    def check(self) -> None:
-        if not self.supervised:
-            raise ConfigError("protocol wrong_label needs the label in the input: use mode=sup")
 
     def source(self, x: np.ndarray, y: np.ndarray, stream: int) -> Source:
         return wrong_label_source(x, y, self.num_classes, self.seed, stream)
