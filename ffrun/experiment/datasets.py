@@ -557,10 +557,10 @@ def pixel_scale(source: str, *images: np.ndarray) -> float:
         return float(np.iinfo(x.dtype).max)
     top = max(float(a.max()) for a in images)
     if x.dtype.kind in "iu":
-        if top > 255 or min(float(a.min()) for a in images) < 0:
-            raise DataError(f"{source}: x_train has {x.dtype} pixels in [{min(float(a.min()) for a in images):g}, "
-                            f"{top:g}]; integer images must be uint8 (0..255), uint16 (0..65535) or hold 0..255 "
-                            f"in another integer dtype")
+        low = min(float(a.min()) for a in images)
+        if top > 255 or low < 0:
+            raise DataError(f"{source}: the images have {x.dtype} pixels in [{low:g}, {top:g}]; integer images must "
+                            f"be uint8 (0..255), uint16 (0..65535) or hold 0..255 in another integer dtype")
         return 255.0
     return 255.0 if top > 1.0 else 1.0
 
