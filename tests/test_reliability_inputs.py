@@ -91,6 +91,8 @@ def problem(args: list[str]) -> str | None:
      "negatives=hard_batch draws each batch's wrong labels in the pos+neg step: it needs pairing=same_step"),
     ([*CONV, "protocol=split"], "protocol split routes the units of dense layers; a graph with conv layers cannot use it"),
     (["protocol=wrong_label"], "protocol wrong_label needs the label in the input: use mode=sup"),
+    (["protocol.positive_classes=[0,12]"], "protocol.positive_classes must be classes of 0..9, got [0, 12]"),
+    (["primary_readout=goodness"], "primary_readout 'goodness' is not a readout; readouts are ['softmax']"),
     (["mode=sup", "protocol=hybrid"], "protocol hybrid is the unsupervised recipe: use mode=unsup"),
     (["protocol=split", "splitting=none"], "splitting=none is supervised only"),
     (["mode=sup", "model.layers={d1: {type: dense, units: 8, loss: flipped, inputs: [input]}, "
@@ -137,6 +139,9 @@ def test_data_paths_are_checked_before_a_folder(tmp_path, monkeypatch):
         "model.layers.pool2.size=2 is larger than the 1x1 map it is fed")
     assert problem(["data=npz", f"data.path={small}", "data.val_size=60"]) == (
         f"data.val_size=60 must be in [0, 60) for npz ({small}: 60 training images)")
+    colour = write_npz(tmp_path / "rgb.npz", x_train=np.zeros((60, 8, 8, 3), np.uint8), x_test=np.zeros((20, 8, 8, 3), np.uint8))
+    assert problem(["protocol=hybrid", "data=npz", f"data.path={colour}", "data.val_size=10"]) == (
+        f"protocol hybrid needs 2-D images (one channel); {colour} has 8x8x3 images")
 
 
 def test_an_npz_header_claiming_more_than_memory_names_the_file_and_member(tmp_path):

@@ -413,9 +413,13 @@ def check_negatives(negatives: str, pairing: str, has_softmax: bool) -> None:
                           "pairing=same_step")
 
 
-def check_protocol_mode(protocol: Any, supervised: bool) -> None:
-    """The modes a protocol can run in (its typed config; protocols.Protocol.check calls it too)."""
+def check_protocol_mode(protocol: Any, supervised: bool, num_classes: int | None = None) -> None:
+    """The modes a protocol can run in, and the classes it names (its typed config; ``num_classes``:
+    the data's, None when inferred at load). protocols.Protocol.check calls it too."""
     name = protocol.name
+    if name == ProtocolName.five_digits and num_classes is not None and max(protocol.positive_classes) >= num_classes:
+        raise ConfigError(f"protocol.positive_classes must be classes of 0..{num_classes - 1}, "
+                          f"got {list(protocol.positive_classes)}")
     if name == ProtocolName.wrong_label and not supervised:
         raise ConfigError("protocol wrong_label needs the label in the input: use mode=sup")
     if name == ProtocolName.hybrid and supervised:
@@ -781,7 +785,7 @@ class FFRunConfig:
         if self.mode.name == Mode.bp or self.protocol is None:
             return
         supervised = self.mode.name == Mode.sup
-        check_protocol_mode(self.protocol, supervised)
+        check_protocol_mode(self.protocol, supervised, self.data.num_classes)
         nodes = network_nodes(self.model, supervised)
         if self.model.layers is None:
             check_graph(nodes)
@@ -790,6 +794,9 @@ class FFRunConfig:
             raise ConfigError("protocol split routes the units of dense layers; a graph with conv layers cannot use it")
         check_negatives(getattr(self.protocol, "negatives", Negatives.uniform), self.pairing,
                         any(spec["type"] == "softmax" for spec in nodes.values()))
+        readouts = [n for n, spec in nodes.items() if spec["type"] in ("softmax", "goodness", "classes")]
+        if self.primary_readout is not None and self.primary_readout not in readouts:
+            raise ConfigError(f"primary_readout {self.primary_readout!r} is not a readout; readouts are {readouts}")
         for i, (names, _) in enumerate(stages):
             unknown = [] if names == "all" else [n for n in names if n not in nodes]
             if unknown:
@@ -895,6 +902,9 @@ def check_before_run(spec: FFRunConfig) -> None:
                           f"({peek.source}: {n} training images)")
     if spec.mode.name == Mode.bp:
         return
+    if getattr(spec.protocol, "name", None) == ProtocolName.hybrid and peek.image[2] != 1:
+        raise ConfigError(f"protocol hybrid needs 2-D images (one channel); {peek.source} has "
+                          f"{'x'.join(map(str, peek.image))} images")
     weights = check_shapes(spec, peek.image, network_classes(spec))
     if available is None:
         return

@@ -45,7 +45,7 @@ class Protocol:
     def check(self) -> None:
         """Raise ConfigError when the protocol cannot run in this mode or on this data (the mode
         rules are the schema's, which the CLI checks before a run folder is made)."""
-        check_protocol_mode(self.cfg, self.supervised)
+        check_protocol_mode(self.cfg, self.supervised, self.splits.num_classes)
 
     @property
     def num_classes(self) -> int:

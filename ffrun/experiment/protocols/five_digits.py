@@ -6,7 +6,7 @@ import numpy as np
 import tensorflow as tf
 
 from ffrun.core.trainer import FFData
-from ffrun.errors import ConfigError, DataError
+from ffrun.errors import DataError
 from ffrun.experiment.protocols.base import Protocol, Source
 
 
@@ -17,9 +17,6 @@ class FiveDigits(Protocol):
     def check(self) -> None:
         super().check()
         classes = list(self.cfg.positive_classes)
-        if max(classes) >= self.splits.num_classes:
-            raise ConfigError(f"protocol.positive_classes must be classes of 0..{self.splits.num_classes - 1}, "
-                              f"got {classes}")
         self.classes = np.asarray(classes, np.int32)
         # class -> its index among the positive classes, -1 for the negative classes
         self.remap = np.full(self.splits.num_classes, -1, np.int32)
