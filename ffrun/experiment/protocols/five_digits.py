@@ -21,7 +21,7 @@ class FiveDigits(Protocol):
         # class -> its index among the positive classes, -1 for the negative classes
         self.remap = np.full(self.splits.num_classes, -1, np.int32)
         self.remap[self.classes] = np.arange(len(self.classes), dtype=np.int32)
-        # a set of one kind only trains one of the two FF terms and "completes" at chance
+        # a set of one kind trains only one of the two FF terms: nothing teaches a layer to tell them apart
         is_pos = self.remap[self.splits.y_train] >= 0
         if is_pos.all() or not is_pos.any():
             kind = "negative classes (the classes not in" if is_pos.all() else "positive classes (protocol.positive_classes"
