@@ -7,7 +7,7 @@ run's own ``peak_memory_mb`` in results.json (Linux VmHWM of the process). Time 
 here, so it may run at low priority beside other work (``nice -n 19``).
 
 Run:  FFRUN_DATA_DIR=../shared/data python benchmarks/peak_memory.py --out peak_memory.json
-      ... --presets paper_sup,seed_r2_unsup_random --limit-mb 2000
+      ... --presets paper_sup,rmwkwok_r2_unsup_random --limit-mb 2000
 Exit status 1 when a preset exceeds ``--limit-mb`` (issue 19: 2 GB) or fails.
 """
 from __future__ import annotations

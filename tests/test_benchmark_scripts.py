@@ -66,7 +66,7 @@ def _load(script: str):
 
 def test_peak_memory_finds_the_4x2000_presets():
     found = _load("peak_memory.py").presets_4x2000()
-    assert {"paper_sup", "paper_unsup", "seed_r2_unsup_random", "bp_mlp"} <= set(found)
+    assert {"paper_sup", "paper_unsup", "rmwkwok_r2_unsup_random", "bp_mlp"} <= set(found)
     assert "paper_small" not in found and "cwcomp_mnist" not in found
 
 

@@ -53,8 +53,8 @@ def test_short_overrides_reach_the_model(cfg_factory):
     assert "goodness" in cfg.model.readouts
 
 
-def test_seed_preset_values(cfg_factory):
-    cfg = cfg_factory(["experiment=seed_r1_unsup_u2000"])
+def test_rmwkwok_preset_values(cfg_factory):
+    cfg = cfg_factory(["experiment=rmwkwok_r1_unsup_u2000"])
     assert (cfg.units, cfg.batch_size, cfg.epochs, cfg.readout_epochs) == (2000, 512, 200, 50)
     assert cfg.eval_on == "test" and cfg.model.th_pos == 0.1
     assert cfg.model.optimizer.learning_rate == pytest.approx(1e-4)
