@@ -1,5 +1,5 @@
 """The network as an ordered mapping of nodes: ``model.layers`` in YAML, or generated from
-``num_layers`` / ``units`` (the default MLP). Each node names a type from ``LAYER_TYPES``, its
+``num_layers`` / ``units`` (the default MLP). Each node names a type from ``schema.NODE_TYPES``, its
 parameters and its ``inputs`` (earlier nodes; ``input`` is the data). The builder checks every node
 (its type, its keys, its inputs, the shapes between them) and makes the layers in order.
 

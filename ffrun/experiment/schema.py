@@ -471,9 +471,9 @@ class FFRunConfig:
     epochs: int = 20
     readout_epochs: int = 5
     shuffle: bool = True
-    shuffle_buffer: Optional[int] = None   # the seed's pipeline: tf.data shuffle(buffer) order (null: full)
-    drop_last: bool = False                # the seed's pipeline: no partial last training batch
-    same_order: bool = False               # the seed's pipeline: one order for an epoch's pos and neg passes
+    shuffle_buffer: Optional[int] = None   # rmwkwok's pipeline: tf.data shuffle(buffer) order (null: full)
+    drop_last: bool = False                # rmwkwok's pipeline: no partial last training batch
+    same_order: bool = False               # rmwkwok's pipeline: one order for an epoch's pos and neg passes
     eval_on: EvalOn = EvalOn.validation
     eval_every: int = 1
     track_test: bool = False

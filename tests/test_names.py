@@ -1,0 +1,85 @@
+"""Names that say what they are: presets named after whose result they reproduce (the old names
+still compose, for one release), the best-test-epoch figures under that name, and each readout's
+test accuracy at its own best epoch."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from omegaconf import OmegaConf
+
+from ffrun.app.overrides import RENAMED_PRESETS, renamed_preset_notes
+from ffrun.run.outputs import read_metrics
+from ffrun.run.results import figure_on_test_at
+
+REPO = Path(__file__).resolve().parents[1]
+PRESETS = REPO / "conf" / "experiment"
+OLD_NAMES = sorted(p.stem for p in PRESETS.glob("*.yaml") if p.stem.startswith(tuple(RENAMED_PRESETS)))
+
+
+def _new_name(old: str) -> str:
+    prefix = next(o for o in RENAMED_PRESETS if old.startswith(o))
+    return RENAMED_PRESETS[prefix] + old[len(prefix):]
+
+
+def test_every_renamed_preset_keeps_its_old_name_and_no_other():
+    renamed = sorted(p.stem for p in PRESETS.glob("*.yaml") if p.stem.startswith(tuple(RENAMED_PRESETS.values())))
+    assert len(renamed) == 11
+    assert [_new_name(old) for old in OLD_NAMES] == renamed
+
+
+@pytest.mark.parametrize("old", OLD_NAMES)
+def test_an_old_preset_name_composes_to_its_new_preset(old: str, cfg_factory):
+    alias = yaml.safe_load((PRESETS / f"{old}.yaml").read_text())
+    assert alias["defaults"] == [_new_name(old), "_self_"]      # nothing of its own
+    assert OmegaConf.to_yaml(cfg_factory([f"experiment={old}"])) == \
+        OmegaConf.to_yaml(cfg_factory([f"experiment={_new_name(old)}"]))
+
+
+def test_an_old_preset_name_gets_one_line_naming_the_new_one():
+    assert renamed_preset_notes(["experiment=seed_r1_sup_basic", "units=3"]) == \
+        ["experiment=seed_r1_sup_basic is an old name, kept for one release: use experiment=rmwkwok_r1_sup_basic"]
+    notes = renamed_preset_notes(["-m", "experiment=seed_r2_sup_none,paper_sup,seed_r2_sup_random"])
+    assert [n.split(": use ")[1] for n in notes] == ["experiment=rmwkwok_r2_sup_none",
+                                                     "experiment=rmwkwok_r2_sup_random"]
+    assert renamed_preset_notes(["experiment=rmwkwok_r1_sup_basic", "seed=3", "protocol.route_seed=1"]) == []
+
+
+@pytest.mark.slow
+def test_the_script_names_the_new_preset_and_still_runs_the_old_one():
+    """`ffrun experiment=<old name> --cfg job` prints the composed config (no run, no folder) after
+    one stderr line naming the new preset."""
+    ffrun = Path(sys.executable).with_name("ffrun")
+    done = subprocess.run([str(ffrun), "experiment=seed_r1_unsup_u2000", "--cfg", "job"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "ffrun: experiment=seed_r1_unsup_u2000 is an old name, kept for one release: " \
+           "use experiment=rmwkwok_r1_unsup_u2000" in done.stderr.splitlines()
+    cfg = yaml.safe_load(done.stdout)
+    assert (cfg["units"], cfg["batch_size"], cfg["epochs"]) == (2000, 512, 200)
+
+
+def test_a_readouts_test_figure_at_an_epoch_comes_from_the_column_of_that_set():
+    rows = [{"epoch": 1.0, "a/acc": 0.5, "test/a/acc": 0.4}, {"epoch": 2.0, "a/acc": 0.6}]
+    assert figure_on_test_at(rows, "a/acc", 1, "validation") == 0.4
+    assert figure_on_test_at(rows, "a/acc", 2, "validation") is None   # not tracked at that epoch
+    assert figure_on_test_at(rows, "a/acc", 2, "test") == 0.6          # eval_on=test: its own column
+    assert figure_on_test_at(rows, "a/acc", None, "validation") is None
+
+
+def test_each_readouts_test_at_best_is_at_its_own_best_epoch(train_tiny):
+    """Two readouts that peak at different epochs: each one's test_at_best is its own tracked test
+    figure at its own best_epoch, not the figure at the primary readout's best epoch."""
+    softmax = "{type: softmax, inputs: [norm2..], optimizer: {class_name: Adam, learning_rate: 1e-3}}"
+    results, run_dir = train_tiny(["mode=sup", "track_test=true", "epochs=6", f"+model.readouts.softmax={softmax}"])
+    rows = {int(r["epoch"]): r for r in read_metrics(run_dir / "metrics.csv")}
+    readouts = results["readouts"]
+    assert results["primary"] == "goodness/acc"
+    # what makes the check tell: on this seed the readouts peak apart
+    assert readouts["goodness/acc"]["best_epoch"] != readouts["softmax/acc"]["best_epoch"]
+    for key, readout in readouts.items():
+        assert readout["test_at_best"] == pytest.approx(rows[readout["best_epoch"]][f"test/{key}"], abs=1e-5)
+    assert results["test_acc"] == readouts["goodness/acc"]["test_at_best"]
