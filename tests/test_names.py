@@ -1,6 +1,6 @@
 """Names that say what they are: presets named after whose result they reproduce (the old names
-still compose, for one release), the best-test-epoch figures under that name, and each readout's
-test accuracy at its own best epoch."""
+still compose, for one release), each readout's test accuracy at its own best epoch, and the
+config reference generated from the schema."""
 from __future__ import annotations
 
 import subprocess
@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from ffrun.app.overrides import RENAMED_PRESETS, renamed_preset_notes
+from ffrun.experiment.config_doc import render
 from ffrun.run.outputs import read_metrics
 from ffrun.run.results import figure_on_test_at
 
@@ -83,3 +84,31 @@ def test_each_readouts_test_at_best_is_at_its_own_best_epoch(train_tiny):
     for key, readout in readouts.items():
         assert readout["test_at_best"] == pytest.approx(rows[readout["best_epoch"]][f"test/{key}"], abs=1e-5)
     assert results["test_acc"] == readouts["goodness/acc"]["test_at_best"]
+
+
+def test_the_config_reference_is_up_to_date():
+    assert (REPO / "docs" / "config.md").read_text() == render(), \
+        "docs/config.md is out of date: python -m ffrun.experiment.config_doc --out docs/config.md"
+
+
+def test_the_config_reference_has_every_key_with_its_choices_and_range(cfg_factory):
+    keys: list[str] = []
+
+    def walk(node: DictConfig, prefix: str) -> None:
+        for key in node.keys():
+            keys.append(prefix + key)
+            child = node._get_node(key)
+            if isinstance(child, DictConfig) and prefix + key != "model.readouts":
+                walk(child, f"{prefix}{key}.")
+    walk(cfg_factory([]), "")
+    text = render()
+    # a key is a row of a table; a group of keys (data, model.overlay, ...) heads its own table
+    assert [k for k in keys if f"| `{k}` |" not in text and f"## `{k}`" not in text and k != "protocol"] == []
+    for name in ("split", "wrong_label", "hybrid", "competitive"):
+        assert f"## `protocol={name}`" in text
+    # the choices, the ranges and the defaults, as the schema and conf/ have them
+    assert "| `splitting` | choice | `random` | random \\| same \\| none |" in text
+    assert "| `batch_size` | int | `512` | must be >= 1 |" in text
+    assert "| `mode.dropout` | float | `0.0` | must be in [0, 1) |" in text
+    assert "| `model.units` | any | `${units}` | must be >= 1;" in text
+    assert "| `protocol.blur_steps` | int | `6` | must be >= 0 |" in text

@@ -215,12 +215,12 @@ class OverlayConfig:
 
 @dataclass
 class ReadoutConfig:
-    type: ReadoutType = ReadoutType.softmax
-    inputs: List[str] = field(default_factory=list)
-    optimizer: Optional[Dict[str, Any]] = None
-    use_bias: bool = True
-    init: Any = "glorot_uniform"
-    weight_decay: float = 0.0
+    type: ReadoutType = ReadoutType.softmax              # softmax (trained) | goodness (sup: the label of most goodness)
+    inputs: List[str] = field(default_factory=list)      # node names; "norm2.." = norm2..normN
+    optimizer: Optional[Dict[str, Any]] = None           # softmax: its own, required
+    use_bias: bool = True                                # softmax
+    init: Any = "glorot_uniform"                         # softmax: a Keras initializer
+    weight_decay: float = 0.0                            # softmax: coupled L2, as model.weight_decay
 
     @classmethod
     def parse(cls, spec: Any, key: str) -> "ReadoutConfig":
