@@ -3,6 +3,7 @@ still compose, for one release), each readout's test accuracy at its own best ep
 config reference generated from the schema."""
 from __future__ import annotations
 
+import csv
 import subprocess
 import sys
 from pathlib import Path
@@ -11,10 +12,12 @@ import pytest
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from ffrun.app import summary
 from ffrun.app.overrides import RENAMED_PRESETS, renamed_preset_notes
 from ffrun.experiment.config_doc import render
 from ffrun.run.outputs import read_metrics
 from ffrun.run.results import figure_on_test_at
+from tests import test_report as report_runs
 
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = REPO / "conf" / "experiment"
@@ -61,6 +64,24 @@ def test_the_script_names_the_new_preset_and_still_runs_the_old_one():
            "use experiment=rmwkwok_r1_unsup_u2000" in done.stderr.splitlines()
     cfg = yaml.safe_load(done.stdout)
     assert (cfg["units"], cfg["batch_size"], cfg["epochs"]) == (2000, 512, 200)
+
+
+def test_the_best_test_epoch_figures_under_their_names_and_their_old_ones(tmp_path: Path):
+    """seeds.csv names the best-test-epoch figures test_best_epoch_*, and `--against` still takes
+    their old names seed_style_ff / seed_style_all for one release."""
+    for seed, best in enumerate([0.95, 0.97]):
+        ov = [f"seed={seed}"]
+        results = report_runs.completed(0.9, [0.9, 0.85], ov)
+        results["readouts"] = {"softmax/acc": {"test_best_by_stage": [{"stage": 0, "best": best, "epoch": 1},
+                                                                      {"stage": 1, "best": best + 0.01, "epoch": 2}]}}
+        report_runs.make_run(tmp_path / str(seed), ov, results, [0.9, 0.85])
+    for against, figure in (("seed_style_ff", "test_best_epoch_ff"), ("seed_style_all", "test_best_epoch_all"),
+                            ("test_best_epoch_ff", "test_best_epoch_ff")):
+        assert summary.main([str(tmp_path), "--reference", "96", "--against", against]) == 0
+        (row,) = csv.DictReader(open(tmp_path / "seeds.csv"))
+        assert row["reference_figure"] == figure and row["reference_place"] == "inside"
+    assert float(row["test_best_epoch_ff_mean"]) == pytest.approx(0.96)
+    assert float(row["test_best_epoch_all_mean"]) == pytest.approx(0.97)
 
 
 def test_a_readouts_test_figure_at_an_epoch_comes_from_the_column_of_that_set():

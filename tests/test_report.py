@@ -282,7 +282,7 @@ def test_seeds_png_draws_each_seed_its_mean_and_the_reference(tmp_path: Path, dr
 def test_seed_table_fits_an_80_column_log(tmp_path: Path) -> None:
     """A report piped into a log is 80 columns wide (rich's default without a terminal): the seed
     table with a reference keeps every column and every figure whole in it, instead of squeezing
-    n and seeds to nothing and cutting the figures short, as it did."""
+    n and seeds to nothing and cutting the figures short."""
     import statistics
     root = tmp_path / "ref"
     tests = [0.9307, 0.9506, 0.9346, 0.9280, 0.9480, 0.9622]
@@ -487,7 +487,8 @@ def test_wrong_typed_shown_fields_are_blank_and_the_row_stays(tmp_path: Path, pa
 
 
 def test_results_overrides_not_a_list_without_hydra_folder(tmp_path: Path) -> None:
-    """A copied run has no .hydra: its overrides come from results.json, where an int used to be iterated."""
+    """A copied run has no .hydra: its overrides come from results.json, where an int instead of a
+    list is a damaged record, not something to iterate."""
     import shutil
     bad = good_and_bad(tmp_path, {"overrides": 5})
     shutil.rmtree(bad / ".hydra")

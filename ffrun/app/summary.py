@@ -375,7 +375,7 @@ def seed_table(records: Sequence[dict[str, Any]], varying: Sequence[str],
     for key in others:
         table.add_column(key, overflow="fold")
     # Eight or nine columns do not fit an 80-column terminal: every column may fold, and a minimum
-    # width keeps rich from squeezing the narrow ones (n, seeds) to nothing, which it did.
+    # width keeps rich from squeezing the narrow ones (n, seeds) to nothing.
     table.add_column("n", justify="right", no_wrap=True, min_width=2)
     table.add_column("seeds", overflow="fold", min_width=5)
     for label in ("best val", *FIGURES.values()):
