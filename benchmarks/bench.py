@@ -4,7 +4,7 @@ One process measures, on the current machine:
 
 1. roofline: TF matmul GFLOP/s at the model's own layer shapes (forward and weight-gradient
    products), fp32 and bf16, in a graph loop after warm-up;
-2. FF training epochs (seed "Result 2": protocol split, unsup and sup) built from the project's own
+2. FF training epochs (Result 2 of rmwkwok's implementation: protocol split, unsup and sup) built from the project's own
    Hydra configs: seconds, samples/s, achieved GFLOP/s from counted FLOPs, share of the roofline;
 3. the same MLP trained by backprop with Keras ``model.fit`` on the same images;
 4. evaluation: the all-labels (10x duplicated) pass of the sup net vs ten plain forward passes;
@@ -13,7 +13,7 @@ One process measures, on the current machine:
 7. optional (``--conv PRESET``, e.g. cwcomp_mnist): a conv FF epoch (the preset's first stage, every
    conv layer training) as a share of the conv roofline (tf.nn.conv2d forward and kernel gradient at
    each layer's shapes, groups split as GroupedConv2D splits them), and against a Keras ``model.fit``
-   epoch of the same CNN trained by backprop (issue 17's target: FF <= 1.2x backprop).
+   epoch of the same CNN trained by backprop (the project's target: FF <= 1.2x backprop).
 
 Run:  python benchmarks/bench.py --out bench.json          (full benchmark: ~20 min on 2 idle cores)
       python benchmarks/bench.py --data digits --units 32 --scaling 16,32 --reps 1   (seconds)
@@ -475,7 +475,7 @@ def fit_epochs(model: keras.Model, x: np.ndarray, y: np.ndarray, batch_size: int
 # --------------------------------------------------------------------------------------------
 # conv: an FF conv epoch (e.g. CwComp) against the conv roofline and a backprop epoch of the same CNN
 
-#: issue 17's target: an FF conv epoch within 1.2x a backprop epoch of the same CNN
+#: the project's target: an FF conv epoch within 1.2x a backprop epoch of the same CNN
 CONV_TARGET_FF_OVER_BP = 1.2
 CONV_NOTE = ("FF executes forward + kernel gradient per trained conv layer (no input gradient: no gradient "
              "crosses blocks); backprop also computes input gradients (except the first layer). Counted: conv "
@@ -700,7 +700,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--skip-bp", action="store_true",
                    help="skip the MLP backprop baseline (the --conv section always runs its own CNN baseline)")
     p.add_argument("--paper", default="paper_small",
-                   help="experiment preset whose training epoch is timed too ('' to skip): issue 4's paper recipe")
+                   help="experiment preset whose training epoch is timed too ('' to skip): Hinton's paper recipe")
     p.add_argument("--conv", default="",
                    help="conv experiment preset (e.g. cwcomp_mnist) whose FF epoch is timed against the conv roofline "
                         "and a Keras backprop epoch of the same CNN ('' to skip); with --modes '' --paper '' "

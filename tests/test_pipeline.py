@@ -1,5 +1,5 @@
-"""The seed's data pipeline as options (shuffle buffer, no partial last batch, one order for the
-positive and negative passes): each does what tf.data does, is exact on resume, and is off by default."""
+"""The reference implementation's data pipeline as options (shuffle buffer, no partial last batch,
+one order for the positive and negative passes): each does what tf.data does, is exact on resume, and is off by default."""
 import numpy as np
 import pytest
 import tensorflow as tf

@@ -208,7 +208,7 @@ def test_runs_that_differ_only_in_seed_are_summarized_over_seeds(tmp_path: Path,
 
 def test_a_published_figure_is_placed_against_each_settings_seeds(tmp_path: Path,
                                                                    capsys: pytest.CaptureFixture) -> None:
-    """`ffrun-report <runs> --reference 91.7`: is the seed's figure one of our seeds' outcomes? Inside
+    """`ffrun-report <runs> --reference 91.7`: is rmwkwok's figure one of our seeds' outcomes? Inside
     the min-max of one setting's test figures, above another's; the distance in sample stds from the
     mean, by hand."""
     root = tmp_path / "ref"
@@ -227,8 +227,8 @@ def test_a_published_figure_is_placed_against_each_settings_seeds(tmp_path: Path
     assert float(rows["1"]["reference_z"]) == pytest.approx((0.917 - 0.91833333) / 0.00763763, abs=1e-4)
     assert float(rows["2"]["reference_z"]) == pytest.approx((0.917 - 0.935) / 0.00707107, abs=1e-4)
     assert rows["1"]["reference_figure"] == "test"
-    # the seed-style figure is absent in these runs (no test columns): no place, not a wrong one
-    assert main([str(root), "--reference", "91.7", "--against", "seed_style_ff"]) == 0
+    # the best-test-epoch figure is absent in these runs (no test columns): no place, not a wrong one
+    assert main([str(root), "--reference", "91.7", "--against", "test_best_epoch_ff"]) == 0
     rows = list(csv.DictReader(open(root / "seeds.csv")))
     assert {r["reference_place"] for r in rows} == {""}
     assert main([str(root), "--reference", "150"]) == 2
@@ -237,8 +237,8 @@ def test_a_published_figure_is_placed_against_each_settings_seeds(tmp_path: Path
 
 
 def test_seeds_png_draws_each_seed_its_mean_and_the_reference(tmp_path: Path, drawn: list) -> None:
-    """seeds.png of `--reference 91.7 --against seed_style_ff`: per setting, every seed's test figure
-    (at the validation-chosen epoch, final, seed-style) as a point, the mean +- sample std as a bar
+    """seeds.png of `--reference 91.7 --against test_best_epoch_ff`: per setting, every seed's test figure
+    (at the validation-chosen epoch, final, best test epoch) as a point, the mean +- sample std as a bar
     beside them, and the reference as a dashed line; summary.png's seed panel joins no seeds by a line."""
     import statistics
 
@@ -251,7 +251,7 @@ def test_seeds_png_draws_each_seed_its_mean_and_the_reference(tmp_path: Path, dr
         results = json.loads((run / "results.json").read_text())
         results["readouts"] = {"softmax/acc": {"test_best_by_stage": stages}}
         (run / "results.json").write_text(json.dumps(results))
-    write_report(root, recording_console(), reference=Reference(0.917, "seed_style_ff"))
+    write_report(root, recording_console(), reference=Reference(0.917, "test_best_epoch_ff"))
 
     assert (root / "seeds.png").read_bytes()[:8] == PNG_MAGIC
     summary, seeds = drawn
@@ -275,14 +275,14 @@ def test_seeds_png_draws_each_seed_its_mean_and_the_reference(tmp_path: Path, dr
     assert (pytest.approx(mean), pytest.approx(mean + std)) in bars
     (reference,) = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
     assert list(reference.get_ydata()) == [0.917, 0.917]
-    assert "reference 91.70% (against seed-style: best test, FF stage)" in \
+    assert "reference 91.70% (against best test epoch, FF stage)" in \
         [t.get_text() for t in ax.get_legend().get_texts()]
 
 
 def test_seed_table_fits_an_80_column_log(tmp_path: Path) -> None:
     """A report piped into a log is 80 columns wide (rich's default without a terminal): the seed
     table with a reference keeps every column and every figure whole in it, instead of squeezing
-    n and seeds to nothing and cutting the figures short, as it did."""
+    n and seeds to nothing and cutting the figures short."""
     import statistics
     root = tmp_path / "ref"
     tests = [0.9307, 0.9506, 0.9346, 0.9280, 0.9480, 0.9622]
@@ -292,7 +292,7 @@ def test_seed_table_fits_an_80_column_log(tmp_path: Path) -> None:
         results["readouts"] = {"softmax/acc": {"test_best_by_stage": [{"stage": 0, "best": test, "epoch": 2}]}}
         make_run(root / str(seed), ov, results, [0.9, test])
     console = Console(file=io.StringIO(), width=80, color_system=None)
-    write_report(root, console, reference=Reference(0.9576, "seed_style_ff"))
+    write_report(root, console, reference=Reference(0.9576, "test_best_epoch_ff"))
     out = console.file.getvalue()
     table = out[out.index("over seeds"):]
     assert max(len(line) for line in table.splitlines()) <= 80
@@ -487,7 +487,8 @@ def test_wrong_typed_shown_fields_are_blank_and_the_row_stays(tmp_path: Path, pa
 
 
 def test_results_overrides_not_a_list_without_hydra_folder(tmp_path: Path) -> None:
-    """A copied run has no .hydra: its overrides come from results.json, where an int used to be iterated."""
+    """A copied run has no .hydra: its overrides come from results.json, where an int instead of a
+    list is a damaged record, not something to iterate."""
     import shutil
     bad = good_and_bad(tmp_path, {"overrides": 5})
     shutil.rmtree(bad / ".hydra")

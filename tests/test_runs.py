@@ -60,7 +60,7 @@ def test_nan_loss_fails_cleanly_and_keeps_metrics(train_tiny, monkeypatch):
 
 
 @pytest.mark.slow
-def test_track_test_records_the_seed_style_figure_beside_the_validation_choice(train_tiny):
+def test_track_test_records_the_best_test_epoch_beside_the_validation_choice(train_tiny):
     results, run_dir = train_tiny(["track_test=true", "epochs=3", "readout_epochs=1"])
     rows = read_metrics(run_dir / "metrics.csv")
     assert all("test/softmax/acc" in r and "softmax/acc" in r for r in rows)
@@ -80,11 +80,11 @@ def test_track_test_records_the_seed_style_figure_beside_the_validation_choice(t
         == [("softmax/acc", "softmax", "-")]
 
 
-def test_seed_style_eval_on_test(train_tiny):
+def test_eval_on_test_scores_every_epoch_on_the_test_set(train_tiny):
     results, _ = train_tiny(["eval_on=test", "data.val_size=0", "epochs=2", "readout_epochs=0"])
     assert results["val_set"] == "test"
     assert results["data"]["val_pos"] == results["data"]["test_pos"]
-    # the per-epoch figures ARE test figures (the seed's practice): the final pass agrees with them
+    # the per-epoch figures ARE test figures (the reference implementation's practice): the final pass agrees with them
     for readout in results["readouts"].values():
         assert readout["final"] == pytest.approx(readout["test_final"], abs=1e-6)
 

@@ -11,7 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from ffrun.app.overrides import override_problem
+from ffrun.app.overrides import override_problem, renamed_preset_notes
 
 log = logging.getLogger("ffrun")
 
@@ -107,6 +107,8 @@ def main() -> None:
         line, code = stop
         print(f"ffrun: {line}", file=sys.stderr if code else sys.stdout)
         sys.exit(code)
+    for note in renamed_preset_notes(sys.argv[1:]):   # after the checks: bad input stays one line
+        print(f"ffrun: {note}", file=sys.stderr)
     hydra_main()
 
 

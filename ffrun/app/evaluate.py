@@ -1,8 +1,9 @@
 """``ffrun-eval <run folder>``: evaluate a saved run on its validation and test sets.
 
-Loads the run's own config and its newest checkpoint (or, with --best, the weights of its best
-epoch), runs every evaluation the run's protocol has, prints a table, writes eval.json and a
-confusion matrix per readout (confusion.png).
+Loads the run's own config and its newest checkpoint (or, with --best, the weights of the primary
+readout's best epoch, with which every readout is scored; results.json's test_at_best gives each
+readout at its own best epoch), runs every evaluation the run's protocol has, prints a table, writes
+eval.json and a confusion matrix per readout (confusion.png).
 """
 from __future__ import annotations
 
@@ -138,7 +139,7 @@ def evaluate_run(run_dir: Path, console: Console, best: bool = False) -> dict[st
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ffrun-eval", description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="a run folder (with .hydra/ and checkpoints/)")
-    parser.add_argument("--best", action="store_true", help="evaluate the best epoch's weights, not the last")
+    parser.add_argument("--best", action="store_true", help="evaluate the weights of the primary readout's best epoch, not the last")
     args = parser.parse_args(argv)
     console = outputs.make_console()
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -18,6 +18,24 @@ def _group_options(group: str) -> list[str]:
     return sorted(f.name[:-5] for f in files("ffrun.conf").joinpath(group).iterdir() if f.name.endswith(".yaml"))
 
 
+#: experiment presets renamed to say whose result they reproduce (old prefix -> new prefix); the old
+#: names stay as alias files in conf/experiment for one release
+RENAMED_PRESETS = {"seed_r": "rmwkwok_r"}
+
+
+def renamed_preset_notes(args: list[str]) -> list[str]:
+    """One line per old preset name among the ``experiment=`` values of ``args``, naming the new one."""
+    notes = []
+    for arg in args:
+        key, _, values = arg.lstrip("+").partition("=")
+        for value in values.split(",") if key == "experiment" else []:
+            old = next((o for o in RENAMED_PRESETS if value.startswith(o)), None)
+            if old is not None:
+                new = RENAMED_PRESETS[old] + value[len(old):]
+                notes.append(f"experiment={value} is an old name, kept for one release: use experiment={new}")
+    return notes
+
+
 def _job_overrides(args: list[str]) -> list[list[str]]:
     """Override lists that cover the jobs of ``args`` for checking: the first value of every sweep,
     then each other value of each sweep in turn (one composition per value, not per job: a 4 x 4

@@ -40,18 +40,21 @@ SEED_KEY = "seed"
 # Overrides that cannot change what a run learns: runs differing only in these are the same setting
 BOOKKEEPING_KEYS = ("checkpoint.", "tensorboard.", "hydra.", "progress", "eval_batch_size")
 SEED_COLUMNS = ("n", "seeds", "best_val_mean", "best_val_std", "test_mean", "test_std",
-                "test_final_mean", "test_final_std", "seed_style_ff_mean", "seed_style_ff_std",
-                "seed_style_all_mean", "seed_style_all_std", "test_min", "test_max",
-                "seed_style_ff_min", "seed_style_ff_max")
+                "test_final_mean", "test_final_std", "test_best_epoch_ff_mean",
+                "test_best_epoch_ff_std", "test_best_epoch_all_mean", "test_best_epoch_all_std", "test_min",
+                "test_max", "test_best_epoch_ff_min", "test_best_epoch_ff_max")
 #: keys that draw random streams rather than define a setting: runs differing only in them are
-#: seeds of one setting (protocol.route_seed draws the A/B splits, as the seed's 10 "route seeds")
+#: seeds of one setting (protocol.route_seed draws the A/B splits, as the reference implementation's 10
+#: "route seeds")
 SEED_KEYS = ("seed", "protocol.route_seed")
 #: the seed-summary figures a published reference can be placed against (``--reference``)
 FIGURES = {"test": "test at best", "test_final": "test final",
-           "seed_style_ff": "seed-style: best test, FF stage", "seed_style_all": "best test, all epochs"}
+           "test_best_epoch_ff": "best test epoch, FF stage", "test_best_epoch_all": "best test epoch, all"}
 #: each figure's field in a run record
-FIGURE_FIELDS = {"test": "test_acc", "test_final": "test_acc_final", "seed_style_ff": "seed_style_ff",
-                 "seed_style_all": "seed_style_all"}
+FIGURE_FIELDS = {"test": "test_acc", "test_final": "test_acc_final", "test_best_epoch_ff": "test_best_epoch_ff",
+                 "test_best_epoch_all": "test_best_epoch_all"}
+#: the figures' names before they said what they are, still accepted by ``--against`` for one release
+OLD_FIGURE_NAMES = {"seed_style_ff": "test_best_epoch_ff", "seed_style_all": "test_best_epoch_all"}
 REFERENCE_COLUMNS = ("reference", "reference_figure", "reference_place", "reference_z")
 # The results.json fields the report reads, by what a wrong type costs. These decide what a row
 # means (did the run succeed, which readout its accuracies belong to): a wrong type fails the row.
@@ -121,16 +124,17 @@ def load_run(run_dir: Path, root: Path) -> dict[str, Any]:
         "params": parse_overrides(overrides),
         "seed": _read_seed(run_dir),
         "curve": (epochs, curve),
-        **seed_style(run_dir / "results.json", results["primary"], results["val_set"]),
+        **best_test_epoch_figures(run_dir / "results.json", results["primary"], results["val_set"]),
     }
 
 
-def seed_style(path: Path, primary: str | None, val_set: str | None) -> dict[str, float | None]:
-    """The seed's figures of a run: the best TEST accuracy over the epochs of the first (FF) stage,
-    and over all epochs, of the primary readout. They come from the per-epoch figures when those
-    are test figures (``eval_on=test``), else from the tracked test columns (``track_test``);
-    None when the run has neither. They pick the epoch on the test set: labelled as such."""
-    empty = {"seed_style_ff": None, "seed_style_all": None}
+def best_test_epoch_figures(path: Path, primary: str | None, val_set: str | None) -> dict[str, float | None]:
+    """The figures the reference implementation reports (its "best test epoch"): the primary
+    readout's best TEST accuracy over the epochs of the first (FF) stage, and over all epochs.
+    They come from the per-epoch figures when those are test figures (``eval_on=test``), else from
+    the tracked test columns (``track_test``); None when the run has neither. They pick the epoch
+    on the test set: labelled as such."""
+    empty = {"test_best_epoch_ff": None, "test_best_epoch_all": None}
     try:
         readout = json.loads(path.read_text())["readouts"][primary]
         stages = readout["best_by_stage"] if val_set == "test" else readout.get("test_best_by_stage")
@@ -139,7 +143,7 @@ def seed_style(path: Path, primary: str | None, val_set: str | None) -> dict[str
         return empty
     if not bests or any(b is None for b in bests):
         return empty
-    return {"seed_style_ff": bests[0], "seed_style_all": max(bests)}
+    return {"test_best_epoch_ff": bests[0], "test_best_epoch_all": max(bests)}
 
 
 def read_results(path: Path) -> tuple[dict[str, Any], list[str]]:
@@ -371,7 +375,7 @@ def seed_table(records: Sequence[dict[str, Any]], varying: Sequence[str],
     for key in others:
         table.add_column(key, overflow="fold")
     # Eight or nine columns do not fit an 80-column terminal: every column may fold, and a minimum
-    # width keeps rich from squeezing the narrow ones (n, seeds) to nothing, which it did.
+    # width keeps rich from squeezing the narrow ones (n, seeds) to nothing.
     table.add_column("n", justify="right", no_wrap=True, min_width=2)
     table.add_column("seeds", overflow="fold", min_width=5)
     for label in ("best val", *FIGURES.values()):
@@ -539,7 +543,7 @@ def _plot_param(ax, key: str, runs: Sequence[dict[str, Any]], skipped: int, alon
 def plot_seeds(runs: Sequence[dict[str, Any]], varying: Sequence[str], records: Sequence[dict[str, Any]],
                path: Path, title: str, reference: Reference | None = None) -> None:
     """seeds.png: one column per setting (seeds.csv's rows); in it each test figure the runs have (at
-    the validation-chosen epoch, final, seed-style) as one point per seed beside a bar of their mean
+    the validation-chosen epoch, final, best test epoch) as one point per seed beside a bar of their mean
     +- sample std, and a published reference as a dashed line across. Whether a reported figure lies
     inside the seeds' spread, or where, is then read at a glance; seeds.csv holds the numbers."""
     import matplotlib
@@ -634,15 +638,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="where summary.csv and summary.png go (default: the folder; "
                              "required with several folders)")
     parser.add_argument("--reference", type=float, default=None, metavar="PERCENT",
-                        help="a published accuracy (e.g. the seed's 91.7): the seed summary says whether "
+                        help="a published accuracy (e.g. rmwkwok's 91.7): the seed summary says whether "
                              "it lies inside each setting's min-max and how many std from the mean")
-    parser.add_argument("--against", choices=tuple(FIGURES), default="test",
+    parser.add_argument("--against", choices=(*FIGURES, *OLD_FIGURE_NAMES), default="test",
                         help="which figure the reference is placed against (default: test, the test "
-                             "accuracy at the validation-chosen epoch; seed_style_ff for a figure "
+                             "accuracy at the validation-chosen epoch; test_best_epoch_ff for a figure "
                              "reported as the best test epoch)")
     args = parser.parse_args(argv)
     try:
-        reference = None if args.reference is None else Reference(args.reference / 100, args.against)
+        against = OLD_FIGURE_NAMES.get(args.against, args.against)
+        reference = None if args.reference is None else Reference(args.reference / 100, against)
         write_report(args.folders, outputs.make_console(), out=args.out, reference=reference)
     except ReportError as exc:
         # A usage problem, like argparse's own: one line on stderr, exit code 2

@@ -19,7 +19,7 @@ def dense_shape(layer: Any) -> tuple[int, int] | None:
 def ff_epoch_flop(layers: dict[str, Any], tasks: list[TaskEntry], epoch: int = 1) -> tuple[float, float]:
     """FLOPs of one FF training epoch, (counted, executed).
 
-    counted (issue 4's definition): every layer that trains in a pass does forward + weight
+    counted (the definition the roofline share uses): every layer that trains in a pass does forward + weight
     gradient, two matmuls, 2 * 2 * in * out per row; FF layers need no input gradient.
     executed: what the graphs really multiply. A layer with half-split routing computes the weight
     gradient of a row only on the half of the units the row owns (the rest is exactly zero), and

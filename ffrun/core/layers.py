@@ -50,7 +50,7 @@ def _part(x: tf.Tensor, parts: int, index: int) -> tf.Tensor:
 
 
 class BaseFFLayer:
-    """A Keras layer plus the five FF tasks. Subclasses override the task methods they need;
+    """A Keras layer plus the seven FF tasks (``Task``). Subclasses override the task methods they need;
     by default every task is a plain forward pass."""
 
     #: the training tasks in which this layer changes its weights
@@ -285,7 +285,7 @@ class FFDense(FFLocalLayer):
         self.units = units
         self.routing = None if routing is None else tf.constant(routing, tf.float32)
         self.neg_routing = neg_routing
-        # Half-split routing (the seed's A/B: a class owns units [0, U/2) or [U/2, U)) lets a step
+        # Half-split routing (rmwkwok's A/B: a class owns units [0, U/2) or [U/2, U)) lets a step
         # skip the weight gradient of the half a sample does not own: it is exactly zero.
         self.owns_first_half = _half_split(routing) if split_gradient else None
         self.peer_norm = float(peer_norm)
@@ -369,9 +369,11 @@ class FFDense(FFLocalLayer):
         With ``xla`` the two parts around the weight-gradient matmul are each one XLA call: the
         element-wise part (activation, goodness, loss, peer normalization, dz: ~40 small ops,
         which XLA fuses into a few loops) and the update (bias gradient, weight decay and the
-        optimizer kernel: one pass over the weights instead of three). paper_small's pos+neg pass
-        (pass_breakdown.py, interleaved, 2 cores shared with background training): medians 15.3 ->
-        12.6 s; 6 compilations, ~5 s once per process. The matmuls stay TensorFlow's (oneDNN):
+        optimizer kernel: one pass over the weights instead of three). It is not faster on a quiet
+        machine: paper_small's pos+neg pass, alternated in one process, took 11.70 s without and
+        12.26 s with it (medians of 6 rounds, ``pass_breakdown.py --compare model.xla=false,true``);
+        only while other jobs shared the two cores was it faster (15.3 -> 12.6 s). Hence off by
+        default. It costs 6 compilations, ~5 s once per process. The matmuls stay TensorFlow's (oneDNN):
         XLA's CPU dot was slower (readout pass under a whole-step XLA call: 1.60 s against 1.13 s).
         Results match the plain step to ~1e-7 per step (tests), but paper_small's early steps
         amplify any rounding difference (a 1e-7 relative nudge of one kernel grows to 1e-4 in 20
@@ -564,7 +566,7 @@ class FFFlatten(BaseFFLayer):
 class FFPreNorm(BaseFFLayer):
     """Divides each sample by its length, so the next layer cannot read this layer's goodness.
 
-    ``kind="l2"``: x / (||x|| + eps) (the seed); ``kind="rms"``: x / (sqrt(mean x^2) + eps) (the paper).
+    ``kind="l2"``: x / (||x|| + eps) (rmwkwok's); ``kind="rms"``: x / (sqrt(mean x^2) + eps) (the paper).
     For an image (N, H, W, C), ``scope="channels"`` normalizes the channel vector at each position,
     ``scope="map"`` the whole map of a sample (what a flat layer's norm is to its units).
     """
@@ -593,7 +595,7 @@ class FFPreNorm(BaseFFLayer):
 class FFOverlay(BaseFFLayer):
     """Writes the label into the image.
 
-    ``mode="add"`` (the seed): +value at pixel index y of the flattened image.
+    ``mode="add"`` (rmwkwok's): +value at pixel index y of the flattened image.
     ``mode="replace"`` (the paper): the first ``num_classes`` pixels become one-hot(y) * value.
     ``mode="channels"`` (for conv nets): ``num_classes`` label planes appended to an image
     (N, H, W, C) -> (N, H, W, C + num_classes), one-hot(y) * value at every position: the label is

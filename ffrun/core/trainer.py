@@ -144,7 +144,7 @@ class TrainMgr:
         self.eval_batch_size = int(eval_batch_size or max(batch_size, 1000))
         self.seed = int(seed)
         self.shuffle = shuffle
-        # the seed's tf.data pipeline, when asked for: a shuffle buffer, no partial last batch,
+        # rmwkwok's tf.data pipeline, when asked for: a shuffle buffer, no partial last batch,
         # one order for the positive and the negative pass
         self.shuffle_buffer, self.drop_last, self.same_order = shuffle_buffer, bool(drop_last), bool(same_order)
         self.lr_multiplier = lr_multiplier
@@ -272,7 +272,7 @@ class TrainMgr:
         perm = self.order(n, epoch, index) if training else np.arange(n, dtype=np.int32)
         bs = self.batch_size if training else self.eval_batch_size
         if training and self.drop_last and n >= bs:
-            perm = perm[: n - n % bs]     # the seed's tf.data batching: no partial last batch
+            perm = perm[: n - n % bs]     # rmwkwok's tf.data batching: no partial last batch
         if entry.task == Task.EVAL_ALL_LABELS:
             # eval_batch_size counts rows: an all-labels pass makes one row per (image, label), and
             # 1000 images x 10 labels would hold ~0.6 GB more activations at 4 x 2000.
@@ -292,7 +292,7 @@ class TrainMgr:
     def order(self, n: int, epoch: int, index: int) -> np.ndarray:
         """The order of a training pass: a function of (seed, epoch, pass) only, so a resumed run
         sees the same order. ``same_order``: every training pass of an epoch gets the same order
-        (the seed's Result 2 shuffles positives and negatives together); ``shuffle_buffer``: the
+        (rmwkwok's Result 2 shuffles positives and negatives together); ``shuffle_buffer``: the
         order a tf.data ``shuffle(buffer)`` gives, local instead of a full permutation."""
         if not self.shuffle:
             return np.arange(n, dtype=np.int32)

@@ -233,12 +233,12 @@ class OverlayConfig:
 
 @dataclass
 class ReadoutConfig:
-    type: ReadoutType = ReadoutType.softmax
-    inputs: List[str] = field(default_factory=list)
-    optimizer: Optional[Dict[str, Any]] = None
-    use_bias: bool = True
-    init: Any = "glorot_uniform"
-    weight_decay: float = 0.0
+    type: ReadoutType = ReadoutType.softmax              # softmax (trained) | goodness (sup: the label of most goodness)
+    inputs: List[str] = field(default_factory=list)      # node names; "norm2.." = norm2..normN
+    optimizer: Optional[Dict[str, Any]] = None           # softmax: its own, required
+    use_bias: bool = True                                # softmax
+    init: Any = "glorot_uniform"                         # softmax: a Keras initializer
+    weight_decay: float = 0.0                            # softmax: coupled L2, as model.weight_decay
 
     @classmethod
     def parse(cls, spec: Any, key: str) -> "ReadoutConfig":
@@ -714,9 +714,9 @@ class FFRunConfig:
     epochs: int = 20
     readout_epochs: int = 5
     shuffle: bool = True
-    shuffle_buffer: Optional[int] = None   # the seed's pipeline: tf.data shuffle(buffer) order (null: full)
-    drop_last: bool = False                # the seed's pipeline: no partial last training batch
-    same_order: bool = False               # the seed's pipeline: one order for an epoch's pos and neg passes
+    shuffle_buffer: Optional[int] = None   # rmwkwok's pipeline: tf.data shuffle(buffer) order (null: full)
+    drop_last: bool = False                # rmwkwok's pipeline: no partial last training batch
+    same_order: bool = False               # rmwkwok's pipeline: one order for an epoch's pos and neg passes
     eval_on: EvalOn = EvalOn.validation
     eval_every: int = 1
     track_test: bool = False

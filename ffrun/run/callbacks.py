@@ -39,7 +39,8 @@ class StopTraining(Exception):
 
 class TestTracker(Callback):
     """``track_test``: score the test set at every evaluation epoch (test/<readout>/acc columns), the
-    seed's best-on-test figure beside the validation-chosen one. It never picks the epoch."""
+    best-test-epoch figure rmwkwok's implementation reports, beside the validation-chosen one. It
+    never picks the epoch."""
 
     def __init__(self, evaluate_test: Callable[[], Mapping[str, float]], acc_keys: Sequence[str], primary: str):
         self.evaluate_test, self.acc_keys, self.primary = evaluate_test, acc_keys, primary

@@ -113,10 +113,16 @@ def train(cfg: DictConfig, run_dir: Path, console: Console | None = None,
     if record["status"] == "completed":
         test = mgr.evaluate(plan.test, prefix="test/")
         test_best = mgr.evaluate(plan.test, prefix="test/") if best_weights.restore() else {}
+        primary_epoch = readouts[primary]["best_epoch"]
         for k in acc_keys:
             readouts[k]["test_final"] = test.get(f"test/{k}")
-            if test_best:
+            # Each readout at its own best epoch: the kept weights are the primary's best epoch's, so
+            # another readout that peaked elsewhere reads its figure from that epoch's test column
+            if test_best and readouts[k]["best_epoch"] == primary_epoch:
                 readouts[k]["test_at_best"] = test_best.get(f"test/{k}")
+            else:
+                own_epoch = readouts[k]["best_epoch"]
+                readouts[k]["test_at_best"] = results.figure_on_test_at(rows, k, own_epoch, plan.val_set)
     record = results.finished(record, run_dir, rows, readouts, t_start, before)
     if rows:
         outputs.plot_curves(rows, run_dir / "curves.png", title=f"{spec.mode.name} / {spec.protocol.name} — {run_dir.name}")

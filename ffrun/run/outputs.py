@@ -301,14 +301,14 @@ def results_table(results: Mapping) -> Table:
     table = Table(title=f"ffrun results — {results.get('status', '?')} "
                         f"(final/best on the {results.get('val_set')} set)")
     table.add_column("readout")
-    primary_epoch = results.get("best_epoch")
-    for col in ("final", "best", "epoch", "test@final", f"test@{primary_epoch or 'best'}"):
+    for col in ("final", "best", "epoch", "test@final", "test@best"):
         table.add_column(col, justify="right")
     pct = lambda v: "-" if v is None else f"{100 * v:.2f}%"
     for name, r in results.get("readouts", {}).items():
         table.add_row(name.removesuffix("/acc"), pct(r.get("final")), pct(r.get("best")), str(r.get("best_epoch", "-")),
                       pct(r.get("test_final")), pct(r.get("test_at_best")))
-    table.caption = (f"test@{primary_epoch}: every readout at the best epoch of {results.get('primary')}; "
+    table.caption = ("test@best: each readout at its own best epoch (-: not kept; track_test=true keeps it); "
+                     f"primary {results.get('primary')}; "
                      f"{results.get('epochs', 0)} epochs, {results.get('wall_seconds', 0):.1f} s, "
                      f"{results.get('mean_epoch_seconds') or 0:.2f} s/epoch, "
                      f"{results.get('samples_per_s') or 0:.0f} samples/s, peak {results.get('peak_memory_mb')} MB")

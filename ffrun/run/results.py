@@ -6,7 +6,8 @@ stops it. Every write is atomic. Fields (the ffrun-report columns read them):
 
 status, reason, run_dir, mode, protocol, val_set, test_set, primary, epochs_planned, overrides,
 data, resumed_from_epoch; and at the end readouts (per readout: final, best, best_epoch,
-best_by_stage, test_final, test_at_best, and with track_test test_best_by_stage), final_val_acc,
+best_by_stage, test_final, test_at_best (at its own best epoch; None when neither the kept best
+weights nor a test column give it), and with track_test test_best_by_stage), final_val_acc,
 best_val_acc, best_epoch, test_acc (at the best epoch), test_acc_final, epochs, wall_seconds,
 mean_epoch_seconds, median_epoch_seconds, samples_per_s, peak_memory_mb.
 """
@@ -44,17 +45,26 @@ def readout(rows: Sequence[Row], key: str, best: tuple[float, int] | None = None
         best = max(((r[key], int(r["epoch"])) for r in rows if key in r), key=lambda t: t[0], default=(-1.0, 0))
     out = {"final": finals[-1] if finals else None, "best": best[0] if best[0] >= 0 else None,
            "best_epoch": best[1] or None,
-           # the seed reads its best per stage (an unsup FF stage, then its softmax-only stage)
+           # the reference implementation reads its best per stage (an unsup FF stage, then its
+           # softmax-only stage)
            "best_by_stage": outputs.best_by_stage(rows, key)}
     if track_test:
         out["test_best_by_stage"] = outputs.best_by_stage(rows, f"test/{key}")
     return out
 
 
+def figure_on_test_at(rows: Sequence[Row], key: str, epoch: int | None, val_set: str) -> float | None:
+    """A readout's test accuracy at ``epoch`` from the per-epoch rows: its own column when the
+    per-epoch figures are test figures (``val_set`` test), else its ``track_test`` column; None
+    when the rows do not hold it."""
+    column = key if val_set == "test" else f"test/{key}"
+    return next((r[column] for r in rows if int(r["epoch"]) == epoch and column in r), None)
+
+
 def finished(results: dict[str, Any], run_dir: Path, rows: Sequence[Row], readouts: dict[str, dict],
              t_start: float, before: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Complete and write the record: the primary readout's figures, epochs and timing. A resumed
-    run (``before``: its earlier record) adds this session's time to the earlier ones' and keeps
+    run (``before``: its earlier record) adds this process's time to the earlier ones' and keeps
     the higher peak memory."""
     before = before or {}
     train_rows = [r for r in rows if r.get("samples_per_s", 0) > 0]

@@ -162,7 +162,7 @@ def make_entries(roles: Roles, pos: FFData, neg: FFData | PerEpoch | None, *, pa
 
 
 def _eval_splits(splits: ImageSplits, eval_on: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per-epoch evaluation set and final test set. ``eval_on=test`` is the seed's practice
+    """Per-epoch evaluation set and final test set. ``eval_on=test`` is the reference implementation's practice
     (evaluate on the test set every epoch); results then say the figures come from the test set."""
     if eval_on == "test":
         return {"val": (splits.x_test, splits.y_test), "test": (splits.x_test, splits.y_test)}

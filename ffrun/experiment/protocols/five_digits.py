@@ -1,4 +1,4 @@
-"""Seed "Result 1" (five_digits): images of the positive classes are positive with their labels;
+"""rmwkwok's "Result 1" (five_digits): images of the positive classes are positive with their labels;
 images of the other classes are negative, each with a random positive-class label."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Seed "Result 2" (split): all images positive with their labels. Each FF layer routes a class's
+"""rmwkwok's "Result 2" (split): all images positive with their labels. Each FF layer routes a class's
 goodness to the half of its units that the class's set (A or B) owns. unsup: negatives are the same
 images scored on the other half; sup: negatives carry a wrong label."""
 from __future__ import annotations
