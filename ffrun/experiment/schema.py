@@ -431,6 +431,8 @@ def check_protocol_mode(protocol: Any, supervised: bool, num_classes: int | None
 
 def build_schedule(schedule: Any) -> list[tuple[Any, int]]:
     """``[[layers, epochs], ...]`` (layers: ``all`` or a list of node names) as tuples."""
+    if schedule is not None and not isinstance(schedule, (list, tuple, ListConfig)):
+        raise ConfigError(f"schedule must be a list of [layers, epochs] stages, got {schedule!r}")
     out = []
     for i, stage in enumerate(schedule or []):
         if not isinstance(stage, (list, tuple, ListConfig)) or len(stage) != 2:
