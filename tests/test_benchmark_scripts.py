@@ -3,6 +3,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.slow      # every test runs a script in a subprocess
@@ -85,3 +86,52 @@ def test_pass_breakdown_floor_times_the_matmuls_with_and_without_the_real_update
     assert set(out["seconds"]) == {"matmuls", "matmuls+update", "real pass"}
     assert all(len(ts) == 2 and min(ts) > 0 for ts in out["seconds"].values())
     assert out["updates"] and all(n == 3 * out["steps"] for n in out["updates"].values()), out
+
+
+def _write_metrics(run_dir: Path, rows: list[dict[str, str]]) -> None:
+    import csv
+    run_dir.mkdir(parents=True)
+    with open(run_dir / "metrics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["epoch", "goodness/acc", "softmax/acc"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def test_plot_symba_threshold_reads_the_evaluated_epochs_and_draws_both_losses(tmp_path):
+    runs = tmp_path / "runs"
+    for loss in ("threshold", "symba"):
+        for seed in (0, 1, 2):
+            _write_metrics(runs / f"mlp_{loss}_e10_s{seed}", [
+                {"epoch": "1", "goodness/acc": "", "softmax/acc": ""},          # not an evaluation epoch
+                {"epoch": "2", "goodness/acc": f"0.9{seed}", "softmax/acc": "0.95"},
+                {"epoch": "4", "goodness/acc": "0.96", "softmax/acc": f"0.9{seed + 6}"}])
+    curve = _load("plot_symba_threshold.py").validation_curve(runs / "mlp_symba_e10_s1", "goodness/acc")
+    assert curve == {2: 91.0, 4: 96.0}
+    out = tmp_path / "curves.png"
+    _run("plot_symba_threshold.py", str(runs), str(out))
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+
+
+def test_bn_recalibration_recomputes_every_block_and_leaves_the_run_as_it_was(tmp_path):
+    """A tiny CwComp run on the 8x8 digits (two epochs, narrow blocks), then the script on it."""
+    import hashlib
+    run = tmp_path / "run"
+    proc = subprocess.run(
+        ["ffrun", "experiment=cwcomp_mnist", "data=digits", "data.val_size=300", "batch_size=64",
+         "schedule=[[all,1],[[softmax],1]]", "model.layers.conv1.filters=10", "model.layers.conv2.filters=20",
+         "model.layers.conv3.filters=10", "model.layers.conv4.filters=20", "tensorboard.enabled=false",
+         "progress=false", f"hydra.run.dir={run}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+    def digests() -> dict[str, str]:
+        return {str(p.relative_to(run)): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(run.rglob("*")) if p.is_file()}
+    before = digests()
+    out = _run("bn_recalibration.py", str(run))
+    assert "checkpoint epoch 2" in out, out
+    for block in ("conv1", "conv2", "conv3", "conv4"):
+        line = next(ln for ln in out.splitlines() if ln.startswith(f"{block} old mean/var"))
+        assert all(np.isfinite(float(v)) for v in line.split()[3:5] + line.split()[6:8]), line
+        assert f"after recalibrating {block} {{" in out and "'test/classes/acc'" in out, out
+    assert digests() == before
