@@ -29,12 +29,6 @@ PRESET_PREFIXES = ("rmwkwok", "paper", "bp", "mlp", "conv", "cwcomp")
 CITED_PATH = re.compile(r"(?<![\w./$-])(?:docs|benchmarks|ffrun|conf|tests)/[\w./-]*[\w/]")
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 
-# The presets named after rmwkwok's implementation arrive with the preset rename; until this tree
-# has them, the checks that need them are expected to fail (and must, strict=True).
-RENAMED = pytest.mark.xfail(not any(PRESETS.glob("rmwkwok_*.yaml")), strict=True,
-                            reason="the rmwkwok_* presets are not in this tree yet")
-
-
 def test_python_api_example_trains_its_ff_layers_and_its_readout():
     text = USAGE.read_text()
     section = text[text.index("## Python API"):]
@@ -97,7 +91,7 @@ def _commands() -> list[tuple[str, str]]:
 
 
 def _marks(text: str) -> list[pytest.MarkDecorator]:
-    marks = [RENAMED] if "rmwkwok_" in text else []
+    marks = []
     if "hparams_search=optuna" in text:
         try:
             import hydra_plugins.hydra_optuna_sweeper  # noqa: F401
@@ -154,8 +148,7 @@ def _cited_presets() -> dict[str, str]:
     return names
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, id=n, marks=[RENAMED] if n.startswith("rmwkwok") else [])
-                                  for n in sorted(_cited_presets())])
+@pytest.mark.parametrize("name", sorted(_cited_presets()))
 def test_every_cited_preset_exists_and_composes(name):
     matches = sorted(PRESETS.glob(f"{name}.yaml"))
     assert matches, f"{_cited_presets()[name]} cites a preset {name!r} that conf/experiment/ does not hold"

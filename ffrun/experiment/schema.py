@@ -164,7 +164,7 @@ def check_optimizer(spec: Any, key: str) -> None:
 
 
 def check_per_layer(value: Any, key: str, kind: type, minimum: float | None = None) -> None:
-    """A scalar, or a list with one value per layer (its length is checked by the builder)."""
+    """A scalar, or a list with one value per layer (its length is checked against the number of FF layers before a run folder is made)."""
     values = list(value) if isinstance(value, (list, tuple, ListConfig)) else [value]
     if not values:
         raise ConfigError(f"{key} must not be an empty list")
@@ -707,7 +707,7 @@ class FFRunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     protocol: Any = None          # typed by its option's own schema (PROTOCOL_SCHEMAS)
     mode: ModeConfig = field(default_factory=ModeConfig)
-    schedule: Any = None          # [[layers, epochs], ...]; checked by the builder
+    schedule: Any = None          # [[layers, epochs], ...]; checked before a run folder is made
     seed: int = 0
     num_layers: int = 4
     units: Any = 500
