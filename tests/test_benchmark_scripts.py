@@ -84,3 +84,16 @@ def test_pass_breakdown_floor_times_the_matmuls_with_and_without_the_real_update
     assert set(out["seconds"]) == {"matmuls", "matmuls+update", "real pass"}
     assert all(len(ts) == 2 and min(ts) > 0 for ts in out["seconds"].values())
     assert out["updates"] and all(n == 3 * out["steps"] for n in out["updates"].values()), out
+
+
+def test_conv_breakdown_times_each_part_of_each_block(tmp_path):
+    """CwComp's four blocks on the 8x8 digits: every part of every block timed, and the JSON agrees."""
+    import json
+    out = _run("conv_breakdown.py", "--rounds", "1", "--batches", "1", "--out", str(tmp_path / "b.json"),
+               "experiment=cwcomp_mnist", "data=digits", "data.val_size=300")
+    result = json.loads((tmp_path / "b.json").read_text())
+    assert [r["block"] for r in result["blocks"]] == ["conv1", "conv2", "conv3", "conv4"]
+    for row in result["blocks"]:
+        assert all(row["ms_per_batch"][part] > 0 for part in ("forward", "kernel_grad", "elementwise", "update",
+                                                               "step_fused", "step_keras")), row
+    assert "conv4" in out and "fused step / Keras-tape step" in out, out
