@@ -86,8 +86,12 @@ class BaseFFLayer:
         }[self.task]
         return method(x, y)
 
+    def forward(self, x: tf.Tensor, training: bool = False) -> tf.Tensor:
+        """The layer's output; ``training`` selects batch statistics where the layer has any."""
+        return self.layer(x, training=training) if self.layer is not None else x
+
     def transform(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
-        return self.layer(x) if self.layer is not None else x
+        return self.forward(x)
 
     def train_pos(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
         return self.transform(x, y)
@@ -199,14 +203,14 @@ class FFLocalLayer(BaseFFLayer):
     def _class_step(self, x, y):
         """One step of a class-goodness loss (CwComp): every image is a positive of its label."""
         with tf.GradientTape() as tape:
-            h = self.layer(x, training=True)
+            h = self.forward(x, training=True)
             loss = self.loss.classes(losses.class_goodness(h, self.num_classes), y, self.th_pos)
         self._step(tape, loss)
         self.metrics["loss"].update_state(loss)
         return h
 
     def _evaluate_classes(self, x, y):
-        h = self.layer(x)
+        h = self.forward(x)
         g = losses.class_goodness(h, self.num_classes)
         n = tf.cast(tf.shape(g)[0], tf.float32)
         self.metrics["val_loss"].update_state(self.loss.classes(g, y, self.th_pos), sample_weight=n)
@@ -215,7 +219,7 @@ class FFLocalLayer(BaseFFLayer):
 
     def _polar_step(self, x, y, positive: bool):
         with tf.GradientTape() as tape:
-            h = self.layer(x, training=True)
+            h = self.forward(x, training=True)
             g = self._goodness(h, y, positive)
             loss = self.loss.positive(g, self.th_pos) if positive else self.loss.negative(g, self.th_neg)
         self._step(tape, loss)
@@ -233,7 +237,7 @@ class FFLocalLayer(BaseFFLayer):
         positives] (parts=3: the last third has no FF loss, it only passes on to the readouts)."""
         n = tf.shape(x)[0] // parts
         with tf.GradientTape() as tape:
-            h = self.layer(x, training=True)
+            h = self.forward(x, training=True)
             g = self._goodness(h, y, True)
             loss, terms = self.loss.pair(g[:n], g[n:2 * n], self.th_pos, self.th_neg)
         self._step(tape, loss)
@@ -244,7 +248,7 @@ class FFLocalLayer(BaseFFLayer):
     def evaluate(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
         if self.loss.competitive:
             return self._evaluate_classes(x, y)
-        h = self.layer(x)
+        h = self.forward(x)
         g = self._goodness(h, y, self.positive)
         suffix = "pos" if self.positive else "neg"
         if not self.loss.needs_pairs:
@@ -513,7 +517,8 @@ class FFConv2D(FFLocalLayer):
                  optimizer: keras.optimizers.Optimizer | None = None, *, name: str = "ffconv",
                  goodness: str = "mean", activation: str = "relu", kernel_initializer: Any = "glorot_uniform",
                  loss: losses.FFLoss | str = "threshold", l2: float = 0.0, dtype: Any = None,
-                 groups: int = 1, pool: int = 0, batchnorm: bool = False, num_classes: int | None = None):
+                 groups: int = 1, pool: int = 0, batchnorm: bool = False, num_classes: int | None = None,
+                 fused: bool = True):
         if padding not in ("same", "valid"):
             raise ValueError(f"padding must be 'same' or 'valid', got {padding!r}")
         for key, value, low in (("filters", filters, 1), ("kernel_size", kernel_size, 1), ("strides", strides, 1),
@@ -531,16 +536,61 @@ class FFConv2D(FFLocalLayer):
         block = [conv]
         if pool:
             block.append(keras.layers.MaxPooling2D(pool, name=f"{name}_pool", dtype=dtype))
+        self.bn = None
         if batchnorm:
             # PyTorch's BatchNorm2d as CwComp sets it (momentum 0.1 there is 0.9 in Keras' convention;
             # eps 1e-4). Batch statistics in training steps, running statistics otherwise.
-            block.append(keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-4, name=f"{name}_bn", dtype=dtype))
+            self.bn = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-4, name=f"{name}_bn", dtype=dtype)
+            block.append(self.bn)
         layer = conv if len(block) == 1 else keras.Sequential(block, name=f"{name}_block")
+        self.conv, self.pool, self.fused = conv, pool, bool(fused)
         super().__init__(layer, name, optimizer, th_pos=th_pos, th_neg=th_pos if th_neg is None else th_neg,
                          goodness=goodness, loss=loss, l2=l2, num_classes=num_classes, units=filters)
         if groups > 1 and self.loss.competitive and groups % self.num_classes and self.num_classes % groups:
             raise ValueError(f"groups ({groups}) do not line up with the {self.num_classes} class groups")
         self.filters = filters
+
+    def forward(self, x: tf.Tensor, training: bool = False) -> tf.Tensor:
+        """The block's output, computed from the Keras layers' own variables with the same math as
+        calling them, but in fewer passes over the maps: ``fused`` runs the batch norm as ONE
+        FusedBatchNormV3 (forward and gradient) instead of Keras' unfused moments, normalize, scale
+        and shift, each a pass over the map and another in the gradient. The weights it trains match
+        the Keras layers' to float rounding (tests/test_conv_step.py). The first call (building the
+        variables, eagerly) goes through Keras."""
+        if not self.fused or not self.layer.built:
+            return super().forward(x, training)
+        conv = self.conv
+        dtype = conv.compute_dtype
+        h = conv.convolution_op(tf.cast(x, dtype), tf.cast(conv.kernel, dtype))
+        if conv.use_bias:
+            h = h + tf.cast(conv.bias, dtype)
+        h = conv.activation(h)
+        if self.pool:
+            h = tf.nn.max_pool2d(h, self.pool, self.pool, "VALID")
+        if self.bn is not None:
+            h = self._batchnorm(h, training)
+        return h
+
+    def _batchnorm(self, h: tf.Tensor, training: bool) -> tf.Tensor:
+        """Keras' BatchNormalization (float32 inside, batch statistics and a moving-average update in
+        training, moving statistics otherwise) as one fused kernel."""
+        bn, dtype = self.bn, h.dtype
+        h = tf.cast(h, tf.float32)
+        if training:
+            out, mean, var = tf.raw_ops.FusedBatchNormV3(
+                x=h, scale=bn.gamma, offset=bn.beta, mean=tf.zeros([0]), variance=tf.zeros([0]),
+                epsilon=bn.epsilon, is_training=True)[:3]
+            # the kernel returns the variance with Bessel's correction (for running averages); Keras
+            # averages the plain batch variance it normalized with
+            n = tf.cast(tf.size(h) // tf.shape(h)[-1], tf.float32)
+            var = var * (n - 1.0) / n
+            bn.moving_mean.assign(bn.moving_mean * bn.momentum + tf.stop_gradient(mean) * (1.0 - bn.momentum))
+            bn.moving_variance.assign(bn.moving_variance * bn.momentum + tf.stop_gradient(var) * (1.0 - bn.momentum))
+        else:
+            out = tf.raw_ops.FusedBatchNormV3(
+                x=h, scale=bn.gamma, offset=bn.beta, mean=bn.moving_mean, variance=bn.moving_variance,
+                epsilon=bn.epsilon, is_training=False)[0]
+        return tf.cast(out, dtype)
 
 
 class FFPool(BaseFFLayer):
