@@ -145,13 +145,16 @@ def _diverged(run: Path) -> None:
         (run / ".hydra" / "config.yaml").read_text().replace("\nunits: 16\n", "\nunits: -3\n")),
      ".hydra/config.yaml is not valid: units must be >= 1, got -3"),
     (lambda run: (run / "metrics.csv").unlink(), "its metrics.csv is missing, and resuming would lose the history of epochs 1-2"),
+    ("epochs=1", "epochs=1 is fewer than the 2 epochs its checkpoint holds"),
 ], ids=["diverged", "no_checkpoint", "index_names_a_missing_checkpoint", "empty_index", "corrupt_config",
-        "invalid_config", "no_metrics_csv"])
+        "invalid_config", "no_metrics_csv", "epochs_below_the_checkpoint"])
 def test_a_resume_that_cannot_go_ahead_writes_nothing(stopped_run, tmp_path, damage, message):
+    """A damaged run folder, or (a string) an override that asks for what the run cannot do."""
     run = copy_of(stopped_run[0], tmp_path)
-    damage(run)
+    if callable(damage):
+        damage(run)
     before = hashes(run)
-    proc = ffrun([f"resume={run}"], tmp_path)
+    proc = ffrun([f"resume={run}", *([] if callable(damage) else [damage])], tmp_path)
     assert proc.returncode == 2
     line = one_line(proc)
     assert line.startswith(f"ffrun: cannot resume {run}: ") and message in line, line
@@ -180,21 +183,22 @@ def test_a_missing_index_resumes_from_the_newest_complete_checkpoint(stopped_run
 
 def test_a_double_ctrl_c_in_epoch_1_does_not_offer_a_resume(tmp_path):
     run = tmp_path / "run"
+    # without TensorBoard nothing slow lies between the "epochs planned" line and the first epoch
     proc = subprocess.Popen([script("ffrun"), "debug=tiny", "epochs=400", "readout_epochs=0", "checkpoint.every=0",
-                             f"hydra.run.dir={run}"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    for line in proc.stdout:             # the line logged just before the first epoch starts
-        if "epochs planned" in line:
-            break
-    proc.send_signal(signal.SIGINT)
-    time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
+                             "tensorboard.enabled=false", f"hydra.run.dir={run}"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    for wait_for in ("epochs planned", "SIGINT received"):     # the first Ctrl-C asks for a stop after epoch 1
+        for line in proc.stdout:
+            if wait_for in line:
+                break
+        proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130
     done = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
     line = one_line(done)
     saved = results(run)
-    assert saved["status"] == "interrupted" and "nothing to resume" in saved["reason"]
+    assert saved["status"] == "interrupted" and saved["epochs"] == 0
+    assert saved["reason"] == "aborted by a second Ctrl-C; nothing to resume (no checkpoint yet); start the run again"
     assert "resume with" not in out + err and line == f"ffrun: {saved['reason']} ({run})"
 
 
