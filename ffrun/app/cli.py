@@ -205,7 +205,7 @@ def _lock_resumed_run(args: list[str]) -> None:
     folder = next((a.split("=", 1)[1] for a in args if a.startswith("resume=")), "null")
     if folder.strip() in ("", "null"):
         return
-    try:
+    try:    # never released here: its descriptor stays open until the process ends, as the lock must
         RunFolderLock(Path(folder).expanduser().resolve()).acquire()
     except OutputError as exc:
         print(f"ffrun: {exc}", file=sys.stderr)
