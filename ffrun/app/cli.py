@@ -12,7 +12,7 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ffrun.app.overrides import override_problem
 
@@ -42,11 +42,39 @@ def _raise_terminated(signum: int, frame: object) -> None:
 
 
 def _exit_at_once(signum: int, frame: object) -> None:
-    """Before a job starts there is nothing to save or record: a signal ends ffrun here with one
-    line (not Python's KeyboardInterrupt traceback, and no silent exit on SIGTERM)."""
+    """Before a job starts there is nothing to save: a signal ends ffrun here with one line (not
+    Python's KeyboardInterrupt traceback, and no silent exit on SIGTERM). If Hydra has already made
+    a new run's folder, its results.json says ``interrupted``, as ``run_job`` would write it."""
+    from ffrun.run.outputs import record_failure
     name = signal.Signals(signum).name
-    print(f"ffrun: interrupted by {name} during start-up; no run began", file=sys.stderr, flush=True)
+    folder = _new_job_folder()
+    if folder is None:
+        print(f"ffrun: interrupted by {name} during start-up; no run began", file=sys.stderr, flush=True)
+    else:
+        reason = _interrupted_reason(name, folder)
+        record_failure(folder / "results.json", reason, status="interrupted")
+        print(f"ffrun: {reason} ({folder})", file=sys.stderr, flush=True)
     os._exit(SIGNAL_EXIT_CODES[name])
+
+
+def _interrupted_reason(signal_name: str, run_dir: Path) -> str:
+    """results.json's reason for a run a signal ended outside the stop policy (start-up, wrap-up)."""
+    from ffrun.run.resume import complete_checkpoints
+    then = (f"resume with: ffrun resume={run_dir}" if complete_checkpoints(run_dir / "checkpoints")
+            else "nothing to resume (no checkpoint yet); start the run again")
+    return f"interrupted by {signal_name}; {then}"
+
+
+def _new_job_folder() -> Path | None:
+    """The folder of the job Hydra is starting, once it exists, unless the job resumes a run (whose
+    results.json keeps its earlier status); None before Hydra has chosen or made it."""
+    if not HydraConfig.initialized():
+        return None
+    hc = HydraConfig.get()
+    folder = OmegaConf.select(hc, "runtime.output_dir")
+    if not folder or any(str(o).startswith("resume=") for o in hc.overrides.task):
+        return None
+    return Path(folder) if Path(folder).is_dir() else None
 
 
 def exit_code(results: dict) -> int:
@@ -112,11 +140,8 @@ def run_job(cfg: DictConfig) -> float:
         if threading.current_thread() is threading.main_thread():     # one signal is enough to say it
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, signal.SIG_IGN)
-        from ffrun.run.resume import complete_checkpoints
         name = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
-        then = (f"resume with: ffrun resume={run_dir}" if complete_checkpoints(run_dir / "checkpoints")
-                else "nothing to resume (no checkpoint yet); start the run again")
-        status, reason, code = "interrupted", f"interrupted by {name}; {then}", SIGNAL_EXIT_CODES[name]
+        status, reason, code = "interrupted", _interrupted_reason(name, run_dir), SIGNAL_EXIT_CODES[name]
         multirun = False            # a signal ends the sweep too
     except Exception as exc:  # noqa: BLE001 - whatever went wrong, the run says so and the sweep goes on
         first = (str(exc).strip().splitlines() or [""])[0][:300]
