@@ -20,8 +20,10 @@ def _import_tensorflow_quietly() -> None:
         try:
             import tensorflow as tf
             tf.config.list_physical_devices()
-        except BaseException:
+        except BaseException as exc:
             os.dup2(saved, 2)
+            if isinstance(exc, KeyboardInterrupt):   # a stop, not a failure: TF's start-up lines explain nothing
+                raise
             parked.seek(0)
             sys.stderr.write(parked.read().decode(errors="replace"))
             raise
@@ -34,7 +36,11 @@ _API = {"BaseFFLayer": "core.layers", "FFDense": "core.layers", "FFGoodness": "c
         "FFOverlay": "core.layers", "FFPreNorm": "core.layers", "FFSoftmax": "core.layers", "Task": "core.layers",
         "FFData": "core.trainer", "TaskEntry": "core.trainer", "TrainMgr": "core.trainer"}
 __all__ = list(_API)
-__version__ = "0.1.0"
+try:
+    from importlib.metadata import PackageNotFoundError, version as _installed_version
+    __version__ = _installed_version("ffrun")
+except PackageNotFoundError:    # a source tree on sys.path, not installed
+    __version__ = "0+unknown"
 
 
 def __getattr__(name: str):

@@ -103,7 +103,7 @@ def test_sigint_checkpoints_and_resume_finishes(tmp_path):
     assert list((run_dir / "checkpoints").glob(f"ckpt-{done}.index"))
     proc = subprocess.run([ffrun, f"resume={run_dir}", "stop_after_epoch=" + str(done + 2)], cwd=tmp_path,
                           capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 130, proc.stderr[-2000:]
+    assert proc.returncode == 0, proc.stderr[-2000:]     # a planned stop is no error
     assert len(read_metrics(run_dir / "metrics.csv")) == done + 2
     assert (run_dir / ".hydra" / "config.yaml").exists() and (run_dir / ".hydra_resume").exists()
 

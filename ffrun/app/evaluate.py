@@ -11,26 +11,22 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ffrun import _import_tensorflow_quietly
-
-_import_tensorflow_quietly()
-
-import keras  # noqa: E402
 import numpy as np
-import tensorflow as tf
 from rich.console import Console
 from rich.table import Table
 
-from ffrun.run import outputs
-from ffrun.experiment.build import Network, Run, build_run
-from ffrun.core.checkpoints import BestWeights, Checkpointer
-from ffrun.run.resume import load_run_config
+from ffrun import _import_tensorflow_quietly
 from ffrun.errors import CheckpointError, FFRunError
-from ffrun.core.layers import Task
-from ffrun.experiment.protocols import neutral
-from ffrun.core.trainer import FFData, TrainMgr
+from ffrun.run import outputs
+from ffrun.run.resume import load_run_config
+
+# TensorFlow (10-14 s to import) loads only when a run is evaluated: `ffrun-eval --help` and a
+# usage error answer at once.
+if TYPE_CHECKING:
+    from ffrun.core.trainer import FFData, TrainMgr
+    from ffrun.experiment.build import Network, Run
 
 log = logging.getLogger("ffrun")
 
@@ -38,6 +34,11 @@ log = logging.getLogger("ffrun")
 def predict(network: Network, data: FFData, readout: str, batch_size: int = 1000) -> np.ndarray:
     """Predicted labels of one readout. Goodness readouts try every label (EVAL_ALL_LABELS); softmax
     readouts of a supervised net see the neutral label, never the true one."""
+    _import_tensorflow_quietly()
+    import tensorflow as tf
+
+    from ffrun.core.layers import Task
+    from ffrun.experiment.protocols import neutral
     goodness = readout in network.roles.goodness
     if network.roles.supervised and not goodness:
         data = neutral(data)
@@ -84,6 +85,12 @@ def plot_confusions(mats: dict[str, np.ndarray], path: Path, title: str) -> None
 def load_run(run_dir: Path, best: bool = False) -> tuple[Run, TrainMgr, int]:
     """A run folder's network built from its own config, its newest checkpoint restored (or, with
     ``best``, the best epoch's weights); returns the run, a TrainMgr over it and the checkpoint's epoch."""
+    _import_tensorflow_quietly()
+    import keras
+
+    from ffrun.core.checkpoints import BestWeights, Checkpointer
+    from ffrun.core.trainer import TrainMgr
+    from ffrun.experiment.build import build_run
     cfg = load_run_config(run_dir)
     keras.backend.clear_session()
     keras.utils.set_random_seed(int(cfg.seed))
@@ -102,6 +109,7 @@ def load_run(run_dir: Path, best: bool = False) -> tuple[Run, TrainMgr, int]:
 def evaluate_run(run_dir: Path, console: Console, best: bool = False) -> dict[str, Any]:
     run_dir = run_dir.expanduser().resolve()
     run, mgr, epoch = load_run(run_dir, best)
+    from ffrun.core.layers import Task
     net, plan = run.network, run.plan
     metrics = {**mgr.evaluate(plan.val, prefix="val/"), **mgr.evaluate(plan.test, prefix="test/")}
 

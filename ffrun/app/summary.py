@@ -592,6 +592,8 @@ def write_report(folder: Path | Sequence[Path], console: Console,
     if not folders:
         raise ReportError("no folder given")
     for f in folders:
+        if f.exists() and not f.is_dir():
+            raise ReportError(f"{f} is a file, not a folder; give a run folder, a sweep folder or outputs/")
         if not f.is_dir():
             raise ReportError(f"no such folder: {f}")
     if out is None:

@@ -55,7 +55,11 @@ class Checkpointer:
                 objects[f"peer_{name}"] = layer.running_mean
         self.folder = folder
         self.ckpt = tf.train.Checkpoint(**objects)
-        self.manager = tf.train.CheckpointManager(self.ckpt, str(folder), max_to_keep=keep)
+        try:    # it reads the folder's index at once: an empty or damaged one raises here
+            self.manager = tf.train.CheckpointManager(self.ckpt, str(folder), max_to_keep=keep)
+        except (ValueError, tf.errors.OpError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise CheckpointError(f"the checkpoint index {folder / 'checkpoint'} is unreadable ({first})") from None
 
     def save(self, epoch: int) -> str:
         """Write ckpt-<epoch>. TF writes it into a temporary folder and only then points the index at
@@ -79,10 +83,11 @@ class Checkpointer:
         if latest is None or Path(latest).name != f"ckpt-{epoch}":
             self.save(epoch)
 
-    def restore_latest(self) -> int:
-        """Restore the newest checkpoint; returns its epoch. Every saved value must find its
-        variable and fit its shape, or this raises CheckpointError (never a silent fresh start)."""
-        path = self.manager.latest_checkpoint
+    def restore_latest(self, path: str | None = None) -> int:
+        """Restore the newest checkpoint the index names (or the one at ``path``, a ``ckpt-N``
+        prefix); returns its epoch. Every saved value must find its variable and fit its shape, or
+        this raises CheckpointError (never a silent fresh start)."""
+        path = path or self.manager.latest_checkpoint
         if path is None:
             raise CheckpointError(f"no checkpoint in {self.folder}")
         try:

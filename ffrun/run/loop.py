@@ -20,6 +20,7 @@ from ffrun.experiment.schema import typed
 from ffrun.run import baseline
 from ffrun.run import callbacks as cb
 from ffrun.run import outputs, results
+from ffrun.run import resume as resume_checks
 
 log = logging.getLogger("ffrun")
 
@@ -101,9 +102,12 @@ def train(cfg: DictConfig, run_dir: Path, console: Console | None = None,
         log.error("training stopped: %s", exc)
     except (cb.StopTraining, KeyboardInterrupt) as exc:
         how = f"{exc}" if isinstance(exc, cb.StopTraining) else "aborted by a second Ctrl-C"
-        record.update(status="interrupted", reason=f"{how}; resume with: ffrun resume={run_dir}")
-        log.warning("interrupted (%s) after epoch %d; resume with: ffrun resume=%s",
-                    how, int(rows[-1]["epoch"]) if rows else 0, run_dir)
+        if not resume_checks.complete_checkpoints(run_dir / "checkpoints"):   # aborted before the first
+            then = "nothing to resume (no checkpoint yet); start the run again"
+        else:
+            then = f"resume with: ffrun resume={run_dir}"
+        record.update(status="interrupted", reason=f"{how}; {then}")
+        log.warning("interrupted (%s) after epoch %d; %s", how, int(rows[-1]["epoch"]) if rows else 0, then)
     finally:
         for callback in callbacks:
             callback.close()
@@ -136,7 +140,10 @@ def restore(run_dir: Path, checkpointer: Checkpointer, best: cb.BestEpoch) -> tu
     restored into the objects), metrics.csv's rows up to it, and the earlier results.json (its time
     and peak memory carry over)."""
     before = outputs.read_json(run_dir / "results.json")
-    start_epoch = checkpointer.restore_latest()
+    epoch, note = resume_checks.checkpoint_to_resume(run_dir)
+    if note:
+        log.warning(note)
+    start_epoch = checkpointer.restore_latest(str(run_dir / "checkpoints" / f"ckpt-{epoch}"))
     rows = []
     if (run_dir / "metrics.csv").exists():
         rows = [r for r in outputs.read_metrics(run_dir / "metrics.csv") if r["epoch"] <= start_epoch]

@@ -6,6 +6,7 @@ bar). Without a terminal (CI, pipes) there is no live bar, only plain log lines.
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
 import logging
 import math
@@ -187,18 +188,100 @@ def read_json(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def record_failure(path: Path, reason: str) -> None:
-    """Mark results.json ``failed`` with ``reason``, keeping every field already in it (a run that
-    failed in epoch 40 still says what epochs 1-39 reached). Best effort: on a full disk or an
-    unwritable folder the caller's one line is all there is, and nothing written before is lost."""
+def record_failure(path: Path, reason: str, status: str = "failed") -> None:
+    """Mark results.json ``failed`` (or ``status``) with ``reason``, keeping every field already in
+    it (a run that failed in epoch 40 still says what epochs 1-39 reached). Best effort: on a full
+    disk or an unwritable folder the caller's one line is all there is, and nothing written before
+    is lost."""
     data = read_json(path)
-    if data.get("status") not in (None, "failed", "running"):
+    if data.get("status") not in (None, status, "running"):
         data["previous_status"] = data["status"]
-    data.update(status="failed", reason=reason)
+    data.update(status=status, reason=reason)
     try:
         write_json(path, data)
     except OSError:
         pass
+
+
+def holds_run(folder: Path) -> bool:
+    """Whether ``folder`` already holds a run of ffrun (its saved config or its results.json)."""
+    return (folder / ".hydra" / "config.yaml").is_file() or (folder / "results.json").is_file()
+
+
+def first_run_below(folder: Path) -> Path | None:
+    """A run folder at or below ``folder`` (a sweep's job folders sit below it), or None."""
+    if not folder.is_dir():
+        return None
+    if holds_run(folder):
+        return folder
+    marker = next(folder.rglob("results.json"), None) or next(folder.rglob(".hydra/config.yaml"), None)
+    return None if marker is None else marker.parent if marker.name == "results.json" else marker.parent.parent
+
+
+class RunFolderLock:
+    """One process at a time owns a run folder: an exclusive ``flock`` on ``<run>/.ffrun.lock``, which
+    holds the owner's pid. The kernel drops the lock when the process ends, however it ends (a
+    crash, kill -9), so a stale lock file never blocks a later resume."""
+
+    NAME = ".ffrun.lock"
+
+    def __init__(self, folder: Path):
+        self.path = folder / self.NAME
+        self._fd: int | None = None
+
+    def _in_use(self, fd: int) -> str:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        who = f"process {holder}" if holder.isdigit() else "another process"
+        return (f"{self.path.parent} is in use by {who}, which holds its lock {self.path}; wait for that "
+                f"process to end (or stop it) and try again")
+
+    def busy(self) -> str | None:
+        """Why the folder is in use (one line naming the process), or None. Takes no lock and
+        writes nothing: a folder without a lock file is not in use."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return None
+        except OSError:
+            return self._in_use(fd)
+        finally:
+            os.close(fd)        # also drops the lock just taken
+
+    def acquire(self) -> None:
+        """Take the lock and write this process's pid into it, or raise OutputError naming the
+        process that holds it (then nothing is written)."""
+        from ffrun.errors import OutputError
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise OutputError(f"cannot write the run folder {self.path.parent} ({exc.strerror})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            line = self._in_use(fd)
+            os.close(fd)
+            raise OutputError(line) from None
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:
+            pass    # a full disk: the lock holds without the pid, a rival's line says "another process"
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)      # closing the descriptor drops the flock
+            self._fd = None
+
+    def __enter__(self) -> "RunFolderLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 def _json_default(o):
