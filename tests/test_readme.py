@@ -112,9 +112,20 @@ def _arguments(command: str) -> list[str]:
 
 
 @pytest.mark.parametrize("command", [pytest.param(c, id=f"{doc}: {c}", marks=_marks(c)) for doc, c in _commands()])
-def test_every_ffrun_command_in_the_docs_passes_the_scripts_pre_check(command):
-    """The check `ffrun` runs before Hydra makes a folder: every sweep value composed and typed."""
-    assert override_problem(_arguments(command)) is None
+def test_every_ffrun_command_in_the_docs_passes_the_scripts_pre_check(command, tmp_path, monkeypatch):
+    """The check `ffrun` runs before Hydra makes a folder: every sweep value composed and typed. A data
+    file the command names (an example's own file) is made first, a small valid npz, since the
+    pre-check reads its header."""
+    args = _arguments(command)
+    monkeypatch.chdir(tmp_path)
+    for arg in args:
+        key, _, value = arg.partition("=")
+        if key == "data.path":
+            rng = np.random.default_rng(0)
+            n = 10_100      # more than the default 10k held out for validation
+            np.savez(tmp_path / value, x_train=rng.integers(0, 255, (n, 4, 4), np.uint8), y_train=np.arange(n) % 10,
+                     x_test=rng.integers(0, 255, (10, 4, 4), np.uint8), y_test=np.arange(10))
+    assert override_problem(args) is None
 
 
 def test_the_docs_show_commands():
