@@ -110,6 +110,20 @@ class Network:
         with self.tasks((), Task.TRANSFORM):
             return self.seq(X, y, y_ff)
 
+    def select_class_ranges(self) -> dict[str, tuple[str, str, float]]:
+        """Fix the range [S, E] of each class readout that selects one (``FFClassGoodness``
+        ``select_range``) from the evaluation passes counted since its metrics were last reset;
+        returns readout -> (first input, last input, accuracy on those passes). The caller picks
+        the passes: they must be validation passes, never test ones."""
+        inputs = {node.name: node.inputs for node in self.nodes}
+        chosen = {}
+        for name, layer in self.layers.items():
+            picked = layer.select_range_from_counts() if getattr(layer, "select_range", False) else None
+            if picked is not None:
+                start, end, acc = picked
+                chosen[name] = (inputs[name][start], inputs[name][end], acc)
+        return chosen
+
     def readout_probs(self, data, readout: str | None = None, batch_size: int = 2000) -> np.ndarray:
         """Softmax probabilities of a softmax readout, one plain pass with the neutral label."""
         readout = readout or self.roles.softmax[0]

@@ -46,7 +46,7 @@ def train(cfg: DictConfig, run_dir: Path, console: Console | None = None,
                    seed=spec.seed, shuffle=spec.shuffle, shuffle_buffer=spec.shuffle_buffer,
                    drop_last=spec.drop_last, same_order=spec.same_order, progress=progress, max_loss=spec.max_loss,
                    augment=run.augment,
-                   lr_multiplier=lr_multiplier(spec.lr_schedule, [n for _, n in run.schedule]))
+                   lr_multiplier=lr_multiplier(spec.lr_schedule, [n for _, n in run.schedule], spec.lr_min_factor))
     mgr.build()
     acc_keys = [f"{n}/acc" for n in net.roles.readouts]
     primary = f"{spec.primary_readout}/acc" if spec.primary_readout else acc_keys[0]
@@ -85,7 +85,14 @@ def train(cfg: DictConfig, run_dir: Path, console: Console | None = None,
         callbacks.append(cb.TensorBoard(run_dir / "tb", net, plan.val[0].resolve, spec.tensorboard.histogram_every))
     callbacks += [cb.PeriodicCheckpoint(checkpointer, spec.checkpoint.every), stop]
 
+    ranges: dict[str, tuple[str, str, float]] = {}   # class readout -> the range [S, E] its test passes read
+
     def on_epoch_end(result: EpochResult) -> None:
+        # first: the ranges from this epoch's validation pass (the last pass counted; a test pass
+        # of track_test comes after and reads them), and each readout's figure at its range
+        for name, chosen in net.select_class_ranges().items():
+            ranges[name] = chosen
+            result.metrics[f"{name}/acc"] = chosen[2]
         row = result.row()
         for callback in callbacks:
             callback.on_epoch_end(result, row)
@@ -112,8 +119,16 @@ def train(cfg: DictConfig, run_dir: Path, console: Console | None = None,
     readouts = {k: results.readout(rows, k, best.best[k], track_test) for k in acc_keys}
     if record["status"] == "completed":
         test = mgr.evaluate(plan.test, prefix="test/")
-        test_best = mgr.evaluate(plan.test, prefix="test/") if best_weights.restore() else {}
+        final_ranges = dict(ranges)
+        restored = best_weights.restore()
+        if restored and ranges:   # the best weights' ranges, selected again on the validation split
+            mgr.evaluate(plan.val)
+            ranges.update(net.select_class_ranges())
+        test_best = mgr.evaluate(plan.test, prefix="test/") if restored else {}
         primary_epoch = readouts[primary]["best_epoch"]
+        for name, (first, last, _) in ranges.items():
+            readouts[f"{name}/acc"]["range"] = [first, last]
+            readouts[f"{name}/acc"]["range_final"] = list(final_ranges[name][:2])
         for k in acc_keys:
             readouts[k]["test_final"] = test.get(f"test/{k}")
             # Each readout at its own best epoch: the kept weights are the primary's best epoch's, so
