@@ -382,7 +382,7 @@ def check_graph(nodes: dict[str, Any]) -> bool:
                     "(a cycle cannot run)" if i in nodes else f"is not a node; nodes so far are {list(kinds)}"))
         if spec["type"] in MERGES:
             if len(inputs) < 2 or len({kinds[i] for i in inputs}) > 1:
-                raise ConfigError(f"{where}.inputs: a {spec['type']} node joins two or more inputs of one kind "
+                raise ConfigError(f"{where}.inputs: {spec['type']} joins two or more inputs of one kind "
                                   f"(all images or all flat), got {', '.join(inputs)}")
             fed = kinds[inputs[0]]
         else:
