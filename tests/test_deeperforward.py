@@ -211,6 +211,7 @@ def test_cosine_decays_from_the_base_rate_to_its_floor_per_stage():
      "model.layers.sc.inputs: add needs inputs of one shape, got conv2 4x4x200, conv4 2x2x400"),
     (["+model.layers.sc={type: concat, inputs: [conv2, conv4]}"],
      "model.layers.sc.inputs: concat joins maps of one height and width"),
+    (["+model.layers.pool1.padding=full"], "model.layers.pool1.padding must be one of valid, same, got 'full'"),
     (["+model.layers.gnx={type: prenorm, kind: class_groupnorm, inputs: [norm0]}"],
      "model.layers.gnx.kind: class_groupnorm splits the 1 channels/units it is fed into 10 class groups"),
 ])
@@ -226,3 +227,22 @@ def test_the_tiny_preset_passes_the_pre_check_and_trains_an_epoch(tmp_path):
     results = _train(["epochs=1"], tmp_path / "tiny")
     assert results["status"] == "completed" and results["epochs"] == 1
     assert results["readouts"]["classes/acc"]["range"][0] in ("conv1", "conv2", "conv3", "conv4")
+
+
+def test_the_resnet_preset_joins_its_shortcuts_on_mnist_shapes():
+    """ResNet-17's shapes on 28x28 MNIST (no training here: that net is the lead's to time); the
+    padded shortcut pool meets the stride-2 conv's map on the odd 7x7 map."""
+    from ffrun.experiment.schema import network_nodes, typed
+    spec = typed(compose_config(["experiment=deeperforward_resnet17_mnist", "data=digits"]))
+    shapes, weights = graph_sizes(network_nodes(spec.model, False), (28, 28, 1), 10)
+    assert shapes["add2"] == (28, 28, 100) and shapes["cat4"] == (28, 28, 200) and shapes["down4"] == (14, 14, 200)
+    assert shapes["cat12"] == (7, 7, 800) and shapes["down12"] == shapes["c13"] == shapes["add14"] == (4, 4, 800)
+    assert sum(weights[f"c{i}"] for i in range(17)) == sum(weights.values())   # shortcuts and norms: no weights
+    assert problem(["experiment=deeperforward_resnet17_mnist", "data=digits", "data.val_size=300"]) is None
+
+
+def test_a_padded_pool_averages_only_the_pixels_inside_the_map():
+    from ffrun.core.layers import FFPool
+    x = tf.reshape(tf.range(9, dtype=tf.float32), [1, 3, 3, 1])
+    out = FFPool("avg", 2, padding="same").transform(x, None).numpy()[0, :, :, 0]
+    np.testing.assert_allclose(out, [[(0 + 1 + 3 + 4) / 4, (2 + 5) / 2], [(6 + 7) / 2, 8]])

@@ -620,12 +620,16 @@ class FFConv2D(FFLocalLayer):
 
 
 class FFPool(BaseFFLayer):
-    """Max or average pooling of an image (N, H, W, C); no weights, no loss."""
+    """Max or average pooling of an image (N, H, W, C); no weights, no loss. ``padding="same"``
+    keeps a partial window at an odd edge (a 7x7 map pools to 4x4, as a stride-2 conv with
+    padding same shrinks it), averaging only the pixels inside the map."""
 
-    def __init__(self, kind: str = "max", pool_size: int = 2, *, name: str = "pool"):
+    def __init__(self, kind: str = "max", pool_size: int = 2, *, name: str = "pool", padding: str = "valid"):
         if kind not in POOLS:
             raise ValueError(f"pool kind must be one of {sorted(POOLS)}, got {kind!r}")
-        super().__init__(POOLS[kind][0](pool_size, name=name), name)
+        if padding not in ("valid", "same"):
+            raise ValueError(f"pool padding must be 'valid' or 'same', got {padding!r}")
+        super().__init__(POOLS[kind][0](pool_size, padding=padding, name=name), name)
 
 
 class FFFlatten(BaseFFLayer):

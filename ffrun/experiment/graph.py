@@ -87,7 +87,7 @@ def _softmax(name: str, p: dict, ctx: Context) -> BaseFFLayer:
 BUILDERS: dict[str, Callable[[str, dict, Context], BaseFFLayer]] = {
     "dense": _dense,
     "conv2d": _conv2d,
-    "pool": lambda n, p, c: FFPool(p.get("kind", "max"), p.get("size", 2), name=n),
+    "pool": lambda n, p, c: FFPool(p.get("kind", "max"), p.get("size", 2), name=n, padding=p.get("padding", "valid")),
     "flatten": lambda n, p, c: FFFlatten(name=n),
     "prenorm": lambda n, p, c: FFPreNorm(p.get("kind", "l2"), name=n, scope=p.get("scope", "channels"),
                                          num_classes=c.num_classes),

@@ -284,7 +284,7 @@ NODE_TYPES: dict[str, NodeType] = {
     "conv2d": NodeType(("filters",), ("kernel_size", "strides", "padding", "th_pos", "th_neg", "activation",
                                       "goodness", "loss", "optimizer", "init", "weight_decay", "groups", "pool",
                                       "batchnorm", "pool_kind", "dropout", "use_bias", "class_goodness"), IMAGE, IMAGE),
-    "pool": NodeType((), ("kind", "size"), IMAGE, IMAGE),
+    "pool": NodeType((), ("kind", "size", "padding"), IMAGE, IMAGE),
     "flatten": NodeType((), (), None, FLAT),
     "prenorm": NodeType((), ("kind", "scope"), None, "same"),
     # weightless joins of several inputs, each kept in its own shape (shortcuts): "same" kind as fed
@@ -306,7 +306,7 @@ NODE_CHOICES: dict[str, dict[str, tuple[str, ...]]] = {
     "dense": {"goodness": ("sum", "mean")},
     "conv2d": {"padding": ("same", "valid"), "goodness": ("sum", "mean"), "pool_kind": ("max", "avg"),
                "class_goodness": ("mean_square", "mean_activity")},
-    "pool": {"kind": ("max", "avg")},
+    "pool": {"kind": ("max", "avg"), "padding": ("valid", "same")},
     "prenorm": {"kind": ("l2", "rms", "layernorm", "class_groupnorm"), "scope": ("channels", "map")},
     "overlay": {"mode": ("add", "replace", "channels")},
 }
@@ -570,7 +570,7 @@ def graph_sizes(nodes: dict[str, dict], image: tuple[int, int, int],
             (h, w, c), pool = x, spec.get("size", 2)
             if pool > min(h, w):
                 raise ConfigError(f"{where}.size={pool} is larger than the {h}x{w} map it is fed")
-            out = (h // pool, w // pool, c)
+            out = (-(-h // pool), -(-w // pool), c) if spec.get("padding") == "same" else (h // pool, w // pool, c)
         elif kind == "flatten":
             out = (size,)
         elif kind == "add" and len(set(fed)) > 1:
