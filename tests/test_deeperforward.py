@@ -154,6 +154,30 @@ def test_ties_go_to_the_shortest_range_that_ends_first():
     assert readout.select_range_from_counts() == (0, 0, 1.0)
 
 
+def test_the_range_is_a_weight_that_the_best_epoch_copy_and_checkpoints_carry(tmp_path):
+    from ffrun.core.checkpoints import BestWeights, Checkpointer
+    y = np.array([0, 1, 2, 0, 1, 2])
+    wrong = (y + 1) % 3
+    readout = FFClassGoodness(3, select_range=True, num_inputs=3, kinds=("mean_activity",) * 3, name="classes")
+    readout.set_task(Task.EVAL)
+
+    def choose(votes):
+        readout.reset_metrics()
+        readout.ff_do_task(votes, tf.constant(y))
+        readout.select_range_from_counts()
+    best = BestWeights({"classes": readout})
+    checkpointer = Checkpointer(tmp_path / "ckpt", {"classes": readout}, best)
+    choose(_votes([wrong, y, wrong], [5.0, 1.0, 5.0]))          # selects [1, 1]
+    best.take()
+    checkpointer.save(1)
+    choose(_votes([y, wrong, wrong], [5.0, 1.0, 1.0]))          # selects [0, 0]
+    assert readout.range == (0, 0)
+    assert best.restore() and readout.range == (1, 1)
+    choose(_votes([y, wrong, wrong], [5.0, 1.0, 1.0]))
+    checkpointer.restore_latest()
+    assert readout.range == (1, 1)
+
+
 def _train(overrides: list[str], run_dir):
     from ffrun.run import loop, outputs
     run_dir.mkdir()

@@ -805,22 +805,28 @@ class FFClassGoodness(BaseFFLayer):
     Every positive evaluation pass also counts, for every range, the images it gets right;
     ``select_range_from_counts`` then fixes the range with the most (the smallest E, then the
     smallest S, on ties, as their code scans). The caller decides which pass the counts come from:
-    ffrun's loop selects after the validation pass only, and test passes read the fixed range."""
+    ffrun's loop selects after the validation pass only, and test passes read the fixed range.
+    The range is a weight of the layer (1 on its inputs, 0 elsewhere), so checkpoints, the best
+    epoch's weights and ffrun-eval carry it."""
 
     takes_list = True   # each input keeps its own shape: the groups are per layer
 
     def __init__(self, num_classes: int, *, name: str = "classes", kinds: tuple[str, ...] | None = None,
                  select_range: bool = False, num_inputs: int = 1):
-        super().__init__(None, name)
+        # a Keras layer that only holds the range: what a Keras layer holds is what checkpoints and
+        # the best-epoch copy save; a variable, so a new range needs no new graph
+        holder = keras.layers.Layer(name=f"{name}_range") if select_range else None
+        super().__init__(holder, name)
         self.num_classes = num_classes
         self.kinds = tuple(kinds) if kinds is not None else None
         self.metrics = {"acc": keras.metrics.Accuracy(name="acc")}
         self.select_range = bool(select_range)
-        self.range: tuple[int, int] = (0, num_inputs - 1)
+        self.num_inputs = num_inputs
         if self.select_range:
-            # weight 1 on the inputs of the chosen range, 0 elsewhere: a variable, so a new range
-            # needs no new graph
-            self.range_weights = tf.Variable(tf.ones([num_inputs]), trainable=False, name=f"{name}_range")
+            # an attribute of the holder, as Keras' own layers keep their kernels: tf.train.Checkpoint
+            # finds a layer's variables by attribute
+            holder.range = holder.add_weight(shape=(num_inputs,), initializer="ones", trainable=False, name="range")
+            self.range_weights = holder.range
             self.range_correct = tf.Variable(tf.zeros([num_inputs, num_inputs]), trainable=False,
                                              name=f"{name}_range_correct")
             self.range_seen = tf.Variable(0.0, trainable=False, name=f"{name}_range_seen")
@@ -864,9 +870,16 @@ class FFClassGoodness(BaseFFLayer):
         # scanned by E, then S, keeping the first maximum (a later range must be strictly better)
         best = max(((correct[s, e], -e, -s) for e in range(n) for s in range(e + 1)))
         start, end = -best[2], -best[1]
-        self.range = (start, end)
         self.range_weights.assign([1.0 if start <= i <= end else 0.0 for i in range(n)])
         return start, end, float(best[0]) / seen
+
+    @property
+    def range(self) -> tuple[int, int]:
+        """The first and last input the readout sums (all of them unless it selects a range)."""
+        if not self.select_range:
+            return 0, self.num_inputs - 1
+        on = np.flatnonzero(np.asarray(self.range_weights.numpy()) > 0)
+        return int(on[0]), int(on[-1])
 
     def reset_metrics(self) -> None:
         super().reset_metrics()

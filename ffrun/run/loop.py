@@ -85,14 +85,11 @@ def train(cfg: DictConfig, run_dir: Path, console: Console | None = None,
         callbacks.append(cb.TensorBoard(run_dir / "tb", net, plan.val[0].resolve, spec.tensorboard.histogram_every))
     callbacks += [cb.PeriodicCheckpoint(checkpointer, spec.checkpoint.every), stop]
 
-    ranges: dict[str, tuple[str, str, float]] = {}   # class readout -> the range [S, E] its test passes read
-
     def on_epoch_end(result: EpochResult) -> None:
         # first: the ranges from this epoch's validation pass (the last pass counted; a test pass
         # of track_test comes after and reads them), and each readout's figure at its range
-        for name, chosen in net.select_class_ranges().items():
-            ranges[name] = chosen
-            result.metrics[f"{name}/acc"] = chosen[2]
+        for name, acc in net.select_class_ranges().items():
+            result.metrics[f"{name}/acc"] = acc
         row = result.row()
         for callback in callbacks:
             callback.on_epoch_end(result, row)
@@ -119,16 +116,12 @@ def train(cfg: DictConfig, run_dir: Path, console: Console | None = None,
     readouts = {k: results.readout(rows, k, best.best[k], track_test) for k in acc_keys}
     if record["status"] == "completed":
         test = mgr.evaluate(plan.test, prefix="test/")
-        final_ranges = dict(ranges)
-        restored = best_weights.restore()
-        if restored and ranges:   # the best weights' ranges, selected again on the validation split
-            mgr.evaluate(plan.val)
-            ranges.update(net.select_class_ranges())
-        test_best = mgr.evaluate(plan.test, prefix="test/") if restored else {}
+        final_ranges = net.class_ranges()
+        test_best = mgr.evaluate(plan.test, prefix="test/") if best_weights.restore() else {}
         primary_epoch = readouts[primary]["best_epoch"]
-        for name, (first, last, _) in ranges.items():
+        for name, (first, last) in net.class_ranges().items():   # the best epoch's, restored with its weights
             readouts[f"{name}/acc"]["range"] = [first, last]
-            readouts[f"{name}/acc"]["range_final"] = list(final_ranges[name][:2])
+            readouts[f"{name}/acc"]["range_final"] = list(final_ranges[name])
         for k in acc_keys:
             readouts[k]["test_final"] = test.get(f"test/{k}")
             # Each readout at its own best epoch: the kept weights are the primary's best epoch's, so
