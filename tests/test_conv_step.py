@@ -39,6 +39,12 @@ CASES = {
     "cwcomp plain, batchnorm": dict(filters=30, batchnorm=True, loss="pvn", num_classes=10, th_pos=2.0),
     "threshold loss, no batchnorm, pooled": dict(filters=8, pool=2, loss="threshold", th_pos=1.0),
     "threshold loss, strided valid": dict(filters=8, strides=2, padding="valid", loss="threshold"),
+    "deeperforward mean activity, no bias, avg pool": dict(filters=20, pool=2, pool_kind="avg", use_bias=False, loss="cwc",
+                                                           num_classes=10, class_goodness="mean_activity"),
+    # the two blocks are made after the same seed, so their one Dropout layer draws the same masks
+    # step by step: the comparison is of the math around the masks (scaling, gradient through them)
+    "deeperforward dropout 0.2": dict(filters=20, dropout=0.2, use_bias=False, loss="cwc", num_classes=10,
+                                      class_goodness="mean_activity"),
 }
 
 

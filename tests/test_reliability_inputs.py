@@ -50,7 +50,7 @@ def problem(args: list[str]) -> str | None:
     ([*CONV, "+model.layers.conv1.padding=full"], "model.layers.conv1.padding must be one of same, valid, got 'full'"),
     ([*CONV, "model.layers.pool1.kind=min"], "model.layers.pool1.kind must be one of max, avg, got 'min'"),
     ([*CONV, "model.layers.pool1.size=0"], "model.layers.pool1.size must be an integer >= 1, got 0"),
-    ([*CONV, "model.layers.norm1.kind=l1"], "model.layers.norm1.kind must be one of l2, rms, got 'l1'"),
+    ([*CONV, "model.layers.norm1.kind=l1"], "model.layers.norm1.kind must be one of l2, rms, layernorm, class_groupnorm, got 'l1'"),
     ([*CONV, "model.layers.norm1.scope=row"], "model.layers.norm1.scope must be one of channels, map"),
     ([*CONV, "model.layers.overlay.mode=stamp"], "model.layers.overlay.mode must be one of add, replace, channels"),
     ([*CONV, "model.layers.conv1.th_pos=-1.0"], "model.layers.conv1.th_pos must be >= 0 (goodness"),

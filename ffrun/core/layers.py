@@ -160,7 +160,7 @@ class FFLocalLayer(BaseFFLayer):
 
     def __init__(self, layer: keras.layers.Layer, name: str, optimizer: keras.optimizers.Optimizer | None, *,
                  th_pos: float, th_neg: float, goodness: str, loss: losses.FFLoss | str, l2: float,
-                 num_classes: int | None = None, units: int | None = None):
+                 num_classes: int | None = None, units: int | None = None, class_goodness: str = "mean_square"):
         if goodness not in losses.GOODNESS_REDUCTIONS:
             raise ValueError(f"goodness must be one of {losses.GOODNESS_REDUCTIONS}, got {goodness!r}")
         super().__init__(layer, name, optimizer or keras.optimizers.Adam(1e-4), l2=l2)
@@ -169,6 +169,9 @@ class FFLocalLayer(BaseFFLayer):
         self.reduction = goodness
         self.loss = losses.make_loss(loss) if isinstance(loss, str) else loss
         self.num_classes = num_classes
+        if class_goodness not in losses.CLASS_GOODNESS:
+            raise ValueError(f"class_goodness must be one of {', '.join(losses.CLASS_GOODNESS)}, got {class_goodness!r}")
+        self.class_goodness = class_goodness
         if self.loss.competitive:   # one group of units per class: trained on labels, no negatives
             if num_classes is None or num_classes < 2:
                 raise ValueError(f"loss {self.loss.name!r} needs num_classes >= 2, got {num_classes!r}")
@@ -204,14 +207,14 @@ class FFLocalLayer(BaseFFLayer):
         """One step of a class-goodness loss (CwComp): every image is a positive of its label."""
         with tf.GradientTape() as tape:
             h = self.forward(x, training=True)
-            loss = self.loss.classes(losses.class_goodness(h, self.num_classes), y, self.th_pos)
+            loss = self.loss.classes(losses.class_goodness(h, self.num_classes, self.class_goodness), y, self.th_pos)
         self._step(tape, loss)
         self.metrics["loss"].update_state(loss)
         return h
 
     def _evaluate_classes(self, x, y):
         h = self.forward(x)
-        g = losses.class_goodness(h, self.num_classes)
+        g = losses.class_goodness(h, self.num_classes, self.class_goodness)
         n = tf.cast(tf.shape(g)[0], tf.float32)
         self.metrics["val_loss"].update_state(self.loss.classes(g, y, self.th_pos), sample_weight=n)
         self.metrics["acc"].update_state(tf.cast(y, tf.int32), tf.argmax(g, axis=1, output_type=tf.int32))
@@ -499,6 +502,10 @@ class GroupedConv2D(keras.layers.Conv2D):
                           for x, k in parts], axis=-1)
 
 
+#: pool kind -> (its Keras layer, its TF op): the Keras and the fused paths of FFConv2D
+POOLS = {"max": (keras.layers.MaxPooling2D, tf.nn.max_pool2d), "avg": (keras.layers.AveragePooling2D, tf.nn.avg_pool2d)}
+
+
 class FFConv2D(FFLocalLayer):
     """Conv2D + ReLU trained by its own FF loss on the goodness of its whole output map: per image,
     the sum or mean of the squared activities over every position and channel (Hinton 2022,
@@ -510,7 +517,12 @@ class FFConv2D(FFLocalLayer):
     ``groups`` = the number of classes, class k's channels see only class k's channels of the layer
     before), ``pool`` (max pooling of that size after the ReLU) and ``batchnorm`` (after the pool),
     all inside the layer because the loss reads the block's final output (CwComp: conv -> ReLU ->
-    pool -> BatchNorm, goodness on the normalized map)."""
+    pool -> BatchNorm, goodness on the normalized map).
+
+    DeeperForward's block (Sun et al., ICLR 2025) uses ``use_bias=False``, ``dropout`` (a rate,
+    applied right after the activation in training steps only, so the goodness and the next layer
+    both read the dropped-out map as in their code) and ``class_goodness="mean_activity"``;
+    ``pool_kind="avg"`` makes the in-block pool an average (a max pool raises the mean activity)."""
 
     def __init__(self, filters: int, kernel_size: int = 3, strides: int = 1, padding: str = "same",
                  th_pos: float = 1.0, th_neg: float | None = None,
@@ -518,7 +530,8 @@ class FFConv2D(FFLocalLayer):
                  goodness: str = "mean", activation: str = "relu", kernel_initializer: Any = "glorot_uniform",
                  loss: losses.FFLoss | str = "threshold", l2: float = 0.0, dtype: Any = None,
                  groups: int = 1, pool: int = 0, batchnorm: bool = False, num_classes: int | None = None,
-                 fused: bool = True):
+                 fused: bool = True, pool_kind: str = "max", dropout: float = 0.0, use_bias: bool = True,
+                 class_goodness: str = "mean_square"):
         if padding not in ("same", "valid"):
             raise ValueError(f"padding must be 'same' or 'valid', got {padding!r}")
         for key, value, low in (("filters", filters, 1), ("kernel_size", kernel_size, 1), ("strides", strides, 1),
@@ -527,15 +540,25 @@ class FFConv2D(FFLocalLayer):
                 raise ValueError(f"{key} must be an integer >= {low}, got {value!r}")
         if filters % groups:
             raise ValueError(f"filters ({filters}) must be divisible by groups ({groups})")
-        if not isinstance(batchnorm, bool):
-            raise ValueError(f"batchnorm must be true or false, got {batchnorm!r}")
+        for key, value in (("batchnorm", batchnorm), ("use_bias", use_bias)):
+            if not isinstance(value, bool):
+                raise ValueError(f"{key} must be true or false, got {value!r}")
+        if pool_kind not in POOLS:
+            raise ValueError(f"pool_kind must be one of {', '.join(POOLS)}, got {pool_kind!r}")
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be a rate in [0, 1), got {dropout!r}")
         conv = (GroupedConv2D if groups > 1 else keras.layers.Conv2D)(
                                    filters, kernel_size, strides=strides, padding=padding, groups=groups,
-                                   activation=ACTIVATIONS.get(activation, activation),
+                                   activation=ACTIVATIONS.get(activation, activation), use_bias=use_bias,
                                    kernel_initializer=kernel_initializer, name=name, dtype=dtype)
         block = [conv]
+        # one Keras Dropout layer serves both paths: the fused forward calls it too, so the two paths
+        # draw the same masks from its one seed generator and tests/test_conv_step.py can compare them
+        self.dropout = keras.layers.Dropout(float(dropout), name=f"{name}_dropout", dtype=dtype) if dropout else None
+        if self.dropout is not None:
+            block.append(self.dropout)
         if pool:
-            block.append(keras.layers.MaxPooling2D(pool, name=f"{name}_pool", dtype=dtype))
+            block.append(POOLS[pool_kind][0](pool, name=f"{name}_pool", dtype=dtype))
         self.bn = None
         if batchnorm:
             # PyTorch's BatchNorm2d as CwComp sets it (momentum 0.1 there is 0.9 in Keras' convention;
@@ -543,9 +566,10 @@ class FFConv2D(FFLocalLayer):
             self.bn = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-4, name=f"{name}_bn", dtype=dtype)
             block.append(self.bn)
         layer = conv if len(block) == 1 else keras.Sequential(block, name=f"{name}_block")
-        self.conv, self.pool, self.fused = conv, pool, bool(fused)
+        self.conv, self.pool, self.pool_kind, self.fused = conv, pool, pool_kind, bool(fused)
         super().__init__(layer, name, optimizer, th_pos=th_pos, th_neg=th_pos if th_neg is None else th_neg,
-                         goodness=goodness, loss=loss, l2=l2, num_classes=num_classes, units=filters)
+                         goodness=goodness, loss=loss, l2=l2, num_classes=num_classes, units=filters,
+                         class_goodness=class_goodness)
         if groups > 1 and self.loss.competitive and groups % self.num_classes and self.num_classes % groups:
             raise ValueError(f"groups ({groups}) do not line up with the {self.num_classes} class groups")
         self.filters = filters
@@ -565,8 +589,10 @@ class FFConv2D(FFLocalLayer):
         if conv.use_bias:
             h = h + tf.cast(conv.bias, dtype)
         h = conv.activation(h)
+        if self.dropout is not None:
+            h = self.dropout(h, training=training)
         if self.pool:
-            h = tf.nn.max_pool2d(h, self.pool, self.pool, "VALID")
+            h = POOLS[self.pool_kind][1](h, self.pool, self.pool, "VALID")
         if self.bn is not None:
             h = self._batchnorm(h, training)
         return h
@@ -594,13 +620,16 @@ class FFConv2D(FFLocalLayer):
 
 
 class FFPool(BaseFFLayer):
-    """Max or average pooling of an image (N, H, W, C); no weights, no loss."""
+    """Max or average pooling of an image (N, H, W, C); no weights, no loss. ``padding="same"``
+    keeps a partial window at an odd edge (a 7x7 map pools to 4x4, as a stride-2 conv with
+    padding same shrinks it), averaging only the pixels inside the map."""
 
-    def __init__(self, kind: str = "max", pool_size: int = 2, *, name: str = "pool"):
-        pools = {"max": keras.layers.MaxPooling2D, "avg": keras.layers.AveragePooling2D}
-        if kind not in pools:
-            raise ValueError(f"pool kind must be one of {sorted(pools)}, got {kind!r}")
-        super().__init__(pools[kind](pool_size, name=name), name)
+    def __init__(self, kind: str = "max", pool_size: int = 2, *, name: str = "pool", padding: str = "valid"):
+        if kind not in POOLS:
+            raise ValueError(f"pool kind must be one of {sorted(POOLS)}, got {kind!r}")
+        if padding not in ("valid", "same"):
+            raise ValueError(f"pool padding must be 'valid' or 'same', got {padding!r}")
+        super().__init__(POOLS[kind][0](pool_size, padding=padding, name=name), name)
 
 
 class FFFlatten(BaseFFLayer):
@@ -619,27 +648,77 @@ class FFPreNorm(BaseFFLayer):
     ``kind="l2"``: x / (||x|| + eps) (rmwkwok's); ``kind="rms"``: x / (sqrt(mean x^2) + eps) (the paper).
     For an image (N, H, W, C), ``scope="channels"`` normalizes the channel vector at each position,
     ``scope="map"`` the whole map of a sample (what a flat layer's norm is to its units).
+
+    Two kinds standardize, (x - mean) / sqrt(var + 1e-5) with no affine (PyTorch's layer_norm and
+    group_norm, as DeeperForward calls them), and take no scope:
+    ``kind="layernorm"`` over all of a sample's values (DeeperForward's norm of each input image);
+    ``kind="class_groupnorm"`` over each of ``num_classes`` contiguous groups of the last axis (and
+    all positions), DeeperForward's GroupNorm between layers: it removes each class group's mean
+    activity, which is that layer's class goodness, from what the next layer sees.
     """
 
-    KINDS = ("l2", "rms")
+    KINDS = ("l2", "rms", "layernorm", "class_groupnorm")
     SCOPES = ("channels", "map")
+    #: the kinds that standardize (their statistics are fixed by the kind: no scope)
+    STANDARDIZE = ("layernorm", "class_groupnorm")
 
-    def __init__(self, kind: str = "l2", eps: float = 1e-7, *, name: str = "prenorm", scope: str = "channels"):
+    def __init__(self, kind: str = "l2", eps: float | None = None, *, name: str = "prenorm", scope: str = "channels",
+                 num_classes: int | None = None):
         if kind not in self.KINDS:
             raise ValueError(f"norm must be one of {self.KINDS}, got {kind!r}")
         if scope not in self.SCOPES:
             raise ValueError(f"prenorm scope must be one of {self.SCOPES}, got {scope!r}")
+        if kind == "class_groupnorm" and (num_classes is None or num_classes < 1):
+            raise ValueError(f"kind class_groupnorm needs the number of classes, got {num_classes!r}")
         super().__init__(None, name)
         self.kind = kind
-        self.eps = eps
+        self.eps = eps if eps is not None else (1e-5 if kind in self.STANDARDIZE else 1e-7)
         self.scope = scope
+        self.num_classes = num_classes
+
+    def _standardize(self, x: tf.Tensor) -> tf.Tensor:
+        shape = tf.shape(x)
+        if self.kind == "class_groupnorm":
+            units = x.shape[-1]
+            if units is None or units % self.num_classes:
+                raise ValueError(f"kind class_groupnorm splits the last axis into {self.num_classes} class groups, "
+                                 f"but it has {units}")
+            x = tf.reshape(x, [shape[0], -1, self.num_classes, units // self.num_classes])
+            axes = [1, 3]
+        else:
+            x = tf.reshape(x, [shape[0], -1])
+            axes = [1]
+        mean, var = tf.nn.moments(x, axes, keepdims=True)
+        return tf.reshape((x - mean) * tf.math.rsqrt(var + self.eps), shape)
 
     def transform(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
         x = tf.cast(x, tf.float32)
+        if self.kind in self.STANDARDIZE:
+            return self._standardize(x)
         axes = -1 if self.scope == "channels" or x.shape.rank <= 2 else list(range(1, x.shape.rank))
         sq = tf.reduce_sum(tf.square(x), axes, keepdims=True) if self.kind == "l2" \
             else tf.reduce_mean(tf.square(x), axes, keepdims=True)
         return x / (tf.sqrt(sq) + self.eps)
+
+
+class FFMerge(BaseFFLayer):
+    """A weightless join of several maps of one sample: ``kind="add"`` (same shapes, summed) or
+    ``kind="concat"`` (joined along the last axis: channels of images of one H x W, or units).
+    DeeperForward's shortcuts: an add where the channel counts match, a concat where they do not.
+    No gradient crosses it: each FF layer stops the gradient at its own input."""
+
+    KINDS = ("add", "concat")
+    takes_list = True   # each input keeps its own shape
+
+    def __init__(self, kind: str, *, name: str = "merge"):
+        if kind not in self.KINDS:
+            raise ValueError(f"merge kind must be one of {self.KINDS}, got {kind!r}")
+        super().__init__(None, name)
+        self.kind = kind
+
+    def transform(self, x, y: tf.Tensor) -> tf.Tensor:
+        xs = [tf.cast(t, tf.float32) for t in x]
+        return tf.add_n(xs) if self.kind == "add" else tf.concat(xs, axis=-1)
 
 
 class FFOverlay(BaseFFLayer):
@@ -719,24 +798,94 @@ class FFClassGoodness(BaseFFLayer):
     """CwComp's goodness predictor: the label whose group of units has the largest class goodness
     (``losses.class_goodness``), summed over the readout's inputs (CwComp reads its last layer only;
     list several to sum). One plain forward pass: the label is never in the input. Its output is
-    the (N, classes) class goodness, scored like logits."""
+    the (N, classes) class goodness, scored like logits. ``kinds`` gives each input's class
+    goodness (its FF layer's ``class_goodness``; mean_square by default).
+
+    ``select_range`` (DeeperForward): the sum runs over a contiguous range [S, E] of the inputs.
+    Every positive evaluation pass also counts, for every range, the images it gets right;
+    ``select_range_from_counts`` then fixes the range with the most (the smallest E, then the
+    smallest S, on ties, as their code scans). The caller decides which pass the counts come from:
+    ffrun's loop selects after the validation pass only, and test passes read the fixed range.
+    The range is a weight of the layer (1 on its inputs, 0 elsewhere), so checkpoints, the best
+    epoch's weights and ffrun-eval carry it."""
 
     takes_list = True   # each input keeps its own shape: the groups are per layer
 
-    def __init__(self, num_classes: int, *, name: str = "classes"):
-        super().__init__(None, name)
+    def __init__(self, num_classes: int, *, name: str = "classes", kinds: tuple[str, ...] | None = None,
+                 select_range: bool = False, num_inputs: int = 1):
+        # a Keras layer that only holds the range: what a Keras layer holds is what checkpoints and
+        # the best-epoch copy save; a variable, so a new range needs no new graph
+        holder = keras.layers.Layer(name=f"{name}_range") if select_range else None
+        super().__init__(holder, name)
         self.num_classes = num_classes
+        self.kinds = tuple(kinds) if kinds is not None else None
         self.metrics = {"acc": keras.metrics.Accuracy(name="acc")}
+        self.select_range = bool(select_range)
+        self.num_inputs = num_inputs
+        if self.select_range:
+            # an attribute of the holder, as Keras' own layers keep their kernels: tf.train.Checkpoint
+            # finds a layer's variables by attribute
+            holder.range = holder.add_weight(shape=(num_inputs,), initializer="ones", trainable=False, name="range")
+            self.range_weights = holder.range
+            self.range_correct = tf.Variable(tf.zeros([num_inputs, num_inputs]), trainable=False,
+                                             name=f"{name}_range_correct")
+            self.range_seen = tf.Variable(0.0, trainable=False, name=f"{name}_range_seen")
+
+    def _goodnesses(self, x) -> list[tf.Tensor]:
+        xs = x if isinstance(x, (list, tuple)) else [x]
+        kinds = self.kinds or ("mean_square",) * len(xs)
+        return [losses.class_goodness(t, self.num_classes, k) for t, k in zip(xs, kinds)]
 
     def transform(self, x, y: tf.Tensor) -> tf.Tensor:
-        xs = x if isinstance(x, (list, tuple)) else [x]
-        return tf.add_n([losses.class_goodness(t, self.num_classes) for t in xs])
+        gs = self._goodnesses(x)
+        if self.select_range:
+            return tf.einsum("l,lnc->nc", self.range_weights, tf.stack(gs))
+        return tf.add_n(gs)
 
     def evaluate(self, x, y: tf.Tensor) -> tf.Tensor:
         g = self.transform(x, y)
         if self.positive:
             self.metrics["acc"].update_state(tf.cast(y, tf.int32), tf.argmax(g, axis=1, output_type=tf.int32))
+            if self.select_range:
+                self._count_ranges(tf.stack(self._goodnesses(x)), tf.cast(y, tf.int32))
         return g
+
+    def _count_ranges(self, gs: tf.Tensor, y: tf.Tensor) -> None:
+        """Adds, for every S <= E, the images that sum(gs[S..E]) classifies right (gs: (L, N, C))."""
+        cum = tf.cumsum(gs, axis=0)                                       # cum[E] = sum gs[0..E]
+        before = tf.concat([tf.zeros_like(cum[:1]), cum[:-1]], axis=0)     # before[S] = sum gs[0..S-1]
+        sums = cum[None, :] - before[:, None]                              # [S, E] = sum gs[S..E]
+        right = tf.cast(tf.equal(tf.argmax(sums, axis=-1, output_type=tf.int32), y), tf.float32)
+        self.range_correct.assign_add(tf.reduce_sum(right, axis=-1))
+        self.range_seen.assign_add(tf.cast(tf.shape(y)[0], tf.float32))
+
+    def select_range_from_counts(self) -> tuple[int, int, float] | None:
+        """Fix the range that the counted passes classify best; returns (S, E, its accuracy on
+        them), or None when no pass was counted since the last reset."""
+        seen = float(self.range_seen.numpy())
+        if not self.select_range or seen == 0:
+            return None
+        correct = self.range_correct.numpy()
+        n = correct.shape[0]
+        # scanned by E, then S, keeping the first maximum (a later range must be strictly better)
+        best = max(((correct[s, e], -e, -s) for e in range(n) for s in range(e + 1)))
+        start, end = -best[2], -best[1]
+        self.range_weights.assign([1.0 if start <= i <= end else 0.0 for i in range(n)])
+        return start, end, float(best[0]) / seen
+
+    @property
+    def range(self) -> tuple[int, int]:
+        """The first and last input the readout sums (all of them unless it selects a range)."""
+        if not self.select_range:
+            return 0, self.num_inputs - 1
+        on = np.flatnonzero(np.asarray(self.range_weights.numpy()) > 0)
+        return int(on[0]), int(on[-1])
+
+    def reset_metrics(self) -> None:
+        super().reset_metrics()
+        if self.select_range:
+            self.range_correct.assign(tf.zeros_like(self.range_correct))
+            self.range_seen.assign(0.0)
 
 
 class FFSoftmax(BaseFFLayer):

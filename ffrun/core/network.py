@@ -110,6 +110,23 @@ class Network:
         with self.tasks((), Task.TRANSFORM):
             return self.seq(X, y, y_ff)
 
+    def _range_readouts(self) -> dict[str, BaseFFLayer]:
+        return {name: layer for name, layer in self.layers.items() if getattr(layer, "select_range", False)}
+
+    def select_class_ranges(self) -> dict[str, float]:
+        """Fix the range [S, E] of each class readout that selects one (``FFClassGoodness``
+        ``select_range``) from the evaluation passes counted since its metrics were last reset;
+        returns readout -> its accuracy on those passes at that range. The caller picks the
+        passes: they must be validation passes, never test ones."""
+        chosen = {name: layer.select_range_from_counts() for name, layer in self._range_readouts().items()}
+        return {name: picked[2] for name, picked in chosen.items() if picked is not None}
+
+    def class_ranges(self) -> dict[str, tuple[str, str]]:
+        """Each range-selecting class readout's current range, as its first and last input."""
+        inputs = {node.name: node.inputs for node in self.nodes}
+        return {name: (inputs[name][layer.range[0]], inputs[name][layer.range[1]])
+                for name, layer in self._range_readouts().items()}
+
     def readout_probs(self, data, readout: str | None = None, batch_size: int = 2000) -> np.ndarray:
         """Softmax probabilities of a softmax readout, one plain pass with the neutral label."""
         readout = readout or self.roles.softmax[0]

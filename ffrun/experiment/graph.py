@@ -20,8 +20,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ffrun.core.layers import (BaseFFLayer, FFClassGoodness, FFConv2D, FFDense, FFFlatten, FFGoodness, FFLocalLayer, FFOverlay,
-                               FFPool, FFPreNorm, FFSoftmax)
+from ffrun.core.layers import (BaseFFLayer, FFClassGoodness, FFConv2D, FFDense, FFFlatten, FFGoodness, FFLocalLayer,
+                               FFMerge, FFOverlay, FFPool, FFPreNorm, FFSoftmax)
 from ffrun.core.losses import make_loss
 from ffrun.core.network import Network, Node, Roles, make_sequence
 from ffrun.errors import ConfigError
@@ -70,7 +70,8 @@ def _conv2d(name: str, p: dict, ctx: Context) -> BaseFFLayer:
                     kernel_initializer=ctx.make_initializer(p.get("init", m.init)),
                     loss=_loss(p.get("loss", "threshold"), ctx), l2=p.get("weight_decay", 0.0), dtype=ctx.dtype,
                     groups=p.get("groups", 1), pool=p.get("pool", 0), batchnorm=p.get("batchnorm", False),
-                    num_classes=ctx.num_classes)
+                    num_classes=ctx.num_classes, pool_kind=p.get("pool_kind", "max"), dropout=p.get("dropout", 0.0),
+                    use_bias=p.get("use_bias", True), class_goodness=p.get("class_goodness", "mean_square"))
 
 
 def _softmax(name: str, p: dict, ctx: Context) -> BaseFFLayer:
@@ -86,13 +87,18 @@ def _softmax(name: str, p: dict, ctx: Context) -> BaseFFLayer:
 BUILDERS: dict[str, Callable[[str, dict, Context], BaseFFLayer]] = {
     "dense": _dense,
     "conv2d": _conv2d,
-    "pool": lambda n, p, c: FFPool(p.get("kind", "max"), p.get("size", 2), name=n),
+    "pool": lambda n, p, c: FFPool(p.get("kind", "max"), p.get("size", 2), name=n, padding=p.get("padding", "valid")),
     "flatten": lambda n, p, c: FFFlatten(name=n),
-    "prenorm": lambda n, p, c: FFPreNorm(p.get("kind", "l2"), name=n, scope=p.get("scope", "channels")),
+    "prenorm": lambda n, p, c: FFPreNorm(p.get("kind", "l2"), name=n, scope=p.get("scope", "channels"),
+                                         num_classes=c.num_classes),
+    "add": lambda n, p, c: FFMerge("add", name=n),
+    "concat": lambda n, p, c: FFMerge("concat", name=n),
     "overlay": lambda n, p, c: FFOverlay(c.num_classes, mode=p.get("mode", "add"), value=p.get("value", 1.0), name=n),
     "softmax": _softmax,
     "goodness": lambda n, p, c: FFGoodness(c.num_classes, name=n),
-    "classes": lambda n, p, c: FFClassGoodness(c.num_classes, name=n),
+    # each input's class goodness is set in build_graph, from the layer that feeds it
+    "classes": lambda n, p, c: FFClassGoodness(c.num_classes, name=n, select_range=p.get("select_range", False),
+                                               num_inputs=p["num_inputs"]),
 }
 
 
@@ -112,6 +118,8 @@ def build_graph(nodes: dict[str, dict], ctx: Context, image_shape: tuple[int, in
     wiring: list[Node] = []
     for name, spec in nodes.items():
         params = {k: v for k, v in spec.items() if k not in ("type", "inputs")}
+        if spec["type"] == "classes":
+            params["num_inputs"] = len(spec["inputs"])
         try:
             layers[name] = BUILDERS[spec["type"]](name, params, ctx)
         except (ValueError, TypeError) as exc:
@@ -123,6 +131,8 @@ def build_graph(nodes: dict[str, dict], ctx: Context, image_shape: tuple[int, in
     for name in goodness:   # the label that scores best: largest goodness, or smallest (flipped loss)
         high = {layers[i].loss.positive_high for i in nodes[name]["inputs"] if isinstance(layers[i], FFLocalLayer)}
         layers[name].lowest = high == {False}
+    for name in classes:   # each input read with the class goodness its FF layer trains on
+        layers[name].kinds = tuple(getattr(layers[i], "class_goodness", "mean_square") for i in nodes[name]["inputs"])
     ff = tuple(n for n, layer in layers.items() if isinstance(layer, FFLocalLayer))
     roles = Roles(ff, softmax, goodness, ctx.supervised, classes)
     return Network(layers, make_sequence(layers, wiring, image_shape if convolutional else None), wiring, roles)

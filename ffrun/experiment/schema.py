@@ -47,6 +47,7 @@ class Splitting(StrEnum):
 class LRSchedule(StrEnum):
     constant = "constant"
     linear_cooldown = "linear_cooldown"
+    cosine = "cosine"
 
 
 class DataName(StrEnum):
@@ -282,23 +283,31 @@ NODE_TYPES: dict[str, NodeType] = {
                                    "peer_norm", "peer_init", "weight_decay"), FLAT, FLAT),
     "conv2d": NodeType(("filters",), ("kernel_size", "strides", "padding", "th_pos", "th_neg", "activation",
                                       "goodness", "loss", "optimizer", "init", "weight_decay", "groups", "pool",
-                                      "batchnorm"), IMAGE, IMAGE),
-    "pool": NodeType((), ("kind", "size"), IMAGE, IMAGE),
+                                      "batchnorm", "pool_kind", "dropout", "use_bias", "class_goodness"), IMAGE, IMAGE),
+    "pool": NodeType((), ("kind", "size", "padding"), IMAGE, IMAGE),
     "flatten": NodeType((), (), None, FLAT),
     "prenorm": NodeType((), ("kind", "scope"), None, "same"),
+    # weightless joins of several inputs, each kept in its own shape (shortcuts): "same" kind as fed
+    "add": NodeType((), (), None, "same"),
+    "concat": NodeType((), (), None, "same"),
     "overlay": NodeType((), ("mode", "value"), None, "same"),
     "softmax": NodeType((), ("optimizer", "use_bias", "init", "weight_decay"), None, FLAT, "true"),
     "goodness": NodeType((), (), None, FLAT, "true"),
-    "classes": NodeType((), (), None, FLAT, "true"),
+    "classes": NodeType((), ("select_range",), None, FLAT, "true"),
 }
+#: node types whose inputs each keep their own shape (not flattened and joined)
+MERGES = ("add", "concat")
+#: the losses on class goodness (core/losses.py's ClassLoss): the ones class_goodness applies to
+CLASS_LOSSES = ("cwc", "pvn", "cwg")
 
 
 #: the keys of a node that take one of a few words, and their words (core/layers.py's classes)
 NODE_CHOICES: dict[str, dict[str, tuple[str, ...]]] = {
     "dense": {"goodness": ("sum", "mean")},
-    "conv2d": {"padding": ("same", "valid"), "goodness": ("sum", "mean")},
-    "pool": {"kind": ("max", "avg")},
-    "prenorm": {"kind": ("l2", "rms"), "scope": ("channels", "map")},
+    "conv2d": {"padding": ("same", "valid"), "goodness": ("sum", "mean"), "pool_kind": ("max", "avg"),
+               "class_goodness": ("mean_square", "mean_activity")},
+    "pool": {"kind": ("max", "avg"), "padding": ("valid", "same")},
+    "prenorm": {"kind": ("l2", "rms", "layernorm", "class_groupnorm"), "scope": ("channels", "map")},
     "overlay": {"mode": ("add", "replace", "channels")},
 }
 #: integer keys of a node and their least value (conv2d pool 0: no pooling inside the block)
@@ -322,8 +331,18 @@ def check_node_values(where: str, spec: dict) -> None:
     for key in ("th_pos", "th_neg"):
         if spec.get(key) is not None:
             check_threshold(spec[key], f"{where}.{key}")
-    if "batchnorm" in spec and not isinstance(spec["batchnorm"], bool):
-        raise ConfigError(f"{where}.batchnorm must be true or false, got {spec['batchnorm']!r}")
+    for key in ("batchnorm", "use_bias", "select_range"):
+        if key in spec and not isinstance(spec[key], bool):
+            raise ConfigError(f"{where}.{key} must be true or false, got {spec[key]!r}")
+    if "dropout" in spec:
+        rate = spec["dropout"]
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
+            raise ConfigError(f"{where}.dropout must be a rate in [0, 1), got {rate!r}")
+    if "class_goodness" in spec and spec.get("loss", "threshold") not in CLASS_LOSSES:
+        raise ConfigError(f"{where}.class_goodness applies to the class losses ({', '.join(CLASS_LOSSES)}); "
+                          f"its loss is {spec.get('loss', 'threshold')!r}")
+    if ntype == "prenorm" and "scope" in spec and spec.get("kind") in ("layernorm", "class_groupnorm"):
+        raise ConfigError(f"{where}.scope applies to kinds l2 and rms; kind {spec['kind']} fixes its own statistics")
     if ntype == "overlay" and "value" in spec:
         value = spec["value"]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -361,7 +380,13 @@ def check_graph(nodes: dict[str, Any]) -> bool:
                 raise ConfigError(f"{where}.inputs: {i!r} " + (
                     "comes later: nodes run in the order they are declared, so an input must come first "
                     "(a cycle cannot run)" if i in nodes else f"is not a node; nodes so far are {list(kinds)}"))
-        fed = kinds[inputs[0]] if len(inputs) == 1 else FLAT    # several inputs are flattened and joined
+        if spec["type"] in MERGES:
+            if len(inputs) < 2 or len({kinds[i] for i in inputs}) > 1:
+                raise ConfigError(f"{where}.inputs: {spec['type']} joins two or more inputs of one kind "
+                                  f"(all images or all flat), got {', '.join(inputs)}")
+            fed = kinds[inputs[0]]
+        else:
+            fed = kinds[inputs[0]] if len(inputs) == 1 else FLAT    # several inputs are flattened and joined
         if ntype.takes is not None and fed != ntype.takes:
             fix = "put a flatten node before it" if ntype.takes == FLAT else \
                 "conv and pool layers need images: feed them the input (kept as H x W x C) or a conv/pool node"
@@ -378,6 +403,10 @@ def check_graph(nodes: dict[str, Any]) -> bool:
             raise ConfigError(f"{where}.mode: 'channels' adds label planes to an image; it is fed a flat vector")
         kinds[name] = fed if ntype.gives == "same" else ntype.gives
     return convolutional
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "x".join(map(str, shape))
 
 
 def check_roles(nodes: dict[str, dict], supervised: bool) -> None:
@@ -515,7 +544,7 @@ def graph_sizes(nodes: dict[str, dict], image: tuple[int, int, int],
     for name, spec in nodes.items():
         where, kind = f"model.layers.{name}", spec["type"]
         fed = [shapes[i] for i in spec["inputs"]]
-        x = fed[0] if len(fed) == 1 else (sum(math.prod(f) for f in fed),)   # several inputs: flattened, joined
+        x = fed[0] if len(fed) == 1 or kind in MERGES else (sum(math.prod(f) for f in fed),)   # flattened, joined
         size = math.prod(x)
         out, n_weights = x, 0
         if kind == "conv2d":
@@ -535,14 +564,28 @@ def graph_sizes(nodes: dict[str, dict], image: tuple[int, int, int],
             if pool:
                 h, w = h // pool, w // pool
             out = (h, w, spec["filters"])
-            n_weights = k * k * (c // spec.get("groups", 1)) * spec["filters"] + spec["filters"]
+            n_weights = k * k * (c // spec.get("groups", 1)) * spec["filters"] + \
+                (spec["filters"] if spec.get("use_bias", True) else 0)
         elif kind == "pool":
             (h, w, c), pool = x, spec.get("size", 2)
             if pool > min(h, w):
                 raise ConfigError(f"{where}.size={pool} is larger than the {h}x{w} map it is fed")
-            out = (h // pool, w // pool, c)
+            out = (-(-h // pool), -(-w // pool), c) if spec.get("padding") == "same" else (h // pool, w // pool, c)
         elif kind == "flatten":
             out = (size,)
+        elif kind == "add" and len(set(fed)) > 1:
+            raise ConfigError(f"{where}.inputs: add needs inputs of one shape, got "
+                              f"{', '.join(f'{i} {_shape(f)}' for i, f in zip(spec['inputs'], fed))}; "
+                              f"concat joins different channel counts")
+        elif kind == "concat":
+            if len({f[:-1] for f in fed}) > 1:
+                raise ConfigError(f"{where}.inputs: concat joins maps of one height and width, got "
+                                  f"{', '.join(f'{i} {_shape(f)}' for i, f in zip(spec['inputs'], fed))}; "
+                                  f"pool the larger one first")
+            out = (*x[:-1], sum(f[-1] for f in fed))
+        elif kind == "prenorm" and spec.get("kind") == "class_groupnorm" and classes and x[-1] % classes:
+            raise ConfigError(f"{where}.kind: class_groupnorm splits the {x[-1]} channels/units it is fed into "
+                              f"{classes} class groups; they do not divide")
         elif kind == "dense":
             out, n_weights = (spec["units"],), (size + 1) * spec["units"]
         elif kind == "overlay":
@@ -726,6 +769,7 @@ class FFRunConfig:
     readout_step: StepChoice = StepChoice.separate
     splitting: Splitting = Splitting.random
     lr_schedule: LRSchedule = LRSchedule.constant
+    lr_min_factor: float = 0.0             # lr_schedule=cosine decays to this fraction of each base rate
     primary_readout: Optional[str] = None
     max_loss: float = 1.0e6
     progress: bool = True
@@ -745,6 +789,11 @@ class FFRunConfig:
         _at_least(self.shuffle_buffer, 1, "shuffle_buffer")
         if not (math.isfinite(self.max_loss) and self.max_loss > 0):
             raise ConfigError(f"max_loss must be a finite number > 0, got {self.max_loss!r}")
+        if not 0.0 <= self.lr_min_factor <= 1.0:
+            raise ConfigError(f"lr_min_factor must be in [0, 1], got {self.lr_min_factor!r}")
+        if self.lr_min_factor and self.lr_schedule != LRSchedule.cosine:
+            raise ConfigError(f"lr_min_factor is the floor of lr_schedule=cosine; lr_schedule={self.lr_schedule} "
+                              f"has none")
         if self.lr_schedule != LRSchedule.constant:
             decaying = [key for key, spec in self._optimizers() if decays(spec)]
             if decaying:
@@ -799,6 +848,10 @@ class FFRunConfig:
         readouts = [n for n, spec in nodes.items() if spec["type"] in ("softmax", "goodness", "classes")]
         if self.primary_readout is not None and self.primary_readout not in readouts:
             raise ConfigError(f"primary_readout {self.primary_readout!r} is not a readout; readouts are {readouts}")
+        ranged = [n for n, spec in nodes.items() if spec["type"] == "classes" and spec.get("select_range")]
+        if ranged and self.eval_on == EvalOn.test:
+            raise ConfigError(f"model.layers.{ranged[0]}.select_range chooses its range on the per-epoch evaluation "
+                              f"split; eval_on=test would choose it on the test set (use eval_on=validation)")
         for i, (names, _) in enumerate(stages):
             unknown = [] if names == "all" else [n for n in names if n not in nodes]
             if unknown:

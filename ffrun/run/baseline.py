@@ -58,7 +58,7 @@ def train(cfg: DictConfig, spec: FFRunConfig, run_dir: Path, console: Console, o
     callbacks = [_Recorder(csv_out, rows, len(data.x_train), epochs),
                  keras.callbacks.ModelCheckpoint(str(best_ckpt), monitor="val_acc", mode="max",
                                                  save_best_only=True, save_weights_only=True)]
-    mult = lr_multiplier(spec.lr_schedule, [epochs])   # the FF runs' schedule (lr_schedule=linear_cooldown)
+    mult = lr_multiplier(spec.lr_schedule, [epochs], spec.lr_min_factor)   # the FF runs' schedule (lr_schedule=linear_cooldown)
     if mult is not None:
         base_lr = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
         # Keras counts epochs from 0, lr_multiplier from 1

@@ -47,7 +47,7 @@ def train(cfg: DictConfig, run_dir: Path, console: Console | None = None,
                    seed=spec.seed, shuffle=spec.shuffle, shuffle_buffer=spec.shuffle_buffer,
                    drop_last=spec.drop_last, same_order=spec.same_order, progress=progress, max_loss=spec.max_loss,
                    augment=run.augment,
-                   lr_multiplier=lr_multiplier(spec.lr_schedule, [n for _, n in run.schedule]))
+                   lr_multiplier=lr_multiplier(spec.lr_schedule, [n for _, n in run.schedule], spec.lr_min_factor))
     mgr.build()
     acc_keys = [f"{n}/acc" for n in net.roles.readouts]
     primary = f"{spec.primary_readout}/acc" if spec.primary_readout else acc_keys[0]
@@ -87,6 +87,10 @@ def train(cfg: DictConfig, run_dir: Path, console: Console | None = None,
     callbacks += [cb.PeriodicCheckpoint(checkpointer, spec.checkpoint.every), stop]
 
     def on_epoch_end(result: EpochResult) -> None:
+        # first: the ranges from this epoch's validation pass (the last pass counted; a test pass
+        # of track_test comes after and reads them), and each readout's figure at its range
+        for name, acc in net.select_class_ranges().items():
+            result.metrics[f"{name}/acc"] = acc
         row = result.row()
         for callback in callbacks:
             callback.on_epoch_end(result, row)
@@ -116,8 +120,12 @@ def train(cfg: DictConfig, run_dir: Path, console: Console | None = None,
     readouts = {k: results.readout(rows, k, best.best[k], track_test) for k in acc_keys}
     if record["status"] == "completed":
         test = mgr.evaluate(plan.test, prefix="test/")
+        final_ranges = net.class_ranges()
         test_best = mgr.evaluate(plan.test, prefix="test/") if best_weights.restore() else {}
         primary_epoch = readouts[primary]["best_epoch"]
+        for name, (first, last) in net.class_ranges().items():   # the best epoch's, restored with its weights
+            readouts[f"{name}/acc"]["range"] = [first, last]
+            readouts[f"{name}/acc"]["range_final"] = list(final_ranges[name])
         for k in acc_keys:
             readouts[k]["test_final"] = test.get(f"test/{k}")
             # Each readout at its own best epoch: the kept weights are the primary's best epoch's, so

@@ -7,7 +7,9 @@ stops it. Every write is atomic. Fields (the ffrun-report columns read them):
 status, reason, run_dir, mode, protocol, val_set, test_set, primary, epochs_planned, overrides,
 data, resumed_from_epoch; and at the end readouts (per readout: final, best, best_epoch,
 best_by_stage, test_final, test_at_best (at its own best epoch; None when neither the kept best
-weights nor a test column give it), and with track_test test_best_by_stage), final_val_acc,
+weights nor a test column give it), with track_test test_best_by_stage, and for a class readout
+that selects its range of layers range and range_final: [first, last input] chosen on validation for
+the best epoch's and the last epoch's weights), final_val_acc,
 best_val_acc, best_epoch, test_acc (at the best epoch), test_acc_final, epochs, wall_seconds,
 mean_epoch_seconds, median_epoch_seconds, samples_per_s, peak_memory_mb.
 """
