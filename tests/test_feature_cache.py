@@ -109,3 +109,20 @@ def test_a_stage_that_trains_every_layer_keeps_nothing(cfg_factory):
 def test_a_negative_budget_is_refused(cfg_factory):
     with pytest.raises(ConfigError, match="feature_cache_mb must be >= 0"):
         typed(cfg_factory(["feature_cache_mb=-1"]))
+
+
+def test_evaluation_batches_are_bounded_by_their_outputs_size_and_score_the_same(cfg_factory):
+    """eval_batch_size=1000 rows of cwcomp_mnist's maps held over 1 GB at once: a batch holds at
+    most eval_batch_mb of node outputs, and the scores do not depend on it."""
+    run = build_run(cfg_factory(TINY_CWCOMP + ["eval_batch_size=1000"]))
+    scores = {}
+    for mb in (1000.0, 0.05):
+        mgr = TrainMgr(run.network, None, run.plan.val, batch_size=64, eval_batch_size=1000, eval_batch_mb=mb)
+        mgr.build()
+        scores[mb] = mgr.evaluate(run.plan.val), mgr.eval_rows
+    # per digit the input and the tiny net's outputs are 8x8 + 10x8x8 + 20x4x4 + 20x4x4 + 40x2x2 (conv4
+    # and flat) + 10 + 10 floats, 6736 bytes: 7 rows fit in 0.05 MB
+    assert scores[1000.0][1] == 1000 and scores[0.05][1] == int(0.05 * 2 ** 20) // 6736 == 7
+    assert scores[0.05][0].keys() == scores[1000.0][0].keys()
+    for key, value in scores[1000.0][0].items():
+        assert scores[0.05][0][key] == pytest.approx(value, rel=1e-5), key

@@ -107,6 +107,12 @@ class TrainingDiverged(RuntimeError):
     """A loss or metric became NaN or Inf, or a training loss exceeded the bound (``max_loss``)."""
 
 
+#: at most this many MB of node outputs per evaluation batch. A pass holds about twice its nodes'
+#: outputs at once: cwcomp_mnist's (0.48 MB a row) took an evaluation pass 1060 MB above the memory
+#: before it at 1000 rows, 357 MB at this bound's 267 rows (peak RSS, a fresh process, random
+#: 28 x 28 images)
+EVAL_BATCH_MB = 128
+
 #: metric names that hold a training loss (per-sample means): checked against ``max_loss``
 TRAINING_LOSSES = ("loss_pos", "loss_neg", "loss")
 
@@ -188,13 +194,17 @@ class TrainMgr:
                  progress: ProgressHook | None = None, max_loss: float = math.inf,
                  shuffle_buffer: int | None = None, drop_last: bool = False, same_order: bool = False,
                  augment: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None,
-                 feature_cache_mb: float = 0):
+                 feature_cache_mb: float = 0, eval_batch_mb: float = EVAL_BATCH_MB):
         self.network = layers if isinstance(layers, Network) else Network(dict(layers), seq)
         self.layers = self.network.layers
         self.seq = self.network.seq
         self.tasks = [_as_entry(t) for t in tasks]
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size or max(batch_size, 1000))
+        # rows per evaluation batch: eval_batch_size, fewer when the nodes' outputs of that many
+        # rows would exceed eval_batch_mb (set by build, which sees the outputs' sizes)
+        self.eval_rows = self.eval_batch_size
+        self.eval_batch_bytes = int(eval_batch_mb * 2 ** 20)
         self.seed = int(seed)
         self.shuffle = shuffle
         # the seed's tf.data pipeline, when asked for: a shuffle buffer, no partial last batch,
@@ -223,7 +233,13 @@ class TrainMgr:
             return
         sample = sample if sample is not None else self._first_data()
         n = min(2, len(sample))
-        self.network.transform(sample.X[:n], sample.y[:n], tf.maximum(sample.y_ff[:n], 0))
+        outs = self.network.transform(sample.X[:n], sample.y[:n], tf.maximum(sample.y_ff[:n], 0))
+        outs = outs if isinstance(outs, dict) else {}   # a hand-written sequence may return nothing
+        row_bytes = sum(int(np.prod(t.shape[1:])) * t.dtype.size for t in outs.values() if isinstance(t, tf.Tensor))
+        self.eval_rows = max(1, min(self.eval_batch_size, self.eval_batch_bytes // max(row_bytes, 1)))
+        if self.eval_rows < self.eval_batch_size:
+            log.info("evaluation batches of %d rows: the nodes' outputs of eval_batch_size=%d rows would hold %.0f MB",
+                     self.eval_rows, self.eval_batch_size, self.eval_batch_size * row_bytes / 2 ** 20)
         for layer in self.layers.values():
             layer.build_optimizer()
             if layer.optimizer is not None:
@@ -356,7 +372,7 @@ class TrainMgr:
         training = entry.task in TRAIN_TASKS
         n = len(pos)
         perm = self.order(n, epoch, index) if training else np.arange(n, dtype=np.int32)
-        bs = self.batch_size if training else self.eval_batch_size
+        bs = self.batch_size if training else self.eval_rows
         if training and self.drop_last and n >= bs:
             perm = perm[: n - n % bs]     # the seed's tf.data batching: no partial last batch
         if entry.task == Task.EVAL_ALL_LABELS:
@@ -453,7 +469,7 @@ class TrainMgr:
                                                               tf.TensorSpec([None], tf.int32),
                                                               tf.TensorSpec([None], tf.int32)])
             self._graphs[key] = fn
-        n, bs = len(data), self.eval_batch_size
+        n, bs = len(data), self.eval_rows
         kept: dict[str, np.ndarray] = {}
         if self.progress is not None:
             self.progress.start_pass(f"{entry.label or entry.task.value}: frozen layers", math.ceil(n / bs))
