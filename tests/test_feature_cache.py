@@ -126,3 +126,24 @@ def test_evaluation_batches_are_bounded_by_their_outputs_size_and_score_the_same
     assert scores[0.05][0].keys() == scores[1000.0][0].keys()
     for key, value in scores[1000.0][0].items():
         assert scores[0.05][0][key] == pytest.approx(value, rel=1e-5), key
+
+
+def test_tensorboard_histograms_in_chunks_sample_the_same_values(cfg_factory, tmp_path, monkeypatch):
+    """The histograms' forward pass runs a few images at a time (512 at once held every map of
+    every block together): the sampled activations and the goodness are those of one pass."""
+    from ffrun.run import callbacks
+    run = build_run(cfg_factory(TINY_CWCOMP))
+    data = run.plan.train[0].resolve(1)
+    monkeypatch.setattr(callbacks.TensorBoard, "MAX_VALUES", 500)
+    drawn = {}
+    for chunk in (1000, 7):
+        seen = drawn[chunk] = {}
+        monkeypatch.setattr(callbacks.tf.summary, "histogram", lambda name, data, **kw: seen.__setitem__(name, data.numpy()))
+        monkeypatch.setattr(callbacks.TensorBoard, "CHUNK", chunk)
+        callbacks.TensorBoard(tmp_path / f"tb{chunk}", run.network, lambda epoch: data, 1).histograms(data, 1, n=60)
+    # conv1's map of 60 images is 60 x 8 x 8 x 10 = 38,400 values: every 77th, 499 of them
+    assert drawn[1000]["conv1/activations"].shape == (499,)
+    assert drawn[1000]["conv2/goodness"].shape == (60,)
+    assert drawn[7].keys() == drawn[1000].keys()
+    for name, values in drawn[1000].items():
+        np.testing.assert_allclose(drawn[7][name], values, rtol=1e-5, atol=1e-6, err_msg=name)
