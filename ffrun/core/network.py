@@ -50,19 +50,26 @@ def make_sequence(layers: Mapping[str, BaseFFLayer], nodes: list[Node],
     (a reshape, free). A node with several inputs gets them flattened and concatenated."""
     def seq(X, y, y_ff):
         outs = {"input": X if image_shape is None else tf.reshape(X, [-1, *image_shape])}
-        for node in nodes:
-            xs = [outs[i] for i in node.inputs]
-            layer = layers[node.name]
-            if getattr(layer, "takes_list", False):   # a readout that reads each input in its own shape
-                x = xs
-            else:
-                x = xs[0] if len(xs) == 1 else tf.concat([_flat(tf.cast(t, tf.float32)) for t in xs], axis=-1)
-            try:
-                outs[node.name] = layer.ff_do_task(x, y_ff if node.label == "ff" else y)
-            except ValueError as exc:   # at trace time: say which node (Keras' shape errors do not)
-                raise ValueError(f"model.layers.{node.name}: {' '.join(str(exc).split())}") from exc
-        return outs
+        return run_nodes(layers, nodes, outs, y, y_ff)
     return seq
+
+
+def run_nodes(layers: Mapping[str, BaseFFLayer], nodes: Iterable[Node], outs: dict, y: tf.Tensor,
+              y_ff: tf.Tensor) -> dict:
+    """Run ``nodes`` in order, each on outputs already in ``outs`` (which it extends), each layer
+    doing its current task; returns ``outs``."""
+    for node in nodes:
+        xs = [outs[i] for i in node.inputs]
+        layer = layers[node.name]
+        if getattr(layer, "takes_list", False):   # a readout that reads each input in its own shape
+            x = xs
+        else:
+            x = xs[0] if len(xs) == 1 else tf.concat([_flat(tf.cast(t, tf.float32)) for t in xs], axis=-1)
+        try:
+            outs[node.name] = layer.ff_do_task(x, y_ff if node.label == "ff" else y)
+        except ValueError as exc:   # at trace time: say which node (Keras' shape errors do not)
+            raise ValueError(f"model.layers.{node.name}: {' '.join(str(exc).split())}") from exc
+    return outs
 
 
 @dataclass
@@ -104,6 +111,31 @@ class Network:
         finally:
             for name, (t, p) in before.items():
                 self.layers[name].set_task(t, p)
+
+    def fixed_nodes(self, changing: Iterable[str]) -> frozenset[str]:
+        """The nodes whose outputs cannot change while only the layers in ``changing`` train:
+        every node outside it whose inputs are all fixed (the data, ``input``, is). Empty for a
+        hand-written sequence (no nodes)."""
+        changing, fixed = set(changing), {"input"}
+        for node in self.nodes:
+            if node.name not in changing and all(i in fixed for i in node.inputs):
+                fixed.add(node.name)
+        return frozenset(fixed - {"input"})
+
+    def needed_nodes(self, active: Iterable[str], fixed: frozenset[str]) -> tuple[list[Node], frozenset[str]]:
+        """What a pass whose ``active`` layers do its task must still run when the ``fixed``
+        nodes' outputs are known: the nodes outside ``fixed`` that are active or feed one (in
+        order), and the fixed nodes (or ``input``) they read."""
+        wanted = set(active) - fixed
+        for node in reversed(self.nodes):
+            if node.name in wanted:
+                wanted |= {i for i in node.inputs if i not in fixed and i != "input"}
+        run = [node for node in self.nodes if node.name in wanted]
+        return run, frozenset(i for node in run for i in node.inputs if i in fixed or i == "input")
+
+    def run_from(self, outs: dict, nodes: Iterable[Node], y: tf.Tensor, y_ff: tf.Tensor) -> dict:
+        """Run ``nodes`` on the outputs of the nodes they read, given in ``outs``."""
+        return run_nodes(self.layers, nodes, dict(outs), y, y_ff)
 
     def transform(self, X: tf.Tensor, y: tf.Tensor, y_ff: tf.Tensor) -> dict:
         """Every node's output of a plain forward pass (no training, no metrics)."""

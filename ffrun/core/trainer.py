@@ -4,10 +4,16 @@ A whole pass over a dataset is ONE graph call: the batch loop lives inside the g
 stays resident as tensors, and the only per-epoch host work is drawing a permutation. Graphs are
 keyed by (task, polarity, which layers are active) and built the first time they are needed, so N
 epochs of a stage trace each task exactly once.
+
+In a stage where a prefix of the network is frozen (every layer before the ones that train, e.g.
+the blocks under a softmax readout that trains alone), the frozen nodes' outputs are the same in
+every epoch of the stage: a pass whose data is fixed computes them once, keeps them per example
+within ``feature_cache_mb``, and runs only the rest of the network on them in the epoch's order.
 """
 from __future__ import annotations
 
 import collections
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -17,7 +23,9 @@ import numpy as np
 import tensorflow as tf
 
 from ffrun.core.layers import BaseFFLayer, Task, TRAIN_TASKS
-from ffrun.core.network import Network, SeqFn
+from ffrun.core.network import Network, Node, SeqFn
+
+log = logging.getLogger(__name__)
 
 #: tasks whose data is an aligned (positives, negatives) pair, stepped on together
 PAIRED_TASKS = (Task.TRAIN_PAIR, Task.TRAIN_PAIR_READOUT)
@@ -99,6 +107,12 @@ class TrainingDiverged(RuntimeError):
     """A loss or metric became NaN or Inf, or a training loss exceeded the bound (``max_loss``)."""
 
 
+#: at most this many MB of node outputs per evaluation batch. A pass holds about twice its nodes'
+#: outputs at once: cwcomp_mnist's (0.48 MB a row) took an evaluation pass 1060 MB above the memory
+#: before it at 1000 rows, 357 MB at this bound's 267 rows (peak RSS, a fresh process, random
+#: 28 x 28 images)
+EVAL_BATCH_MB = 128
+
 #: metric names that hold a training loss (per-sample means): checked against ``max_loss``
 TRAINING_LOSSES = ("loss_pos", "loss_neg", "loss")
 
@@ -122,6 +136,60 @@ class EpochResult:
                 "samples_per_s": round(self.train_samples / max(self.seconds, 1e-9), 1), **self.metrics}
 
 
+def aligned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An uninitialized array whose data starts on a 64-byte boundary, as TensorFlow's kernels
+    need of a buffer they share (``shared_tensor``)."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    buf = np.empty(nbytes + 64, np.uint8)
+    start = (-buf.ctypes.data) % 64
+    return buf[start:start + nbytes].view(dtype).reshape(shape)
+
+
+def shared_tensor(array: np.ndarray) -> tf.Tensor:
+    """A tensor on the buffer of an ``aligned_empty`` array, without a copy (DLPack). Converting a
+    381 MB float32 array with ``tf.convert_to_tensor`` took the process 782 MB more, through DLPack
+    0 MB; dtypes DLPack does not carry (bfloat16) are copied."""
+    try:
+        return tf.experimental.dlpack.from_dlpack(array.__dlpack__())
+    except (TypeError, ValueError, BufferError, tf.errors.InvalidArgumentError):
+        return tf.convert_to_tensor(array)
+
+
+@dataclass(eq=False)
+class PassCache:
+    """What a pass reuses over the epochs of a stage: the outputs of the frozen nodes it reads,
+    per example in the data's order (``features``), the nodes it still runs on them, and the
+    metric variables of the frozen nodes it scores, before and after one pass over the data."""
+
+    nodes: list[Node]
+    features: dict[str, tf.Tensor]
+    metrics: list[tuple[tf.Variable, np.ndarray, np.ndarray]]
+    nbytes: int
+    uses: int = 0
+
+    def replay_metrics(self) -> None:
+        """The frozen nodes' metrics as one pass over the data would leave them: they score the
+        same outputs every epoch."""
+        for var, before, after in self.metrics:
+            now = np.asarray(var.numpy())
+            var.assign(after if np.array_equal(now, before) else now + (after - before))
+
+
+@dataclass(eq=False)
+class StageCache:
+    """The frozen nodes of a stage and the passes that reuse their outputs (None: the pass runs
+    the whole network, as it cannot or may not reuse them)."""
+
+    fixed: frozenset[str]
+    budget: int
+    passes: dict[TaskEntry, PassCache | None] = field(default_factory=dict)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(p.nbytes for p in self.passes.values() if p is not None)
+
+
 class TrainMgr:
     """Trains ``layers`` (a dict name -> BaseFFLayer) wired by ``seq(X, y, y_ff)``.
 
@@ -135,13 +203,18 @@ class TrainMgr:
                  lr_multiplier: Callable[[int], float] | None = None,
                  progress: ProgressHook | None = None, max_loss: float = math.inf,
                  shuffle_buffer: int | None = None, drop_last: bool = False, same_order: bool = False,
-                 augment: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None):
+                 augment: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None,
+                 feature_cache_mb: float = 0, eval_batch_mb: float = EVAL_BATCH_MB):
         self.network = layers if isinstance(layers, Network) else Network(dict(layers), seq)
         self.layers = self.network.layers
         self.seq = self.network.seq
         self.tasks = [_as_entry(t) for t in tasks]
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size or max(batch_size, 1000))
+        # rows per evaluation batch: eval_batch_size, fewer when the nodes' outputs of that many
+        # rows would exceed eval_batch_mb (set by build, which sees the outputs' sizes)
+        self.eval_rows = self.eval_batch_size
+        self.eval_batch_bytes = int(eval_batch_mb * 2 ** 20)
         self.seed = int(seed)
         self.shuffle = shuffle
         # rmwkwok's tf.data pipeline, when asked for: a shuffle buffer, no partial last batch,
@@ -156,6 +229,11 @@ class TrainMgr:
         self._graphs: dict[tuple, tf.types.experimental.GenericFunction] = {}
         self._built = False
         self._base_lr = {}
+        # frozen nodes' outputs kept over a stage's epochs, at most this many bytes (0: never)
+        self.feature_cache_bytes = int(feature_cache_mb * 2 ** 20)
+        self._stage_cache: StageCache | None = None
+        #: passes run on kept outputs of frozen nodes, by pass label
+        self.cached_passes: collections.Counter = collections.Counter()
 
 
     # --- building ------------------------------------------------------------------------
@@ -165,7 +243,13 @@ class TrainMgr:
             return
         sample = sample if sample is not None else self._first_data()
         n = min(2, len(sample))
-        self.network.transform(sample.X[:n], sample.y[:n], tf.maximum(sample.y_ff[:n], 0))
+        outs = self.network.transform(sample.X[:n], sample.y[:n], tf.maximum(sample.y_ff[:n], 0))
+        outs = outs if isinstance(outs, dict) else {}   # a hand-written sequence may return nothing
+        row_bytes = sum(int(np.prod(t.shape[1:])) * t.dtype.size for t in outs.values() if isinstance(t, tf.Tensor))
+        self.eval_rows = max(1, min(self.eval_batch_size, self.eval_batch_bytes // max(row_bytes, 1)))
+        if self.eval_rows < self.eval_batch_size:
+            log.info("evaluation batches of %d rows: the nodes' outputs of eval_batch_size=%d rows would hold %.0f MB",
+                     self.eval_rows, self.eval_batch_size, self.eval_batch_size * row_bytes / 2 ** 20)
         for layer in self.layers.values():
             layer.build_optimizer()
             if layer.optimizer is not None:
@@ -214,7 +298,6 @@ class TrainMgr:
         if fn is not None:
             return fn
         task = entry.task
-        with_progress = self.progress is not None
         paired = task in PAIRED_TASKS
         with_neutral = task == Task.TRAIN_PAIR_READOUT
         hard_from = entry.hard_from if paired else None
@@ -222,11 +305,8 @@ class TrainMgr:
 
         def one_pass(X, y, y_ff, perm, Xn, yn, y_ffn, rng):
             self.trace_counts[key] += 1       # runs only while tracing
-            n = tf.shape(perm)[0]
-            batches = (n + batch_size - 1) // batch_size
-            every = tf.maximum(batches // 50, 1)
-            for i in tf.range(batches):
-                idx = perm[i * batch_size: tf.minimum((i + 1) * batch_size, n)]
+
+            def step(i, idx):
                 xb, yb, yffb = tf.gather(X, idx), tf.gather(y, idx), tf.gather(y_ff, idx)
                 batch_seed = tf.stack([rng[0], rng[1] + tf.cast(i, tf.int64)])
                 xnb = tf.gather(Xn, idx) if paired else None
@@ -243,14 +323,46 @@ class TrainMgr:
                         xs, ys, yffs = xs + [xb], ys + [yb], yffs + [tf.fill(tf.shape(yb), -1)]
                     xb, yb, yffb = tf.concat(xs, 0), tf.concat(ys, 0), tf.concat(yffs, 0)
                 self.seq(xb, yb, yffb)
-                # a py_function makes the graph wait for Python: report ~50 times a pass, not every batch
-                if with_progress and ((i + 1) % every == 0 or i + 1 == batches):
-                    tf.py_function(self._on_batch, [i + 1], [])
-            return batches
+            return self._batch_loop(perm, batch_size, step)
 
         spec = [tf.TensorSpec([None, None], tf.float32), tf.TensorSpec([None], tf.int32),
                 tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int32)]
         fn = tf.function(one_pass, input_signature=spec + spec[:3] + [tf.TensorSpec([2], tf.int64)])
+        self._graphs[key] = fn
+        return fn
+
+    def _batch_loop(self, perm: tf.Tensor, batch_size: int, step: Callable[[tf.Tensor, tf.Tensor], None]) -> tf.Tensor:
+        """In a graph: ``step(i, indices)`` for every batch of ``perm`` in order; returns the number
+        of batches."""
+        n = tf.shape(perm)[0]
+        batches = (n + batch_size - 1) // batch_size
+        every = tf.maximum(batches // 50, 1)
+        for i in tf.range(batches):
+            step(i, perm[i * batch_size: tf.minimum((i + 1) * batch_size, n)])
+            # a py_function makes the graph wait for Python: report ~50 times a pass, not every batch
+            if self.progress is not None and ((i + 1) % every == 0 or i + 1 == batches):
+                tf.py_function(self._on_batch, [i + 1], [])
+        return batches
+
+    def _cached_graph(self, key: tuple, cache: PassCache, batch_size: int):
+        """The graph of a pass on kept frozen outputs: the batches of ``perm`` gathered from them,
+        and the nodes after them run as in ``seq``."""
+        fn = self._graphs.get(key)
+        if fn is not None:
+            return fn
+        names = tuple(cache.features)
+
+        def cached_pass(features, y, y_ff, perm):
+            self.trace_counts[key] += 1       # runs only while tracing
+
+            def step(i, idx):
+                outs = {name: tf.gather(f, idx) for name, f in zip(names, features)}
+                self.network.run_from(outs, cache.nodes, tf.gather(y, idx), tf.gather(y_ff, idx))
+            return self._batch_loop(perm, batch_size, step)
+
+        spec = tuple(tf.TensorSpec([None, *f.shape[1:]], f.dtype) for f in cache.features.values())
+        fn = tf.function(cached_pass, input_signature=[spec, tf.TensorSpec([None], tf.int32),
+                                                       tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int32)])
         self._graphs[key] = fn
         return fn
 
@@ -270,7 +382,7 @@ class TrainMgr:
         training = entry.task in TRAIN_TASKS
         n = len(pos)
         perm = self.order(n, epoch, index) if training else np.arange(n, dtype=np.int32)
-        bs = self.batch_size if training else self.eval_batch_size
+        bs = self.batch_size if training else self.eval_rows
         if training and self.drop_last and n >= bs:
             perm = perm[: n - n % bs]     # rmwkwok's tf.data batching: no partial last batch
         if entry.task == Task.EVAL_ALL_LABELS:
@@ -278,16 +390,112 @@ class TrainMgr:
             # 1000 images x 10 labels would hold ~0.6 GB more activations at 4 x 2000.
             bs = max(1, bs // self.network.all_label_rows)
         key = (entry.task, pos.positive, active, bs, entry.hard_from if paired else None)
+        cache = self._pass_cache(entry, active, pos) if self._stage_cache is not None else None
         self.network.set_tasks(active, entry.task, pos.positive)
-        fn = self._graph(key, entry, active, pos.positive, bs)
+        if cache is None:
+            fn = self._graph(key, entry, active, pos.positive, bs)
+            # in-graph draws (hard labels) are keyed by (seed, epoch, pass, batch): a resumed run redraws the same
+            rng = tf.constant([self.seed, (epoch * 64 + index) * 1_000_000], tf.int64)
+            args = (pos.X, pos.y, pos.y_ff, tf.constant(perm), neg.X, neg.y, neg.y_ff, rng)
+        else:
+            if cache.uses:     # the pass that kept the outputs scored the frozen nodes itself
+                cache.replay_metrics()
+            cache.uses += 1
+            self.cached_passes[entry.label or entry.task.value] += 1
+            fn = self._cached_graph(("kept",) + key + (tuple(n.name for n in cache.nodes), tuple(cache.features)),
+                                    cache, bs)
+            args = (tuple(cache.features.values()), pos.y, pos.y_ff, tf.constant(perm))
         if self.progress is not None:
             self.progress.start_pass(entry.label or entry.task.value, math.ceil(len(perm) / bs))
-        # in-graph draws (hard labels) are keyed by (seed, epoch, pass, batch): a resumed run redraws the same
-        rng = tf.constant([self.seed, (epoch * 64 + index) * 1_000_000], tf.int64)
-        fn(pos.X, pos.y, pos.y_ff, tf.constant(perm), neg.X, neg.y, neg.y_ff, rng)
+        fn(*args)
         if self.progress is not None:
             self.progress.end_pass()
         return len(perm) * (2 if paired else 1) if training else 0
+
+    # --- frozen outputs kept over a stage --------------------------------------------------
+    def _stage_cache_for(self, trainable: frozenset[str], epochs_left: int) -> StageCache | None:
+        """The frozen nodes of a stage in which ``trainable`` train, when keeping their outputs
+        can pay: a budget, two epochs or more left, and a frozen layer with weights (one without
+        costs little to recompute)."""
+        if not self.feature_cache_bytes or epochs_left < 2:
+            return None
+        changing = frozenset().union(*(self._active(e, trainable) for e in self.tasks if e.task in TRAIN_TASKS))
+        fixed = self.network.fixed_nodes(changing)
+        if not any(self.layers[name].trainable_variables for name in fixed):
+            return None
+        return StageCache(fixed, self.feature_cache_bytes)
+
+    def _pass_cache(self, entry: TaskEntry, active: frozenset[str], data: FFData) -> PassCache | None:
+        """The kept frozen outputs of this pass in the current stage, computed at its first run;
+        None when the pass must run the whole network: its data changes between epochs (negatives
+        drawn afresh, augmented training images), it is paired or all-labels, or its outputs do
+        not fit what is left of the budget."""
+        stage = self._stage_cache
+        if entry in stage.passes:
+            return stage.passes[entry]
+        stage.passes[entry] = None
+        training = entry.task in TRAIN_TASKS
+        if callable(entry.data) or entry.task not in (Task.TRAIN_POS, Task.EVAL) or (training and self.augment is not None):
+            return None
+        nodes, reads = self.network.needed_nodes(active, stage.fixed)
+        if "input" in reads:
+            return None
+        reads = tuple(sorted(reads))
+        probe = self.network.transform(data.X[:1], data.y[:1], tf.maximum(data.y_ff[:1], 0))
+        nbytes = len(data) * sum(int(np.prod(probe[r].shape[1:])) * probe[r].dtype.size for r in reads)
+        label = entry.label or entry.task.value
+        left = stage.budget - stage.nbytes
+        if nbytes > left:
+            log.info("feature cache: %s would keep %.1f MB of frozen outputs (%s), %.1f MB of feature_cache_mb "
+                     "are left: its frozen layers run every epoch", label, nbytes / 2 ** 20, ", ".join(reads),
+                     left / 2 ** 20)
+            return None
+        cache = self._fill_cache(entry, active, data, nodes, reads)
+        stage.passes[entry] = cache
+        log.info("feature cache: %s keeps %.1f MB of frozen outputs (%s) for the stage", label, nbytes / 2 ** 20,
+                 ", ".join(reads) or "scores only")
+        return cache
+
+    def _fill_cache(self, entry: TaskEntry, active: frozenset[str], data: FFData, nodes: list[Node],
+                    reads: tuple[str, ...]) -> PassCache:
+        """One pass of the frozen nodes over ``data`` in its order, in batches of the evaluation
+        size (an evaluation pass's own batches, so its frozen nodes score exactly as before): keeps
+        the outputs in ``reads`` per example, and the metric variables of the frozen nodes it
+        scores before and after."""
+        scoring = active & self._stage_cache.fixed if entry.task == Task.EVAL else frozenset()
+        variables = [v for name in sorted(scoring) for v in self.layers[name].metric_variables()]
+        before = [np.array(v.numpy()) for v in variables]
+        self.network.set_tasks(scoring, entry.task, data.positive)
+        key = ("frozen outputs", entry.task, data.positive, scoring, reads)
+        fn = self._graphs.get(key)
+        if fn is None:
+            def frozen_outputs(X, y, y_ff):
+                # the nodes after the frozen ones only transform here, and their unused outputs are
+                # pruned from the graph; a graph with no output at all did not update the scores
+                outs = self.seq(X, y, y_ff)
+                return (tf.shape(X)[0], *(outs[r] for r in reads))
+
+            fn = tf.function(frozen_outputs, input_signature=[tf.TensorSpec([None, None], tf.float32),
+                                                              tf.TensorSpec([None], tf.int32),
+                                                              tf.TensorSpec([None], tf.int32)])
+            self._graphs[key] = fn
+        n, bs = len(data), self.eval_rows
+        kept: dict[str, np.ndarray] = {}
+        if self.progress is not None:
+            self.progress.start_pass(f"{entry.label or entry.task.value}: frozen layers", math.ceil(n / bs))
+        for start in range(0, n, bs):
+            outs = fn(data.X[start:start + bs], data.y[start:start + bs], data.y_ff[start:start + bs])
+            for name, out in zip(reads, outs[1:]):
+                if name not in kept:
+                    kept[name] = aligned_empty((n, *out.shape[1:]), out.dtype.as_numpy_dtype)
+                kept[name][start:start + bs] = out.numpy()
+            if self.progress is not None:
+                self.progress.advance(start // bs + 1)
+        if self.progress is not None:
+            self.progress.end_pass()
+        metrics = list(zip(variables, before, [np.array(v.numpy()) for v in variables]))
+        features = {name: shared_tensor(kept.pop(name)) for name in reads}
+        return PassCache(nodes, features, metrics, sum(int(np.prod(f.shape)) * f.dtype.size for f in features.values()))
 
     def order(self, n: int, epoch: int, index: int) -> np.ndarray:
         """The order of a training pass: a function of (seed, epoch, pass) only, so a resumed run
@@ -365,13 +573,17 @@ class TrainMgr:
         last = sum(int(n) for _, n in schedule)
         for stage, (names, n_epochs) in enumerate(schedule):
             trainable = self.resolve_layers(names)
-            for _ in range(int(n_epochs)):
-                epoch += 1
-                if epoch <= start_epoch:
-                    continue
-                evaluate = eval_every <= 1 or epoch % eval_every == 0 or epoch == last
-                result = self.run_epoch(epoch, trainable, stage, evaluate)
-                results.append(result)
-                if on_epoch_end is not None:
-                    on_epoch_end(result)
+            self._stage_cache = self._stage_cache_for(trainable, epoch + int(n_epochs) - max(epoch, start_epoch))
+            try:
+                for _ in range(int(n_epochs)):
+                    epoch += 1
+                    if epoch <= start_epoch:
+                        continue
+                    evaluate = eval_every <= 1 or epoch % eval_every == 0 or epoch == last
+                    result = self.run_epoch(epoch, trainable, stage, evaluate)
+                    results.append(result)
+                    if on_epoch_end is not None:   # (a test pass here may reuse the stage's kept outputs)
+                        on_epoch_end(result)
+            finally:   # the next stage trains other layers, and a caller may restore other weights
+                self._stage_cache = None
         return results

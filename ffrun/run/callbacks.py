@@ -150,16 +150,30 @@ class TensorBoard(Callback):
     #: an evenly strided sample of 2^18 values draws the same histogram for ~60 MB.
     MAX_VALUES = 1 << 18
 
+    #: images per forward pass of the histograms: all 512 at once took a CwComp run's peak up by
+    #: 490-620 MB (every map of every block held together); the sample is the same
+    CHUNK = 64
+
     def histograms(self, data, epoch: int, n: int = 512) -> None:
-        outs = self.network.transform(data.X[:n], data.y[:n], tf.maximum(data.y_ff[:n], 0))
-        with self.writer.as_default(step=epoch):
+        n = min(n, len(data))
+        values = {name: [] for name in self.network.ff_names}
+        goodness = {name: [] for name in self.network.ff_names}
+        for start in range(0, n, self.CHUNK):
+            end = min(start + self.CHUNK, n)
+            outs = self.network.transform(data.X[start:end], data.y[start:end], tf.maximum(data.y_ff[start:end], 0))
             for name in self.network.ff_names:
                 h = tf.cast(outs[name], tf.float32)
                 flat = tf.reshape(h, [tf.shape(h)[0], -1])       # a conv map: one row per image
-                values = tf.reshape(flat, [-1])
-                stride = max(1, -(-int(values.shape[0]) // self.MAX_VALUES))    # ceil: at most MAX_VALUES
-                tf.summary.histogram(f"{name}/activations", values[::stride])
-                tf.summary.histogram(f"{name}/goodness", tf.reduce_sum(tf.square(flat), -1))
+                size = int(flat.shape[1])
+                stride = max(1, -(-n * size // self.MAX_VALUES))    # ceil: at most MAX_VALUES in all
+                # every stride-th value of the n images' values, as one strided slice of them all
+                values[name].append(tf.reshape(flat, [-1])[(-start * size) % stride::stride])
+                goodness[name].append(tf.reduce_sum(tf.square(flat), -1))
+            del outs
+        with self.writer.as_default(step=epoch):
+            for name in self.network.ff_names:
+                tf.summary.histogram(f"{name}/activations", tf.concat(values[name], 0))
+                tf.summary.histogram(f"{name}/goodness", tf.concat(goodness[name], 0))
 
     def close(self) -> None:
         self.writer.close()

@@ -46,7 +46,7 @@ def train(cfg: DictConfig, run_dir: Path, console: Console | None = None,
     mgr = TrainMgr(net, None, plan.train + plan.val, batch_size=spec.batch_size, eval_batch_size=spec.eval_batch_size,
                    seed=spec.seed, shuffle=spec.shuffle, shuffle_buffer=spec.shuffle_buffer,
                    drop_last=spec.drop_last, same_order=spec.same_order, progress=progress, max_loss=spec.max_loss,
-                   augment=run.augment,
+                   augment=run.augment, feature_cache_mb=spec.feature_cache_mb,
                    lr_multiplier=lr_multiplier(spec.lr_schedule, [n for _, n in run.schedule], spec.lr_min_factor))
     mgr.build()
     acc_keys = [f"{n}/acc" for n in net.roles.readouts]
