@@ -5,6 +5,7 @@ the block's whole training step, fused (the default) and as a plain tape over th
 
 Run:  FFRUN_DATA_DIR=../shared/data python benchmarks/conv_breakdown.py experiment=cwcomp_mnist
       ... --rounds 5 --batches 20 --out conv_breakdown.json
+      ... --variants experiment=cwcomp_mnist   (also the alternatives tried and not kept)
 
 Every variant of every block is traced first, then the rounds alternate over all of them (in
 reversed order every other round), so a drifting machine slows them alike; medians per variant.
@@ -40,9 +41,11 @@ from ffrun.experiment.build import build_run  # noqa: E402
 PARTS = ("forward", "kernel_grad", "elementwise", "update")
 
 
-def _block_parts(layer: FFConv2D, x: tf.Tensor, y: tf.Tensor, batches: int) -> dict[str, Callable[[], Any]]:
+def _block_parts(layer: FFConv2D, x: tf.Tensor, y: tf.Tensor, batches: int,
+                 variants: bool = False) -> dict[str, Callable[[], Any]]:
     """One graph per part (and per whole step) of ``layer``'s training step, each looping ``batches``
-    times over the batch ``x`` (labels ``y``)."""
+    times over the batch ``x`` (labels ``y``); with ``variants`` also the alternatives that were
+    tried and not kept (the whole step under XLA; a grouped convolution with a block-diagonal kernel)."""
     conv = layer.conv
     kernel = conv.kernel
     z = conv.convolution_op(x, kernel)
@@ -94,11 +97,33 @@ def _block_parts(layer: FFConv2D, x: tf.Tensor, y: tf.Tensor, batches: int) -> d
             return tf.reduce_sum(layer.ff_do_task(x, y)[0, 0, 0, :1])
         return body
 
-    return {"forward": repeat(forward), "kernel_grad": repeat(kernel_grad), "elementwise": repeat(elementwise),
-            "update": repeat(update), "step_fused": repeat(step(True)), "step_keras": repeat(step(False))}
+    parts = {"forward": repeat(forward), "kernel_grad": repeat(kernel_grad), "elementwise": repeat(elementwise),
+             "update": repeat(update), "step_fused": repeat(step(True)), "step_keras": repeat(step(False))}
+    if not variants:
+        return parts
+    # the fused step XLA-compiled whole (convolutions included), one compiled call per batch
+    parts["step_fused_xla"] = repeat(tf.function(step(True), jit_compile=True))
+    groups = conv.groups
+    if groups > 1:
+        # a grouped convolution as ONE convolution over all channels with a block-diagonal kernel (the
+        # zero blocks add exact zeros): no split or concat, `groups` times the FLOPs
+        cin = x.shape[-1]
+        ci = cin // groups
+
+        def block_diagonal() -> tf.Tensor:
+            blocks = tf.split(kernel, groups, axis=-1)
+            return tf.concat([tf.pad(b, [[0, 0], [0, 0], [g * ci, cin - (g + 1) * ci], [0, 0]])
+                              for g, b in enumerate(blocks)], axis=-1)
+
+        def conv_block_diagonal() -> tf.Tensor:
+            with tf.GradientTape() as tape:
+                out = tf.nn.conv2d(x, block_diagonal(), conv.strides, conv.padding.upper())
+            return tape.gradient(out, kernel, output_gradients=dz)[0, 0, 0, 0]
+        parts["fwd_kgrad_block_diagonal"] = repeat(conv_block_diagonal)
+    return parts
 
 
-def breakdown(overrides: list[str], rounds: int, batches: int) -> dict[str, Any]:
+def breakdown(overrides: list[str], rounds: int, batches: int, variants: bool = False) -> dict[str, Any]:
     tf.get_logger().setLevel("ERROR")     # one graph per part and block: retracing notices are expected
     with initialize_config_module(config_module="ffrun.conf", version_base="1.3"):
         cfg = compose("config", overrides=["progress=false", *overrides])
@@ -121,7 +146,7 @@ def breakdown(overrides: list[str], rounds: int, batches: int) -> dict[str, Any]
     for name in blocks:
         layer = run.network.layers[name]
         xin = maps[inputs[name][0]]
-        for part, fn in _block_parts(layer, xin, y, batches).items():
+        for part, fn in _block_parts(layer, xin, y, batches, variants).items():
             fns[(name, part)] = fn
         kh, kw, cin_g, cout = layer.conv.kernel.shape
         ho, wo = layer.conv.convolution_op(xin[:1], layer.conv.kernel).shape[1:3]
@@ -137,8 +162,7 @@ def breakdown(overrides: list[str], rounds: int, batches: int) -> dict[str, Any]
             seconds[key].append((time.perf_counter() - t) / batches)
     rows = []
     for name in blocks:
-        med = {part: statistics.median(seconds[(name, part)]) * 1e3
-               for part in (*PARTS, "step_fused", "step_keras")}
+        med = {part: statistics.median(times) * 1e3 for (block, part), times in seconds.items() if block == name}
         conv_ms = med["forward"] + med["kernel_grad"]
         rows.append({"block": name, "ms_per_batch": {k: round(v, 3) for k, v in med.items()},
                      "conv_gflops": round(flop[name] / conv_ms / 1e6, 1),
@@ -162,6 +186,15 @@ def print_table(result: dict[str, Any]) -> None:
     tot = result["total_ms_per_batch"]
     print(f"{'all':10s}" + "".join(f"{tot[c]:13.2f}" for c in cols) + f"{'':14s}{result['conv_share_of_steps']:12.0%}")
     print(f"fused step / Keras-tape step: {result['fused_over_keras']:.2f}x")
+    for r in result["blocks"]:
+        ms = r["ms_per_batch"]
+        if "step_fused_xla" in ms:
+            print(f"{r['block']}: fused step under XLA {ms['step_fused_xla']:.2f} ms "
+                  f"({ms['step_fused_xla'] / ms['step_fused']:.2f}x the fused step)")
+        if "fwd_kgrad_block_diagonal" in ms:
+            split = ms["forward"] + ms["kernel_grad"]
+            print(f"{r['block']}: forward + kernel gradient with a block-diagonal kernel "
+                  f"{ms['fwd_kgrad_block_diagonal']:.2f} ms ({ms['fwd_kgrad_block_diagonal'] / split:.2f}x split per group)")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -169,9 +202,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batches", type=int, default=10, help="batches per timed call (one graph loop)")
     parser.add_argument("--out", help="also write the figures as JSON")
+    parser.add_argument("--variants", action="store_true",
+                        help="also time the alternatives not kept: the step under XLA, block-diagonal grouped convs")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=cwcomp_mnist")
     args = parser.parse_args(argv)
-    result = breakdown(args.overrides, args.rounds, args.batches)
+    result = breakdown(args.overrides, args.rounds, args.batches, args.variants)
     print_table(result)
     if args.out:
         with open(args.out, "w") as f:

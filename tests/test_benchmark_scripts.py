@@ -140,11 +140,13 @@ def test_bn_recalibration_recomputes_every_block_and_leaves_the_run_as_it_was(tm
 def test_conv_breakdown_times_each_part_of_each_block(tmp_path):
     """CwComp's four blocks on the 8x8 digits: every part of every block timed, and the JSON agrees."""
     import json
-    out = _run("conv_breakdown.py", "--rounds", "1", "--batches", "1", "--out", str(tmp_path / "b.json"),
+    out = _run("conv_breakdown.py", "--rounds", "1", "--batches", "1", "--variants", "--out", str(tmp_path / "b.json"),
                "experiment=cwcomp_mnist", "data=digits", "data.val_size=300")
     result = json.loads((tmp_path / "b.json").read_text())
     assert [r["block"] for r in result["blocks"]] == ["conv1", "conv2", "conv3", "conv4"]
     for row in result["blocks"]:
         assert all(row["ms_per_batch"][part] > 0 for part in ("forward", "kernel_grad", "elementwise", "update",
-                                                               "step_fused", "step_keras")), row
-    assert "conv4" in out and "fused step / Keras-tape step" in out, out
+                                                               "step_fused", "step_keras", "step_fused_xla")), row
+    grouped = {r["block"] for r in result["blocks"] if "fwd_kgrad_block_diagonal" in r["ms_per_batch"]}
+    assert grouped == {"conv2", "conv4"}                       # the preset's grouped blocks, and only they
+    assert "conv4" in out and "fused step / Keras-tape step" in out and "block-diagonal" in out, out

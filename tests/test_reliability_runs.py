@@ -163,6 +163,21 @@ def test_a_resume_that_cannot_go_ahead_writes_nothing(stopped_run, tmp_path, dam
     assert hashes(run) == before                         # results.json's status and reason included
 
 
+@pytest.mark.parametrize("extra", [[], ["epochs=4"]], ids=["plain", "extended"])
+def test_a_resume_that_fails_on_a_corrupt_checkpoint_leaves_the_folder_as_it_was(stopped_run, tmp_path, extra):
+    """Only TensorFlow can tell that a checkpoint's bytes are damaged, after Hydra has written into
+    the folder (and an extension into its config): all of that is put back."""
+    run = copy_of(stopped_run[0], tmp_path)
+    data = next((run / "checkpoints").glob("ckpt-2.data-*"))
+    data.write_bytes(bytes(len(data.read_bytes())))          # same size, every byte zero
+    before = hashes(run)
+    proc = ffrun([f"resume={run}", *extra], tmp_path)
+    assert proc.returncode != 0
+    assert one_line(proc).startswith("ffrun: ")
+    no_traceback(proc)
+    assert hashes(run) == before
+
+
 def test_resume_with_an_empty_value_is_refused(tmp_path):
     proc = ffrun(["resume="], tmp_path)
     assert proc.returncode == 2

@@ -218,22 +218,41 @@ def main() -> None:
         line, code = stop
         print(f"ffrun: {line}", file=sys.stderr if code else sys.stdout)
         sys.exit(code)
-    _lock_resumed_run(sys.argv[1:])
-    for note in renamed_preset_notes(sys.argv[1:]):   # after the checks: bad input stays one line
+    resumed = _resumed_folder(sys.argv[1:])
+    if resumed is None:
+        _print_notes(sys.argv[1:])
+        hydra_main()
+        return
+    from ffrun.run.resume import FolderSnapshot
+    found = FolderSnapshot(resumed)      # before the lock writes this process's pid into the folder
+    _lock_resumed_run(resumed)
+    _print_notes(sys.argv[1:])
+    try:
+        hydra_main()
+    except SystemExit as exc:
+        if exc.code and found.results_unchanged():   # failed before training: leave no trace
+            found.restore()
+        raise
+
+
+def _print_notes(args: list[str]) -> None:
+    for note in renamed_preset_notes(args):   # after the checks: bad input stays one line
         print(f"ffrun: {note}", file=sys.stderr)
-    hydra_main()
 
 
-def _lock_resumed_run(args: list[str]) -> None:
+def _resumed_folder(args: list[str]) -> Path | None:
+    """The folder of ``resume=<run>`` (already checked by ``resume_problem``), or None."""
+    folder = next((a.split("=", 1)[1] for a in args if a.startswith("resume=")), "null")
+    return None if folder.strip() in ("", "null") else Path(folder).expanduser().resolve()
+
+
+def _lock_resumed_run(run_dir: Path) -> None:
     """Lock the folder of ``resume=<run>`` before Hydra writes into it, for the rest of this process
     (the kernel drops the lock when the process ends); a folder in use is one line and exit 2."""
     from ffrun.errors import OutputError
     from ffrun.run.outputs import RunFolderLock
-    folder = next((a.split("=", 1)[1] for a in args if a.startswith("resume=")), "null")
-    if folder.strip() in ("", "null"):
-        return
     try:    # never released here: its descriptor stays open until the process ends, as the lock must
-        RunFolderLock(Path(folder).expanduser().resolve()).acquire()
+        RunFolderLock(run_dir).acquire()
     except OutputError as exc:
         print(f"ffrun: {exc}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)

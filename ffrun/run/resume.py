@@ -213,3 +213,39 @@ def _problem_of(run_dir: Path, given: dict[str, str]) -> tuple[str, int] | None:
         raise ConfigError(f"epochs={changed['epochs']} is fewer than the {epoch} epochs its checkpoint holds")
     _check_history(run_dir, epoch)
     return None
+
+
+class FolderSnapshot:
+    """A run folder's files as a resume found them, to put back if the resume fails before it has
+    written its results.json: Hydra writes ``.hydra_resume/``, appends to ``ffrun.log`` and an
+    accepted ``epochs=`` extension rewrites ``.hydra/config.yaml`` before TensorFlow can tell that a
+    checkpoint is corrupt or does not fit the network. Every file's bytes are kept except the
+    checkpoints' (large, and never written before an epoch has trained): new ones are removed."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.files: dict[Path, bytes | None] = {}
+        for path in folder.rglob("*"):
+            if path.is_file():
+                under_checkpoints = path.relative_to(folder).parts[0] == "checkpoints"
+                self.files[path] = None if under_checkpoints else path.read_bytes()
+        self.dirs = {p for p in folder.rglob("*") if p.is_dir()}
+
+    def results_unchanged(self) -> bool:
+        path = self.folder / "results.json"
+        try:
+            return path.read_bytes() == self.files.get(path)
+        except OSError:
+            return path not in self.files
+
+    def restore(self) -> None:
+        """Remove what is new, put back what changed; the folder is then byte-identical."""
+        for path in sorted(self.folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+            if path.is_file() and path not in self.files:
+                path.unlink()
+            elif path.is_dir() and path not in self.dirs:
+                shutil.rmtree(path, ignore_errors=True)
+        for path, data in self.files.items():
+            if data is not None and (not path.exists() or path.read_bytes() != data):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(data)
