@@ -147,6 +147,6 @@ def test_conv_breakdown_times_each_part_of_each_block(tmp_path):
     for row in result["blocks"]:
         assert all(row["ms_per_batch"][part] > 0 for part in ("forward", "kernel_grad", "elementwise", "update",
                                                                "step_fused", "step_keras", "step_fused_xla")), row
-    grouped = {r["block"] for r in result["blocks"] if "fwd_kgrad_block_diagonal" in r["ms_per_batch"]}
+    grouped = {r["block"] for r in result["blocks"] if {"fwd_kgrad_block_diagonal", "fwd_kgrad_split"} <= set(r["ms_per_batch"])}
     assert grouped == {"conv2", "conv4"}                       # the preset's grouped blocks, and only they
     assert "conv4" in out and "fused step / Keras-tape step" in out and "block-diagonal" in out, out

@@ -489,17 +489,39 @@ def _half_split(routing: Any) -> tf.Tensor | None:
 
 
 class GroupedConv2D(keras.layers.Conv2D):
-    """Keras' Conv2D with ``groups`` > 1 (the same kernel layout and results), computed as one
-    convolution per group. TensorFlow's own grouped kernel is pathological on CPU: at CwComp's
-    240 -> 480 channels, 14 x 14, groups 10, batch 128 it measured 351 ms forward and 27.6 s
-    forward + kernel gradient, against 165 ms and 0.40 s split per group (this machine, 2026-11-30,
-    with other jobs sharing the cores; the outputs are identical)."""
+    """Keras' Conv2D with ``groups`` > 1 (the same kernel layout and results), computed by whichever
+    exact form is faster at its shape. TensorFlow's own grouped kernel is pathological on CPU: at
+    CwComp's 240 -> 480 channels, 14 x 14, groups 10, batch 128 it measured 351 ms forward and 27.6 s
+    forward + kernel gradient, against 165 ms and 0.40 s split per group (Xeon (AMX), 2026-11-30,
+    other jobs sharing the cores). Of the two exact forms (benchmarks/conv_breakdown.py --variants,
+    Xeon (AMX), 2026-12-06, forward + kernel gradient per batch of 128):
+
+    - one convolution per group (split the input, concatenate the outputs) wins when each group has
+      many input channels: CwComp's conv4 (24 per group) 59.1 ms, against 317.3 ms for
+    - one convolution over all channels with a block-diagonal kernel (its zero blocks add exact
+      zeros; ``groups`` times the FLOPs, no split or concat), which wins when each group has few:
+      CwComp's conv2 (2 per group) 24.9 ms, against 28.7 ms split."""
+
+    #: input channels per group below which the block-diagonal form is used (measured: at 2 it takes
+    #: 0.87x the time of the split, at 24 5.4x)
+    BLOCK_DIAGONAL_BELOW = 8
 
     def convolution_op(self, inputs, kernel):
-        groups = self.groups
-        parts = zip(tf.split(inputs, groups, axis=-1), tf.split(kernel, groups, axis=-1))
+        if kernel.shape[-2] < self.BLOCK_DIAGONAL_BELOW:
+            return self.block_diagonal_op(inputs, kernel)
+        return self.split_op(inputs, kernel)
+
+    def split_op(self, inputs, kernel):
+        parts = zip(tf.split(inputs, self.groups, axis=-1), tf.split(kernel, self.groups, axis=-1))
         return tf.concat([tf.nn.conv2d(x, k, self.strides, self.padding.upper(), dilations=self.dilation_rate)
                           for x, k in parts], axis=-1)
+
+    def block_diagonal_op(self, inputs, kernel):
+        per = kernel.shape[-2]
+        cin = per * self.groups
+        full = tf.concat([tf.pad(k, [[0, 0], [0, 0], [g * per, cin - (g + 1) * per], [0, 0]])
+                          for g, k in enumerate(tf.split(kernel, self.groups, axis=-1))], axis=-1)
+        return tf.nn.conv2d(inputs, full, self.strides, self.padding.upper(), dilations=self.dilation_rate)
 
 
 #: pool kind -> (its Keras layer, its TF op): the Keras and the fused paths of FFConv2D
