@@ -19,3 +19,12 @@ class CheckpointError(FFRunError):
 
 class OutputError(FFRunError):
     """An output (run folder, checkpoint) cannot be written: the folder is read-only or the disk is full."""
+
+
+class RegistryError(ConfigError):
+    """A component name is unknown or taken twice, or a registered component (a plugin's, say) lacks a
+    piece its kind requires."""
+
+
+class PluginError(ConfigError):
+    """A plugin module cannot be imported, or fails while registering its components."""
