@@ -88,3 +88,17 @@ def signature_keys(obj: Callable) -> dict[str, inspect.Parameter]:
     component's config keys from its signature."""
     return {k: p for k, p in inspect.signature(obj).parameters.items()
             if k != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+
+
+def subclass_problem(name: str, obj: object, base: type, required: dict[str, str]) -> str | None:
+    """The contract of a component registered as a class: a subclass of ``base`` whose class
+    attribute ``name`` is the registered name and which defines each method of ``required``
+    (method -> its signature, for the message) itself; None when it holds."""
+    if not (isinstance(obj, type) and issubclass(obj, base)):
+        return f"must be a subclass of ffrun.api.{base.__name__}"
+    if getattr(obj, "name", None) != name:
+        return f"its class attribute name is {getattr(obj, 'name', None)!r}, not {name!r}"
+    for method, signature in required.items():
+        if getattr(obj, method) is getattr(base, method):
+            return f"must define {signature}"
+    return None

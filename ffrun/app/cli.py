@@ -14,7 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from ffrun.app.overrides import override_problem, renamed_preset_notes
+from ffrun.app.overrides import override_problem, plugin_problem, protocol_name_as_choice, renamed_preset_notes
 
 log = logging.getLogger("ffrun")
 
@@ -174,6 +174,8 @@ def _read_bytes(path: Path) -> bytes | None:
 def _train(cfg: DictConfig, run_dir: Path, overrides: list[str], resuming: bool) -> dict:
     """One job's training (a new run or a resume) with the console and logging set up for it."""
     from ffrun import _import_tensorflow_quietly
+    from ffrun.experiment.plugins import load_plugins
+    load_plugins(cfg.plugins)     # already loaded by main(); a sweep's worker process loads them here
     _import_tensorflow_quietly()
     from ffrun.run import loop, outputs, resume
     logging.getLogger("absl").setLevel(logging.WARNING)   # TF's checkpoint manager chatters at INFO
@@ -208,7 +210,9 @@ def main() -> None:
     # A full disk makes every log write fail; logging would print a traceback for each to stderr,
     # burying the one line that says what happened.
     logging.raiseExceptions = False
-    problem = override_problem(sys.argv[1:])
+    sys.argv[1:] = protocol_name_as_choice(sys.argv[1:])
+    # before the config is checked: the schema must know the plugins' protocols, datasets, losses ...
+    problem = plugin_problem(sys.argv[1:]) or override_problem(sys.argv[1:])
     if problem is not None:
         print(f"ffrun: {problem}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)

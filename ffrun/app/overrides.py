@@ -2,6 +2,8 @@
 value out of range becomes one line naming the key and the fix, before any folder is made."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from omegaconf import DictConfig
 
 _PLUGIN_EXTRAS = {"hydra/sweeper/optuna": "optuna", "hydra/launcher/joblib": "sweep",
@@ -129,9 +131,12 @@ def _compose_problem(single: list[str]) -> str | None:
         return str(exc)
     except MissingConfigException as exc:
         group, _, choice = str(exc.missing_cfg_file or "").rpartition("/")
-        options = list(exc.options or [])
+        # a protocol's <name>_schema option is its config's types, not a choice of its own
+        options = [o for o in exc.options or [] if not (group == "protocol" and o.endswith("_schema"))]
         near = difflib.get_close_matches(choice, options, n=1)
         hint = f"did you mean {group}={near[0]}? " if near else ""
+        if not near and group in ("protocol", "data"):
+            hint = f"a plugin's {group} needs its module in plugins=[...] (docs/extending.md); "
         extra = _PLUGIN_EXTRAS.get(f"{group}/{choice}")
         if extra:   # a Hydra plugin's config group appears only once the plugin is installed
             hint = f"its Hydra plugin is not installed (pip install 'ffrun[{extra}]'); "
@@ -172,3 +177,65 @@ def _keys_without(overrides: list[str], bad: str) -> list[str]:
         except Exception:  # noqa: BLE001 - a second bad override: fall back to the defaults
             continue
     return []
+
+
+#: overrides that choose YAML files, which may list plugins; the others cannot, and may name a
+#: plugin's protocol or dataset that does not compose until the plugin is loaded
+_PLUGIN_SOURCES = ("plugins", "experiment", "debug", "hparams_search", "hydra.searchpath")
+
+
+def protocol_name_as_choice(args: list[str]) -> list[str]:
+    """``protocol.name=<name>`` as ``protocol=<name>``: the protocol's keys are typed by its own
+    config, which only choosing the option composes (a plugin's protocol has no other key to set)."""
+    return [f"protocol={a.split('=', 1)[1]}" if a.startswith("protocol.name=") else a for a in args]
+
+
+def requested_plugins(args: list[str]) -> list[str]:
+    """The ``plugins`` of every job of ``args``: a ``plugins=[...]`` override, else the composed
+    config's list (config.yaml, an experiment preset), else those of the run a ``resume=`` continues."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    overrides = [a for a in args if "=" in a and not a.startswith("-")]
+    try:
+        jobs = _job_overrides(overrides)
+    except Exception:  # noqa: BLE001 - an override that does not parse: override_problem reports it
+        return []
+    found: list[str] = []
+    composed: set[tuple[str, ...]] = set()
+    for job in jobs:
+        given = [o for o in job if o.lstrip("+").split("=", 1)[0] == "plugins"]
+        if given:
+            value = OverridesParser.create().parse_overrides(given[-1:])[0].value()
+            found += [str(v) for v in (value if isinstance(value, list) else [value])]
+            continue
+        picked = tuple(o for o in job if o.lstrip("+~").split("=", 1)[0] in _PLUGIN_SOURCES)
+        if picked in composed:
+            continue
+        composed.add(picked)
+        try:
+            with initialize_config_module(config_module="ffrun.conf", version_base="1.3"):
+                found += list(compose("config", overrides=list(picked)).plugins or [])
+        except Exception:  # noqa: BLE001 - the full check composes again and names the problem
+            continue
+    resumed = next((o.split("=", 1)[1].strip() for o in overrides if o.startswith("resume=")), "")
+    saved = Path(resumed).expanduser() / ".hydra" / "config.yaml"
+    if resumed not in ("", "null") and saved.is_file():
+        try:
+            found += list(OmegaConf.load(saved).get("plugins") or [])
+        except Exception:  # noqa: BLE001 - a damaged saved config: resume_problem names it
+            pass
+    return list(dict.fromkeys(found))
+
+
+def plugin_problem(args: list[str]) -> str | None:
+    """Load the installed plugins and those ``args`` ask for (:func:`requested_plugins`); one line
+    saying why one cannot be loaded, or None."""
+    from ffrun.errors import FFRunError
+    from ffrun.experiment.plugins import load_plugins
+    try:
+        load_plugins(requested_plugins(args))
+    except FFRunError as exc:
+        return str(exc)
+    return None

@@ -25,6 +25,7 @@ from typing import Any, Iterator
 
 from ffrun.errors import ConfigError
 from ffrun.experiment import schema
+from ffrun.experiment.protocols import PROTOCOLS
 
 #: the YAML files whose comments describe keys, and the key prefix of their package
 COMMENTED_FILES = (("config.yaml", ""), ("model/ff.yaml", "model."), ("data/mnist.yaml", "data."),
@@ -263,7 +264,8 @@ def render() -> str:
         lines.append(f"| `{name}` | {', '.join(node.required) or '-'} | {', '.join(node.optional) or '-'} | "
                      f"{node.takes or 'either'} | {node.gives} |")
 
-    for name, cls in schema.PROTOCOL_SCHEMAS.items():
+    for name, protocol in PROTOCOLS.items():
+        cls = protocol.config
         protocol_comments = _yaml_comments(_conf_text(f"protocol/{name}.yaml"), "protocol.")
         intro = _yaml_intro(_conf_text(f"protocol/{name}.yaml"))
         lines += ["", f"## `protocol={name}`", "", intro, ""]

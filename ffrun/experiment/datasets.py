@@ -1,5 +1,6 @@
 """Image datasets as flat float32 arrays: MNIST (or any npz in its layout), Fashion-MNIST, CIFAR-10
-and scikit-learn's 8x8 digits.
+and scikit-learn's 8x8 digits, each a :class:`Dataset` registered by name in :data:`DATASETS`
+(``data=<name>``); a plugin registers its own the same way.
 
 Loading order for MNIST: ``data.path``, then ``$FFRUN_DATA_DIR/mnist.npz``, then Keras' download
 (only for users with internet). Fashion-MNIST and CIFAR-10 are read from the files Keras keeps in
@@ -18,11 +19,12 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, ClassVar
 
 import numpy as np
 
 from ffrun.errors import DataError
+from ffrun.registry import Registry, subclass_problem
 
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 DATA_DIR_ENV = "FFRUN_DATA_DIR"
@@ -109,11 +111,6 @@ class DataPeek:
     train_images: int | None           # training images before the validation hold-out; None: unknown
 
 
-#: image shape and training-set size of the datasets whose shape is fixed (Keras' downloads, digits)
-KNOWN_SHAPES = {"mnist": ((28, 28, 1), 60000), "fashion_mnist": ((28, 28, 1), 60000),
-                "cifar10": ((32, 32, 3), 50000), "digits": ((8, 8, 1), 1438)}
-
-
 def available_memory() -> int | None:
     """Bytes of memory a new process can use: /proc/meminfo's MemAvailable (which counts the page
     cache that would be freed), else the free physical pages; None where neither is known."""
@@ -181,38 +178,11 @@ def check_npz_memory(path: Path, headers: dict[str, tuple[tuple[int, ...], np.dt
 
 def peek_data(name: str, path: str | None, train_size: int | None = None,
               available: int | None = None) -> DataPeek | None:
-    """A dataset's image shape and size, read cheaply before a run: a fixed dataset's known shape,
-    or an npz's headers (not its pixels), which are also checked against ``available`` memory.
-    None when the files will only be known at load (a folder copy, an unreadable npz: the loader
-    then names the problem). Raises DataError for a path that cannot be right (a missing file or
-    folder, a directory where a file is expected)."""
-    peek: DataPeek | None = None
-    if name == "digits":
-        peek = DataPeek("scikit-learn digits", *KNOWN_SHAPES["digits"])
-    elif name in ("mnist", "npz"):
-        if name == "npz" and not path:
-            raise DataError("data=npz needs data.path=<file.npz> with keys x_train, y_train, x_test, y_test")
-        file = resolve_mnist_path(path)
-        if file is None:
-            peek = DataPeek("Keras' MNIST download", *KNOWN_SHAPES["mnist"])
-        elif not file.is_file():
-            raise DataError(f"data file not found: {file} (set data.path=... or {DATA_DIR_ENV}=<folder with mnist.npz>)")
-        else:
-            headers = npz_headers(file)
-            check_npz_memory(file, headers, available)
-            shape = headers.get("x_train", ((),))[0]
-            if len(shape) >= 2 and all(d > 0 for d in shape[1:]):
-                # as load_splits reads it: (N, D) is a D x 1 image; every axis after W is a channel
-                image = (shape[1], shape[2] if len(shape) >= 3 else 1, math.prod(shape[3:]))
-                peek = DataPeek(str(file), image, shape[0])
-    elif name in ("fashion_mnist", "cifar10"):
-        folders = (FASHION_MNIST_DIR,) if name == "fashion_mnist" else (CIFAR10_DIR, f"{CIFAR10_KERAS_DIR}/{CIFAR10_DIR}")
-        files = tuple(n for split in FASHION_MNIST_FILES.values() for n in split) if name == "fashion_mnist" \
-            else (*CIFAR10_TRAIN_FILES, CIFAR10_TEST_FILE)
-        image, count = KNOWN_SHAPES[name]
-        # a local copy may be a subset: its image size is fixed by the format, its count is not
-        local = resolve_dataset_dir(path, folders, files) is not None
-        peek = DataPeek(name, image, None if local else count)
+    """A dataset's image shape and size, read cheaply before a run (its :meth:`Dataset.peek`),
+    the training images capped at ``train_size``. None when the files will only be known at load
+    (the loader then names any problem). Raises DataError for a path that cannot be right (a
+    missing file or folder, a directory where a file is expected)."""
+    peek = DATASETS.get(name)().peek(path, available)
     if peek is not None and train_size and peek.train_images is not None:
         peek.train_images = min(peek.train_images, train_size)
     return peek
@@ -588,25 +558,10 @@ def load_splits(name: str, path: str | None = None, val_size: int = 0, normalize
 
     ``num_classes`` (data.num_classes): labels must lie in [0, num_classes); None infers max label + 1.
     """
-    if name == "digits":
-        source = "scikit-learn digits"
-        x_train, y_train, x_test, y_test = validate_arrays(source, _load_digits(), num_classes)
-        scale = 16.0
-    elif name in ("mnist", "npz"):
-        if name == "npz" and not path:
-            raise DataError("data=npz needs data.path=<file.npz> with keys x_train, y_train, x_test, y_test")
-        local = resolve_mnist_path(path)
-        source = str(local) if local else "Keras' MNIST download"
-        x_train, y_train, x_test, y_test = (load_npz(local, num_classes) if local
-                                            else validate_arrays(source, _download_mnist(), num_classes))
-        scale = pixel_scale(source, x_train, x_test)
-    elif name in ("fashion_mnist", "cifar10"):
-        load = _load_fashion_mnist if name == "fashion_mnist" else _load_cifar10
-        x_train, y_train, x_test, y_test = load(path, num_classes)
-        source = name
-        scale = 255.0   # both are uint8 (checked by the readers; Keras' download is uint8 too)
-    else:
-        raise DataError(f"unknown dataset {name!r}; choose mnist, npz, digits, fashion_mnist or cifar10")
+    dataset = DATASETS.get(name)()
+    source = dataset.source(path)
+    x_train, y_train, x_test, y_test = validate_arrays(source, dataset.load(path, num_classes), num_classes)
+    scale = dataset.scale if dataset.scale is not None else pixel_scale(source, x_train, x_test)
     image_shape = tuple(x_train.shape[1:3]) if x_train.ndim >= 3 else (int(x_train.shape[1]), 1)
     # (N, H, W, C): C channels; every trailing axis counts, so that H * W * channels == input_dim always
     channels = math.prod(x_train.shape[3:]) if x_train.ndim >= 4 else 1
@@ -634,3 +589,148 @@ def load_splits(name: str, path: str | None = None, val_size: int = 0, normalize
     if num_classes is None:
         num_classes = int(max(y_train.max(), y_test.max())) + 1
     return ImageSplits(name, x_train, y_train, x_val, y_val, x_test, y_test, num_classes, image_shape, channels)
+
+
+class Dataset:
+    """An image dataset ffrun loads by name (``data=<name>`` or ``data.name=<name>``).
+
+    A subclass sets ``name``, defines :meth:`load`, and is registered with
+    ``@DATASETS.register()``. :func:`load_splits` validates what ``load`` returns
+    (:func:`validate_arrays`), scales the pixels to [0, 1], flattens the images and holds out the
+    validation set. ``peek`` lets the CLI check shapes and memory before a run folder is made."""
+
+    name: ClassVar[str]
+    #: ``data.<key>`` values that ``data=<name>`` sets when conf/data/ has no YAML file for it
+    defaults: ClassVar[dict[str, Any]] = {}
+    #: what the pixels are divided by to lie in [0, 1]; None: from their dtype and range (:func:`pixel_scale`)
+    scale: ClassVar[float | None] = None
+
+    def load(self, path: str | None, num_classes: int | None) -> tuple[np.ndarray, ...]:
+        """x_train, y_train, x_test, y_test: images (N, H, W[, C]) or (N, D), integer labels
+        (``data.path`` and ``data.num_classes`` as given); a problem is a :class:`DataError`."""
+        raise NotImplementedError
+
+    def source(self, path: str | None) -> str:
+        """What messages call the data (a file, a folder or the dataset's name)."""
+        return str(path) if path else self.name
+
+    def peek(self, path: str | None, available: int | None) -> DataPeek | None:
+        """The image shape and training-set size without reading the pixels, or None when only
+        loading can tell (``available``: bytes of memory, to refuse a file that cannot fit)."""
+        return None
+
+
+def _dataset_contract(name: str, cls: Any) -> str | None:
+    problem = subclass_problem(name, cls, Dataset, {"load": "load(path, num_classes) -> (x_train, y_train, x_test, y_test)"})
+    if problem:
+        return problem
+    if not isinstance(cls.defaults, dict) or "name" in cls.defaults or not all(isinstance(k, str) for k in cls.defaults):
+        return f"its defaults must map data keys (not name) to values, got {cls.defaults!r}"
+    return None
+
+
+#: the datasets by name: ``data=<name>`` picks one
+DATASETS: Registry[type[Dataset]] = Registry("dataset", contract=_dataset_contract)
+
+
+@DATASETS.register()
+class Mnist(Dataset):
+    """``data.path``, else ``$FFRUN_DATA_DIR/mnist.npz``, else Keras' download."""
+
+    name = "mnist"
+
+    def source(self, path: str | None) -> str:
+        local = self._file(path)
+        return str(local) if local else "Keras' MNIST download"
+
+    def _file(self, path: str | None) -> Path | None:
+        return resolve_mnist_path(path)
+
+    def load(self, path: str | None, num_classes: int | None) -> tuple[np.ndarray, ...]:
+        local = self._file(path)
+        return load_npz(local, num_classes) if local else _download_mnist()
+
+    def peek(self, path: str | None, available: int | None) -> DataPeek | None:
+        file = self._file(path)
+        if file is None:
+            return DataPeek("Keras' MNIST download", (28, 28, 1), 60000)
+        if not file.is_file():
+            raise DataError(f"data file not found: {file} (set data.path=... or {DATA_DIR_ENV}=<folder with mnist.npz>)")
+        headers = npz_headers(file)
+        check_npz_memory(file, headers, available)
+        shape = headers.get("x_train", ((),))[0]
+        if len(shape) >= 2 and all(d > 0 for d in shape[1:]):
+            # as load_splits reads it: (N, D) is a D x 1 image; every axis after W is a channel
+            return DataPeek(str(file), (shape[1], shape[2] if len(shape) >= 3 else 1, math.prod(shape[3:])), shape[0])
+        return None
+
+
+@DATASETS.register()
+class Npz(Mnist):
+    """Any npz in Keras' mnist.npz layout: ``data.path`` is required."""
+
+    name = "npz"
+
+    def _file(self, path: str | None) -> Path | None:
+        if not path:
+            raise DataError("data=npz needs data.path=<file.npz> with keys x_train, y_train, x_test, y_test")
+        return resolve_mnist_path(path)
+
+
+@DATASETS.register()
+class Digits(Dataset):
+    """scikit-learn's bundled 8x8 digits (pixels 0..16)."""
+
+    name = "digits"
+    scale = 16.0
+
+    def source(self, path: str | None) -> str:
+        return "scikit-learn digits"
+
+    def load(self, path: str | None, num_classes: int | None) -> tuple[np.ndarray, ...]:
+        return _load_digits()
+
+    def peek(self, path: str | None, available: int | None) -> DataPeek | None:
+        return DataPeek("scikit-learn digits", (8, 8, 1), 1438)
+
+
+class _KerasCache(Dataset):
+    """A dataset Keras keeps in its cache: ``data.path`` (the folder), else a copy of that cache's
+    folder in ``$FFRUN_DATA_DIR``, else Keras' download. Its pixels are uint8 (checked by the
+    readers; Keras' download is uint8 too)."""
+
+    scale = 255.0
+    folders: ClassVar[tuple[str, ...]]
+    files: ClassVar[tuple[str, ...]]
+    image: ClassVar[tuple[int, int, int]]
+    train_images: ClassVar[int]
+
+    def source(self, path: str | None) -> str:
+        return self.name
+
+    def peek(self, path: str | None, available: int | None) -> DataPeek | None:
+        # a local copy may be a subset: its image size is fixed by the format, its count is not
+        local = resolve_dataset_dir(path, self.folders, self.files) is not None
+        return DataPeek(self.name, self.image, None if local else self.train_images)
+
+
+@DATASETS.register()
+class FashionMnist(_KerasCache):
+    name = "fashion_mnist"
+    folders = (FASHION_MNIST_DIR,)
+    files = tuple(n for split in FASHION_MNIST_FILES.values() for n in split)
+    image, train_images = (28, 28, 1), 60000
+
+    def load(self, path: str | None, num_classes: int | None) -> tuple[np.ndarray, ...]:
+        return _load_fashion_mnist(path, num_classes)
+
+
+@DATASETS.register()
+class Cifar10(_KerasCache):
+    name = "cifar10"
+    folders = (CIFAR10_DIR, f"{CIFAR10_KERAS_DIR}/{CIFAR10_DIR}")
+    files = (*CIFAR10_TRAIN_FILES, CIFAR10_TEST_FILE)
+    image, train_images = (32, 32, 3), 50000
+
+    def load(self, path: str | None, num_classes: int | None) -> tuple[np.ndarray, ...]:
+        return _load_cifar10(path, num_classes)

@@ -19,7 +19,9 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-from ffrun.errors import ConfigError
+from ffrun.errors import ConfigError, RegistryError
+from ffrun.experiment.datasets import DATASETS
+from ffrun.experiment.protocols import PROTOCOLS, Splitting, check_negatives
 
 
 class Mode(StrEnum):
@@ -38,24 +40,10 @@ class StepChoice(StrEnum):
     same_step = "same_step"
 
 
-class Splitting(StrEnum):
-    random = "random"
-    same = "same"
-    none = "none"
-
-
 class LRSchedule(StrEnum):
     constant = "constant"
     linear_cooldown = "linear_cooldown"
     cosine = "cosine"
-
-
-class DataName(StrEnum):
-    mnist = "mnist"
-    npz = "npz"
-    digits = "digits"
-    fashion_mnist = "fashion_mnist"
-    cifar10 = "cifar10"
 
 
 class Normalize(StrEnum):
@@ -87,25 +75,6 @@ class OverlayMode(StrEnum):
 class ReadoutType(StrEnum):
     softmax = "softmax"
     goodness = "goodness"
-
-
-class NegLabels(StrEnum):
-    once = "once"
-    every_epoch = "every_epoch"
-
-
-class Negatives(StrEnum):
-    uniform = "uniform"
-    hard = "hard"
-    hard_batch = "hard_batch"
-
-
-class ProtocolName(StrEnum):
-    five_digits = "five_digits"
-    split = "split"
-    wrong_label = "wrong_label"
-    hybrid = "hybrid"
-    competitive = "competitive"
 
 
 #: FF losses by name (ffrun.core.losses.LOSSES; listed here so the check runs without TensorFlow,
@@ -207,7 +176,7 @@ class AugmentConfig:
 
 @dataclass
 class DataConfig:
-    name: DataName = DataName.mnist
+    name: str = "mnist"            # a registered dataset (datasets.DATASETS, or a plugin's)
     path: Optional[str] = None
     val_size: int = 10000
     normalize: Normalize = Normalize.none
@@ -217,6 +186,10 @@ class DataConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)   # training passes only
 
     def __post_init__(self) -> None:
+        try:
+            DATASETS.get(self.name)
+        except RegistryError as exc:
+            raise ConfigError(f"data.name: {exc}") from None
         _at_least(self.val_size, 0, "data.val_size")
         _at_least(self.train_size, 1, "data.train_size")
         _at_least(self.test_size, 1, "data.test_size")
@@ -429,33 +402,6 @@ def check_roles(nodes: dict[str, dict], supervised: bool) -> None:
         if len(flipped) > 1:
             raise ConfigError(f"readout {name}: its inputs mix losses that point goodness opposite ways "
                               f"(flipped and not); sum layers of one orientation")
-
-
-def check_negatives(negatives: str, pairing: str, has_softmax: bool) -> None:
-    """Hard negatives are drawn from the network's own softmax readout; per batch only in a paired step.
-    Only protocol wrong_label has the key (``negatives``)."""
-    if negatives != Negatives.uniform and not has_softmax:
-        raise ConfigError(f"protocol.negatives={negatives} draws wrong labels from the network's softmax "
-                          f"readout: the model needs a softmax node (model.readouts or model.layers)")
-    if negatives == Negatives.hard_batch and pairing != StepChoice.same_step:
-        raise ConfigError("negatives=hard_batch draws each batch's wrong labels in the pos+neg step: it needs "
-                          "pairing=same_step")
-
-
-def check_protocol_mode(protocol: Any, supervised: bool, num_classes: int | None = None) -> None:
-    """The modes a protocol can run in, and the classes it names (its typed config; ``num_classes``:
-    the data's, None when inferred at load). protocols.Protocol.check calls it too."""
-    name = protocol.name
-    if name == ProtocolName.five_digits and num_classes is not None and max(protocol.positive_classes) >= num_classes:
-        raise ConfigError(f"protocol.positive_classes must be classes of 0..{num_classes - 1}, "
-                          f"got {list(protocol.positive_classes)}")
-    if name == ProtocolName.wrong_label and not supervised:
-        raise ConfigError("protocol wrong_label needs the label in the input: use mode=sup")
-    if name == ProtocolName.hybrid and supervised:
-        raise ConfigError("protocol hybrid is the unsupervised recipe: use mode=unsup")
-    if name == ProtocolName.split and protocol.splitting == Splitting.none and not supervised:
-        raise ConfigError("splitting=none is supervised only: unsup negatives use the units the "
-                          "sample's class does NOT own, which would be none")
 
 
 def build_schedule(schedule: Any) -> list[tuple[Any, int]]:
@@ -678,52 +624,6 @@ class ModeConfig:
 
 
 @dataclass
-class FiveDigitsProtocol:
-    name: ProtocolName = ProtocolName.five_digits
-    positive_classes: List[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
-    neg_labels: NegLabels = NegLabels.once
-
-    def __post_init__(self) -> None:
-        classes = list(self.positive_classes)
-        if len(classes) < 2 or len(set(classes)) != len(classes) or min(classes) < 0:
-            raise ConfigError(f"protocol.positive_classes must be >= 2 distinct classes >= 0, got {classes}")
-
-
-@dataclass
-class SplitProtocol:
-    name: ProtocolName = ProtocolName.split
-    splitting: Splitting = Splitting.random
-    route_seed: int = 0
-    neg_labels: NegLabels = NegLabels.once
-
-
-@dataclass
-class WrongLabelProtocol:
-    name: ProtocolName = ProtocolName.wrong_label
-    neg_labels: NegLabels = NegLabels.every_epoch
-    negatives: Negatives = Negatives.uniform
-
-
-@dataclass
-class HybridProtocol:
-    name: ProtocolName = ProtocolName.hybrid
-    blur_steps: int = 6
-
-    def __post_init__(self) -> None:
-        _at_least(self.blur_steps, 0, "protocol.blur_steps")
-
-
-@dataclass
-class CompetitiveProtocol:
-    name: ProtocolName = ProtocolName.competitive
-
-
-PROTOCOL_SCHEMAS = {"five_digits": FiveDigitsProtocol, "split": SplitProtocol,
-                    "wrong_label": WrongLabelProtocol, "hybrid": HybridProtocol,
-                    "competitive": CompetitiveProtocol}
-
-
-@dataclass
 class CheckpointConfig:
     every: int = 10
     keep: int = 2
@@ -748,7 +648,7 @@ class FFRunConfig:
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    protocol: Any = None          # typed by its option's own schema (PROTOCOL_SCHEMAS)
+    protocol: Any = None          # typed by its protocol's own config (protocols.PROTOCOLS)
     mode: ModeConfig = field(default_factory=ModeConfig)
     schedule: Any = None          # [[layers, epochs], ...]; checked before a run folder is made
     seed: int = 0
@@ -777,6 +677,8 @@ class FFRunConfig:
     tensorboard: TensorBoardConfig = field(default_factory=TensorBoardConfig)
     stop_after_epoch: Optional[int] = None
     resume: Optional[str] = None
+    # modules imported before the config is checked, to register their components (docs/extending.md)
+    plugins: List[str] = field(default_factory=list)
     # MB for the outputs of frozen layers kept over a stage's epochs (0: recompute them every
     # epoch): per pass whose data is fixed (no augmentation, no negatives drawn per epoch), while
     # the budget lasts; the curve stays the same (see ffrun.core.trainer)
@@ -823,8 +725,6 @@ class FFRunConfig:
             raise ConfigError(f"{where}model.loss={name} compares each positive with its aligned negative: it needs "
                               f"pairing=same_step (and a protocol with aligned pairs: split, wrong_label or hybrid)")
         protocol = getattr(self.protocol, "name", None)
-        if self.pairing == StepChoice.same_step and protocol == ProtocolName.five_digits:
-            raise ConfigError("protocol five_digits has unequal positive and negative sets: use pairing=separate")
         self._check_competitive(losses, protocol)
         self._check_run()
 
@@ -841,15 +741,13 @@ class FFRunConfig:
         if self.mode.name == Mode.bp or self.protocol is None:
             return
         supervised = self.mode.name == Mode.sup
-        check_protocol_mode(self.protocol, supervised, self.data.num_classes)
         nodes = network_nodes(self.model, supervised)
         if self.model.layers is None:
             check_graph(nodes)
         check_roles(nodes, supervised)
-        if self.protocol.name == ProtocolName.split and any(spec["type"] in ("conv2d", "pool") for spec in nodes.values()):
-            raise ConfigError("protocol split routes the units of dense layers; a graph with conv layers cannot use it")
-        check_negatives(getattr(self.protocol, "negatives", Negatives.uniform), self.pairing,
-                        any(spec["type"] == "softmax" for spec in nodes.values()))
+        PROTOCOLS.get(self.protocol.name).check_config(
+            self.protocol, supervised=supervised, num_classes=self.data.num_classes, pairing=str(self.pairing),
+            node_types=tuple(spec["type"] for spec in nodes.values()))
         readouts = [n for n, spec in nodes.items() if spec["type"] in ("softmax", "goodness", "classes")]
         if self.primary_readout is not None and self.primary_readout not in readouts:
             raise ConfigError(f"primary_readout {self.primary_readout!r} is not a readout; readouts are {readouts}")
@@ -878,7 +776,7 @@ class FFRunConfig:
         competitive, and that protocol's FF layers all need one (it makes no negatives), with the
         label never in the input."""
         where = lambda node: f"model.layers.{node}.loss" if node else "model.loss"
-        if protocol != ProtocolName.competitive:
+        if protocol != "competitive":
             for node, name in losses.items():
                 if name in CLASS_LOSSES:
                     raise ConfigError(f"{where(node)}={name} trains each class's group of units on the label, "
@@ -931,9 +829,9 @@ class FFRunConfig:
 def network_classes(spec: FFRunConfig) -> int | None:
     """The classes the network's label overlay and readouts have (protocols.Protocol.num_classes):
     five_digits labels its positive classes only; None: inferred from the labels at load."""
-    if getattr(spec.protocol, "name", None) == ProtocolName.five_digits:
-        return len(spec.protocol.positive_classes)
-    return spec.data.num_classes
+    if spec.protocol is None:
+        return spec.data.num_classes
+    return PROTOCOLS.get(spec.protocol.name).network_classes(spec.protocol, spec.data.num_classes)
 
 
 def check_shapes(spec: FFRunConfig, image: tuple[int, int, int], num_classes: int | None) -> dict[str, int]:
@@ -962,9 +860,8 @@ def check_before_run(spec: FFRunConfig) -> None:
                           f"({peek.source}: {n} training images)")
     if spec.mode.name == Mode.bp:
         return
-    if getattr(spec.protocol, "name", None) == ProtocolName.hybrid and peek.image[2] != 1:
-        raise ConfigError(f"protocol hybrid needs 2-D images (one channel); {peek.source} has "
-                          f"{'x'.join(map(str, peek.image))} images")
+    if spec.protocol is not None:
+        PROTOCOLS.get(spec.protocol.name).check_image(spec.protocol, peek.image, peek.source)
     weights = check_shapes(spec, peek.image, network_classes(spec))
     if available is None:
         return
@@ -995,14 +892,23 @@ def register_resolvers() -> None:
 
 def register_configs(store: ConfigStore | None = None) -> None:
     """Put the schemas where conf/ names them: ``ffrun_schema`` at the top of config.yaml's defaults,
-    ``<option>_schema`` at the top of each protocol option's defaults; and the config's resolvers.
-    conf/__init__.py calls it, so composing ffrun.conf from anywhere (the CLI, tests, a notebook)
-    finds both."""
+    ``<protocol>_schema`` (each registered protocol's config) at the top of each protocol option's
+    defaults; and the config's resolvers. A registered protocol or dataset without a YAML file in
+    conf/ (a plugin's) is stored as an option of its group, so that ``protocol=<name>`` and
+    ``data=<name>`` compose from its defaults alone. conf/__init__.py calls it, and so does loading
+    plugins, so composing ffrun.conf from anywhere (the CLI, tests, a notebook) finds them all."""
+    from importlib.resources import files
     register_resolvers()
     store = store or ConfigStore.instance()
     store.store(name="ffrun_schema", node=FFRunConfig)
-    for name, node in PROTOCOL_SCHEMAS.items():
-        store.store(group="protocol", name=f"{name}_schema", node=node)
+    conf = files("ffrun.conf")
+    for name, protocol in PROTOCOLS.items():
+        store.store(group="protocol", name=f"{name}_schema", node=protocol.config)
+        if not conf.joinpath("protocol", f"{name}.yaml").is_file():
+            store.store(group="protocol", name=name, node=protocol.config)
+    for name, dataset in DATASETS.items():
+        if not conf.joinpath("data", f"{name}.yaml").is_file():
+            store.store(group="data", name=name, node={"name": name, **dataset.defaults})
 
 
 def typed(cfg: DictConfig) -> FFRunConfig:
@@ -1013,19 +919,24 @@ def typed(cfg: DictConfig) -> FFRunConfig:
     with open_dict(cfg):
         cfg.pop("hydra", None)
     try:
+        name = OmegaConf.select(cfg, "protocol.name")
+        protocol = PROTOCOLS.get(str(name)).config if name is not None else None
         if OmegaConf.get_type(cfg) is not FFRunConfig:
             # a config saved by a run (plain YAML): lay it over the schema, as composing would
-            proto = PROTOCOL_SCHEMAS.get(str(OmegaConf.select(cfg, "protocol.name")))
             base = OmegaConf.structured(FFRunConfig)
-            if proto is not None:
-                base.protocol = OmegaConf.structured(proto)
+            if protocol is not None:
+                base.protocol = OmegaConf.structured(protocol)
             cfg = OmegaConf.merge(base, cfg)
+        elif protocol is not None and OmegaConf.get_type(cfg.protocol) not in (protocol, dict):
+            # the keys were typed by another protocol's config: they would not be this one's
+            raise ConfigError(f"protocol.name={name} names another protocol than the one composed "
+                              f"({OmegaConf.get_type(cfg.protocol).__qualname__}'s keys): choose it with protocol={name}")
         obj = OmegaConf.to_object(cfg)
     except ConfigError:
         raise
     except Exception as exc:  # noqa: BLE001 - OmegaConf's validation errors: one line each
         raise ConfigError(" ".join(str(exc).split("\n")[0].split())) from None
-    if isinstance(obj.protocol, dict):   # a protocol without a schema (e.g. a user's +protocol=...)
-        raise ConfigError(f"protocol {obj.protocol.get('name')!r} has no schema; choices: "
-                          f"{', '.join(PROTOCOL_SCHEMAS)}")
+    if isinstance(obj.protocol, dict):   # a protocol option without its config (e.g. a user's +protocol=...)
+        raise ConfigError(f"protocol {obj.protocol.get('name')!r} has no config; registered protocols: "
+                          f"{', '.join(PROTOCOLS.names())}")
     return obj

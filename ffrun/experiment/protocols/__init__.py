@@ -1,41 +1,46 @@
 """Data protocols, chosen by name from a registry: which samples are positive, how negatives are
-made, and the passes of an epoch (``make_plan``). A new protocol is one module with a Protocol
-subclass, one entry in ``PROTOCOLS`` and one schema in ``experiment/schema.py``."""
+made, and the passes of an epoch (``make_plan``). A protocol is one module: a Protocol subclass
+with its config dataclass, registered with ``@PROTOCOLS.register()`` (a plugin's module the same
+way). Importing this package registers the built-in ones; it does not import TensorFlow, so the
+schema reads the registry in the checks that run before a run folder is made."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
-import tensorflow as tf
 
-from ffrun.core.network import Roles
-from ffrun.core.trainer import FFData
 from ffrun.errors import ConfigError
 from ffrun.experiment.datasets import ImageSplits
-from ffrun.experiment.protocols.base import (Plan, PerEpoch, Protocol, hard_wrong_labels, make_entries, neutral,
+from ffrun.experiment.protocols.base import (PROTOCOLS, NegLabels, Negatives, Plan, PerEpoch, Protocol,
+                                             check_negatives, hard_wrong_labels, make_entries, neutral,
                                              wrong_labels, _eval_splits)
 from ffrun.experiment.protocols.competitive import Competitive
 from ffrun.experiment.protocols.five_digits import FiveDigits
 from ffrun.experiment.protocols.hybrid import Hybrid, hybrid_images
-from ffrun.experiment.protocols.split import Split, routing_matrices
+from ffrun.experiment.protocols.split import Split, Splitting, routing_matrices
 from ffrun.experiment.protocols.wrong_label import WrongLabel
-from ffrun.experiment.schema import check_negatives
 
-PROTOCOLS: dict[str, type[Protocol]] = {p.name: p for p in (FiveDigits, Split, WrongLabel, Hybrid, Competitive)}
+if TYPE_CHECKING:
+    from ffrun.core.network import Roles
+    from ffrun.core.trainer import FFData
 
-__all__ = ["PROTOCOLS", "Plan", "PerEpoch", "Protocol", "hard_wrong_labels", "hybrid_images", "make",
-           "make_entries", "make_plan", "neutral", "routing_matrices", "wrong_labels"]
+__all__ = ["PROTOCOLS", "Competitive", "FiveDigits", "Hybrid", "NegLabels", "Negatives", "Plan", "PerEpoch",
+           "Protocol", "Split", "Splitting", "WrongLabel", "check_negatives", "hard_wrong_labels", "hybrid_images",
+           "make", "make_entries", "make_plan", "neutral", "routing_matrices", "wrong_labels"]
 
 
 def make(cfg: Any, splits: ImageSplits, *, supervised: bool, seed: int) -> Protocol:
     """The protocol ``cfg.name`` (its typed config, checked by the schema) on these splits."""
-    return PROTOCOLS[str(cfg.name)](cfg, splits, supervised=supervised, seed=seed)
+    return PROTOCOLS.get(str(cfg.name))(cfg, splits, supervised=supervised, seed=seed)
 
 
 def make_plan(protocol: Protocol, roles: Roles, *, eval_on: str, pairing: str, readout_step: str = "separate",
               readout_probs: Callable[[FFData], np.ndarray] | None = None) -> Plan:
     """The passes of an epoch and of the final test. ``readout_probs`` (the network's neutral-label
     softmax) is needed for negatives=hard only."""
+    import tensorflow as tf
+
+    from ffrun.core.trainer import FFData
     paired = pairing == "same_step"
     if paired and not protocol.pairable:
         raise ConfigError(f"protocol {protocol.name} has unequal positive and negative sets: use pairing=separate")

@@ -7,30 +7,47 @@ the epoch, seeded by (seed, epoch), so a resumed run draws exactly what an unint
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from dataclasses import dataclass, field, fields, is_dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import numpy as np
-import tensorflow as tf
 
-from ffrun.core.layers import Task
-from ffrun.core.network import Roles
-from ffrun.core.trainer import FFData, TaskEntry
 from ffrun.errors import ConfigError
 from ffrun.experiment.datasets import ImageSplits
-from ffrun.experiment.schema import check_protocol_mode
+from ffrun.registry import Registry, subclass_problem
+
+if TYPE_CHECKING:   # TensorFlow is imported where a protocol runs, not where its config is checked
+    from ffrun.core.network import Roles
+    from ffrun.core.trainer import FFData, TaskEntry
 
 #: a source of one split: the positives, and draw(*key) -> the negatives of that draw
-Source = tuple[FFData, Callable[..., FFData]]
+Source = tuple["FFData", Callable[..., "FFData"]]
+
+
+class NegLabels(StrEnum):
+    once = "once"
+    every_epoch = "every_epoch"
+
+
+class Negatives(StrEnum):
+    uniform = "uniform"
+    hard = "hard"
+    hard_batch = "hard_batch"
 
 
 class Protocol:
     """Positives, negatives and the label space of one data protocol, from its typed config.
 
-    A subclass sets ``name`` and overrides what differs: ``source`` (always), ``num_classes``,
-    ``routing``, ``check`` (which modes it allows), ``fresh_negatives``, ``baseline_classes``."""
+    A subclass sets ``name`` and ``config`` (its config's dataclass, whose ``name`` field defaults
+    to the protocol's name), is registered with ``@PROTOCOLS.register()``, and overrides what
+    differs: ``source`` (always), ``num_classes``, ``routing``, ``check`` (what it needs of the
+    built data), ``check_config`` (what it needs of the run, checked before a run folder is made),
+    ``fresh_negatives``, ``baseline_classes``."""
 
     name: ClassVar[str]
+    #: the protocol's keys (``protocol.<key>``), typed and range-checked like every config key
+    config: ClassVar[type]
     #: positives and negatives are aligned one to one, so one step can take both (pairing=same_step)
     pairable: ClassVar[bool] = True
     #: negatives may be drawn from the network's own softmax (negatives=hard / hard_batch)
@@ -43,9 +60,32 @@ class Protocol:
         self.check()
 
     def check(self) -> None:
-        """Raise ConfigError when the protocol cannot run in this mode or on this data (the mode
-        rules are the schema's, which the CLI checks before a run folder is made)."""
-        check_protocol_mode(self.cfg, self.supervised, self.splits.num_classes)
+        """Raise ConfigError when the protocol cannot run in this mode or on this data (the rules
+        of ``check_config``, which the CLI checks before a run folder is made, then those that
+        need the loaded data)."""
+        self.check_config(self.cfg, supervised=self.supervised, num_classes=self.splits.num_classes)
+
+    @classmethod
+    def check_config(cls, cfg: Any, *, supervised: bool, num_classes: int | None = None,
+                     node_types: tuple[str, ...] = (), pairing: str = "separate") -> None:
+        """Raise ConfigError when the protocol cannot run with this config: ``cfg`` its typed
+        config, ``num_classes`` the data's (None: inferred at load), ``node_types`` the network's
+        node types, ``pairing`` the run's. Runs before a run folder is made, without TensorFlow."""
+        if pairing == "same_step" and not cls.pairable:
+            why = "has unequal positive and negative sets" if cls.makes_negatives else "has no negatives to pair"
+            raise ConfigError(f"protocol {cls.name} {why}: use pairing=separate")
+        negatives = getattr(cfg, "negatives", Negatives.uniform)
+        if node_types and (negatives != Negatives.uniform or pairing == "same_step"):
+            check_negatives(negatives, pairing, "softmax" in node_types)
+
+    @classmethod
+    def check_image(cls, cfg: Any, image: tuple[int, int, int], source: str) -> None:
+        """Raise ConfigError when the protocol cannot use images of ``image`` (H, W, C) from ``source``."""
+
+    @classmethod
+    def network_classes(cls, cfg: Any, data_classes: int | None) -> int | None:
+        """The classes of the network's label overlay and readouts (``num_classes`` once built)."""
+        return data_classes
 
     @property
     def num_classes(self) -> int:
@@ -66,6 +106,37 @@ class Protocol:
     def baseline_classes(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The images and labels a same-architecture backprop baseline is scored on."""
         return x, y
+
+
+def check_negatives(negatives: str, pairing: str, has_softmax: bool) -> None:
+    """Hard negatives are drawn from the network's own softmax readout; per batch only in a paired
+    step. Only protocols whose config has the key ``negatives`` (wrong_label) draw them."""
+    if negatives != Negatives.uniform and not has_softmax:
+        raise ConfigError(f"protocol.negatives={negatives} draws wrong labels from the network's softmax "
+                          f"readout: the model needs a softmax node (model.readouts or model.layers)")
+    if negatives == Negatives.hard_batch and pairing != "same_step":
+        raise ConfigError("negatives=hard_batch draws each batch's wrong labels in the pos+neg step: it needs "
+                          "pairing=same_step")
+
+
+def _protocol_contract(name: str, cls: Any) -> str | None:
+    """What a registered protocol must have: a Protocol subclass named ``name``, its own ``source``,
+    and a ``config`` dataclass whose ``name`` field defaults to ``name`` (so that ``protocol=<name>``
+    composes without a YAML file)."""
+    problem = subclass_problem(name, cls, Protocol, {"source": "source(x, y, stream) -> (positives, draw of negatives)"})
+    if problem:
+        return problem
+    config = getattr(cls, "config", None)
+    if not (isinstance(config, type) and is_dataclass(config)):
+        return "needs a config dataclass (class attribute config) for its keys"
+    default = next((f.default for f in fields(config) if f.name == "name"), None)
+    if default != name:
+        return f"its config {config.__qualname__} needs a field name: str = {name!r}"
+    return None
+
+
+#: the data protocols by name: ``protocol=<name>`` picks one
+PROTOCOLS: Registry[type[Protocol]] = Registry("protocol", contract=_protocol_contract)
 
 
 @dataclass
@@ -96,6 +167,9 @@ class PerEpoch:
 
 def neutral(data: FFData) -> FFData:
     """The same images with the neutral label (-1): for readouts that must not see the true label."""
+    import tensorflow as tf
+
+    from ffrun.core.trainer import FFData
     return FFData(data.X, data.y, tf.fill(tf.shape(data.y), -1), positive=True)
 
 
@@ -106,6 +180,9 @@ def wrong_labels(y: np.ndarray, num_classes: int, rng: np.random.Generator) -> n
 
 def wrong_label_source(x: np.ndarray, y: np.ndarray, num_classes: int, seed: int, stream: int) -> Source:
     """Positives: images with their true label; negatives: the same images with a wrong label."""
+    import tensorflow as tf
+
+    from ffrun.core.trainer import FFData
     pos = FFData.from_numpy(x, y)
     y_np = y.astype(np.int32)
     draw = lambda *key: FFData(pos.X, pos.y, tf.constant(
@@ -136,6 +213,8 @@ def make_entries(roles: Roles, pos: FFData, neg: FFData | PerEpoch | None, *, pa
     a pass of their own after the FF pass, or (``readout_in_step``, paired only) in the FF step
     itself on a neutral-label copy of the positives, as Hinton's code does. ``hard_from`` (paired
     only) names the softmax readout that picks every batch's wrong labels inside the step."""
+    from ffrun.core.layers import Task
+    from ffrun.core.trainer import TaskEntry
     ff, sm, sup = roles.ff, roles.softmax, roles.supervised
     entries: list[TaskEntry] = []
     if neg is None:   # no negatives: every layer trains (or is scored) on the labelled positives, in one pass

@@ -2,17 +2,43 @@
 images of the other classes are negative, each with a random positive-class label."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Any, List
+
 import numpy as np
-import tensorflow as tf
 
-from ffrun.core.trainer import FFData
-from ffrun.errors import DataError
-from ffrun.experiment.protocols.base import Protocol, Source
+from ffrun.errors import ConfigError, DataError
+from ffrun.experiment.protocols.base import PROTOCOLS, NegLabels, Protocol, Source
 
 
+@dataclass
+class FiveDigitsConfig:
+    name: str = "five_digits"
+    positive_classes: List[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    neg_labels: NegLabels = NegLabels.once
+
+    def __post_init__(self) -> None:
+        classes = list(self.positive_classes)
+        if len(classes) < 2 or len(set(classes)) != len(classes) or min(classes) < 0:
+            raise ConfigError(f"protocol.positive_classes must be >= 2 distinct classes >= 0, got {classes}")
+
+
+@PROTOCOLS.register()
 class FiveDigits(Protocol):
     name = "five_digits"
+    config = FiveDigitsConfig
     pairable = False      # more negatives than positives: no aligned pairs
+
+    @classmethod
+    def check_config(cls, cfg: Any, *, supervised: bool, num_classes: int | None = None, **run: Any) -> None:
+        if num_classes is not None and max(cfg.positive_classes) >= num_classes:
+            raise ConfigError(f"protocol.positive_classes must be classes of 0..{num_classes - 1}, "
+                              f"got {list(cfg.positive_classes)}")
+        super().check_config(cfg, supervised=supervised, num_classes=num_classes, **run)
+
+    @classmethod
+    def network_classes(cls, cfg: Any, data_classes: int | None) -> int | None:
+        return len(cfg.positive_classes)     # the network labels the positive classes only
 
     def check(self) -> None:
         super().check()
@@ -34,6 +60,9 @@ class FiveDigits(Protocol):
         return len(self.classes)
 
     def source(self, x: np.ndarray, y: np.ndarray, stream: int) -> Source:
+        import tensorflow as tf
+
+        from ffrun.core.trainer import FFData
         c = len(self.classes)
         is_pos = self.remap[y] >= 0
         pos = FFData.from_numpy(x[is_pos], self.remap[y[is_pos]])

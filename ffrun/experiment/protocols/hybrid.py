@@ -2,12 +2,16 @@
 fresh every epoch."""
 from __future__ import annotations
 
-import numpy as np
-import tensorflow as tf
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from ffrun.core.trainer import FFData
+import numpy as np
+
 from ffrun.errors import ConfigError
-from ffrun.experiment.protocols.base import Protocol, Source
+from ffrun.experiment.protocols.base import PROTOCOLS, Protocol, Source
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 
 def hybrid_images(X: tf.Tensor, seed: tf.Tensor, height: int, width: int, blur_steps: int,
@@ -17,6 +21,7 @@ def hybrid_images(X: tf.Tensor, seed: tf.Tensor, height: int, width: int, blur_s
     image b as m*a + (1-m)*b. Stateless in ``seed`` (shape [2]). The random draws cover the whole
     set at once; the blur and the mixing run ``chunk`` images at a time, which keeps the float
     temporaries of a 60k-image set (190 MB each) from piling up, and gives the same images."""
+    import tensorflow as tf
     n = int(X.shape[0])
     seeds = tf.random.experimental.stateless_split(seed, 2)
     bits = tf.random.stateless_uniform([n, height, width, 1], seeds[0]) < 0.5
@@ -37,9 +42,33 @@ def hybrid_images(X: tf.Tensor, seed: tf.Tensor, height: int, width: int, blur_s
 
 
 
+@dataclass
+class HybridConfig:
+    name: str = "hybrid"
+    blur_steps: int = 6
+
+    def __post_init__(self) -> None:
+        if self.blur_steps < 0:
+            raise ConfigError(f"protocol.blur_steps must be >= 0, got {self.blur_steps!r}")
+
+
+@PROTOCOLS.register()
 class Hybrid(Protocol):
     name = "hybrid"
+    config = HybridConfig
     fresh_negatives = True
+
+    @classmethod
+    def check_config(cls, cfg: Any, *, supervised: bool, **run: Any) -> None:
+        if supervised:
+            raise ConfigError("protocol hybrid is the unsupervised recipe: use mode=unsup")
+        super().check_config(cfg, supervised=supervised, **run)
+
+    @classmethod
+    def check_image(cls, cfg: Any, image: tuple[int, int, int], source: str) -> None:
+        if image[2] != 1:
+            raise ConfigError(f"protocol hybrid needs 2-D images (one channel); {source} has "
+                              f"{'x'.join(map(str, image))} images")
 
     def check(self) -> None:
         super().check()
@@ -48,6 +77,9 @@ class Hybrid(Protocol):
             raise ConfigError("protocol hybrid needs 2-D images")
 
     def source(self, x: np.ndarray, y: np.ndarray, stream: int) -> Source:
+        import tensorflow as tf
+
+        from ffrun.core.trainer import FFData
         pos = FFData.from_numpy(x, y)
         h, w = self.splits.image_shape
         seed, steps = self.seed, int(self.cfg.blur_steps)

@@ -3,10 +3,20 @@ goodness to the half of its units that the class's set (A or B) owns. unsup: neg
 images scored on the other half; sup: negatives carry a wrong label."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
 import numpy as np
 
-from ffrun.core.trainer import FFData
-from ffrun.experiment.protocols.base import Protocol, Source, wrong_label_source
+from ffrun.errors import ConfigError
+from ffrun.experiment.protocols.base import PROTOCOLS, NegLabels, Protocol, Source, wrong_label_source
+
+
+class Splitting(StrEnum):
+    random = "random"
+    same = "same"
+    none = "none"
 
 
 def routing_matrices(splitting: str, units: list[int], num_classes: int, seed: int) -> list[np.ndarray]:
@@ -27,8 +37,27 @@ def routing_matrices(splitting: str, units: list[int], num_classes: int, seed: i
 
 
 
+@dataclass
+class SplitConfig:
+    name: str = "split"
+    splitting: Splitting = Splitting.random
+    route_seed: int = 0
+    neg_labels: NegLabels = NegLabels.once
+
+
+@PROTOCOLS.register()
 class Split(Protocol):
     name = "split"
+    config = SplitConfig
+
+    @classmethod
+    def check_config(cls, cfg: Any, *, supervised: bool, node_types: tuple[str, ...] = (), **run: Any) -> None:
+        if cfg.splitting == Splitting.none and not supervised:
+            raise ConfigError("splitting=none is supervised only: unsup negatives use the units the "
+                              "sample's class does NOT own, which would be none")
+        if any(t in ("conv2d", "pool") for t in node_types):
+            raise ConfigError("protocol split routes the units of dense layers; a graph with conv layers cannot use it")
+        super().check_config(cfg, supervised=supervised, node_types=node_types, **run)
 
     def routing(self, units: list[int]) -> tuple[list[np.ndarray] | None, str]:
         matrices = routing_matrices(self.cfg.splitting, units, self.num_classes, int(self.cfg.route_seed))
@@ -37,5 +66,6 @@ class Split(Protocol):
     def source(self, x: np.ndarray, y: np.ndarray, stream: int) -> Source:
         if self.supervised:
             return wrong_label_source(x, y, self.num_classes, self.seed, stream)
+        from ffrun.core.trainer import FFData
         pos = FFData.from_numpy(x, y)     # negatives: the same images, scored on the other half
         return pos, lambda *key: FFData(pos.X, pos.y, pos.y_ff, positive=False)
