@@ -5,8 +5,11 @@ package's version."""
 from __future__ import annotations
 
 import functools
+import os
 import re
 import shlex
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -22,7 +25,7 @@ README = REPO / "README.md"
 USAGE = REPO / "docs" / "usage.md"
 # The documents these tests hold to what they cite (docs/reliability.md shows refused input on purpose).
 DOCS = [README, USAGE] + [REPO / "docs" / f"{name}.md" for name in
-                          ("results", "performance", "losses", "architecture")] + [REPO / "CHANGELOG.md"]
+                          ("results", "performance", "losses", "architecture", "extending")] + [REPO / "CHANGELOG.md"]
 PRESETS = REPO / "conf" / "experiment"
 PRESET_PREFIXES = ("rmwkwok", "paper", "bp", "mlp", "conv", "cwcomp")
 # A path the docs name in their text, relative to the repository's root.
@@ -120,11 +123,25 @@ def test_every_ffrun_command_in_the_docs_passes_the_scripts_pre_check(command, t
     monkeypatch.chdir(tmp_path)
     for arg in args:
         key, _, value = arg.partition("=")
-        if key == "data.path":
+        if key == "data.path" and "data=image_folder" in args:     # docs/extending.md's dataset: a folder of PNGs
+            from PIL import Image
+            for split in ("train", "test"):      # more training images than its data.val_size of 10
+                (tmp_path / value / split / "c0").mkdir(parents=True)
+                for i in range(20):
+                    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / value / split / "c0" / f"{i}.png")
+        elif key == "data.path":
             rng = np.random.default_rng(0)
             n = 10_100      # more than the default 10k held out for validation
             np.savez(tmp_path / value, x_train=rng.integers(0, 255, (n, 4, 4), np.uint8), y_train=np.arange(n) % 10,
                      x_test=rng.integers(0, 255, (10, 4, 4), np.uint8), y_test=np.arange(10))
+    if any(arg.startswith("plugins=") for arg in args):
+        # a plugin's components stay registered for the rest of a process: checked in one of its own
+        check = ("import sys\nfrom ffrun.app.overrides import override_problem, plugin_problem\n"
+                 "print(plugin_problem(sys.argv[1:]) or override_problem(sys.argv[1:]))")
+        proc = subprocess.run([sys.executable, "-c", check, *args], cwd=tmp_path, capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": str(REPO / "examples")}, timeout=300)
+        assert proc.returncode == 0 and proc.stdout.strip().splitlines()[-1:] == ["None"], proc.stdout + proc.stderr
+        return
     assert override_problem(args) is None
 
 
