@@ -62,6 +62,9 @@ def test_protocol_example_trains_through_ffrun(tmp_path):
     results = _completed(run, proc)
     assert "name: shuffled_pixels" in (run / ".hydra" / "config.yaml").read_text()
     assert results["data"]["train_pos"] == 1438 - 300           # every training image of digits is a positive
+    evaluated = subprocess.run([str(Path(FFRUN).with_name("ffrun-eval")), str(run)], cwd=tmp_path, env=ENV,
+                               capture_output=True, text=True, timeout=300)
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]     # ffrun-eval loads the run's plugins too
     bad = _ffrun(["plugins=[protocol_shuffled_pixels]", "protocol=shuffled_pixels", "protocol.fraction=0",
                   "debug=tiny", f"hydra.run.dir={tmp_path / 'bad'}"], tmp_path)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [

@@ -91,7 +91,9 @@ def load_run(run_dir: Path, best: bool = False) -> tuple[Run, TrainMgr, int]:
     from ffrun.core.checkpoints import BestWeights, Checkpointer
     from ffrun.core.trainer import TrainMgr
     from ffrun.experiment.build import build_run
+    from ffrun.experiment.plugins import load_plugins
     cfg = load_run_config(run_dir)
+    load_plugins(cfg.get("plugins") or [])     # the protocols, datasets, losses ... its config names
     keras.backend.clear_session()
     keras.utils.set_random_seed(int(cfg.seed))
     run = build_run(cfg)
