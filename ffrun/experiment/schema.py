@@ -21,7 +21,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from ffrun.errors import ConfigError, RegistryError
 from ffrun.experiment.datasets import DATASETS
-from ffrun.experiment.protocols import PROTOCOLS, Splitting, check_negatives
+from ffrun.experiment.protocols import PROTOCOLS, Splitting
 
 
 class Mode(StrEnum):
