@@ -745,9 +745,10 @@ class FFRunConfig:
         if self.model.layers is None:
             check_graph(nodes)
         check_roles(nodes, supervised)
+        types = {spec["type"] for spec in nodes.values()}
         PROTOCOLS.get(self.protocol.name).check_config(
             self.protocol, supervised=supervised, num_classes=self.data.num_classes, pairing=str(self.pairing),
-            node_types=tuple(spec["type"] for spec in nodes.values()))
+            convolutional=bool(types & {"conv2d", "pool"}), has_softmax="softmax" in types)
         readouts = [n for n, spec in nodes.items() if spec["type"] in ("softmax", "goodness", "classes")]
         if self.primary_readout is not None and self.primary_readout not in readouts:
             raise ConfigError(f"primary_readout {self.primary_readout!r} is not a readout; readouts are {readouts}")

@@ -66,17 +66,18 @@ class Protocol:
         self.check_config(self.cfg, supervised=self.supervised, num_classes=self.splits.num_classes)
 
     @classmethod
-    def check_config(cls, cfg: Any, *, supervised: bool, num_classes: int | None = None,
-                     node_types: tuple[str, ...] = (), pairing: str = "separate") -> None:
+    def check_config(cls, cfg: Any, *, supervised: bool, num_classes: int | None = None, pairing: str = "separate",
+                     convolutional: bool = False, has_softmax: bool | None = None) -> None:
         """Raise ConfigError when the protocol cannot run with this config: ``cfg`` its typed
-        config, ``num_classes`` the data's (None: inferred at load), ``node_types`` the network's
-        node types, ``pairing`` the run's. Runs before a run folder is made, without TensorFlow."""
+        config, ``num_classes`` the data's (None: inferred at load), ``pairing`` the run's; of the
+        network, whether it has conv or pool nodes and whether a softmax readout (None: not known
+        yet). Runs before a run folder is made, without TensorFlow."""
         if pairing == "same_step" and not cls.pairable:
             why = "has unequal positive and negative sets" if cls.makes_negatives else "has no negatives to pair"
             raise ConfigError(f"protocol {cls.name} {why}: use pairing=separate")
         negatives = getattr(cfg, "negatives", Negatives.uniform)
-        if node_types and (negatives != Negatives.uniform or pairing == "same_step"):
-            check_negatives(negatives, pairing, "softmax" in node_types)
+        if has_softmax is not None:
+            check_negatives(negatives, pairing, has_softmax)
 
     @classmethod
     def check_image(cls, cfg: Any, image: tuple[int, int, int], source: str) -> None:

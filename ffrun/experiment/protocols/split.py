@@ -51,13 +51,13 @@ class Split(Protocol):
     config = SplitConfig
 
     @classmethod
-    def check_config(cls, cfg: Any, *, supervised: bool, node_types: tuple[str, ...] = (), **run: Any) -> None:
+    def check_config(cls, cfg: Any, *, supervised: bool, convolutional: bool = False, **run: Any) -> None:
         if cfg.splitting == Splitting.none and not supervised:
             raise ConfigError("splitting=none is supervised only: unsup negatives use the units the "
                               "sample's class does NOT own, which would be none")
-        if any(t in ("conv2d", "pool") for t in node_types):
+        if convolutional:
             raise ConfigError("protocol split routes the units of dense layers; a graph with conv layers cannot use it")
-        super().check_config(cfg, supervised=supervised, node_types=node_types, **run)
+        super().check_config(cfg, supervised=supervised, convolutional=convolutional, **run)
 
     def routing(self, units: list[int]) -> tuple[list[np.ndarray] | None, str]:
         matrices = routing_matrices(self.cfg.splitting, units, self.num_classes, int(self.cfg.route_seed))
