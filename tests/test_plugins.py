@@ -131,6 +131,16 @@ def test_the_plugins_asked_for_are_read_before_the_config_is_checked(args, wante
     assert requested_plugins(args) == wanted
 
 
+def test_a_preset_of_the_users_own_lists_its_plugins(tmp_path):
+    """A preset in a config folder of the user's (hydra.searchpath) names the plugins it needs."""
+    from ffrun.app.overrides import requested_plugins
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "experiment" / "lab_run.yaml").write_text("# @package _global_\nplugins: [my_lab.protocols]\nunits: 8\n")
+    args = [f"hydra.searchpath=[file://{tmp_path}]", "experiment=lab_run"]
+    assert requested_plugins(args) == ["my_lab.protocols"]
+    assert requested_plugins([*args, "plugins=[other]"]) == ["other"]      # the command line wins, as in Hydra
+
+
 def test_a_resumed_run_loads_the_plugins_it_was_started_with(tmp_path):
     from ffrun.app.overrides import requested_plugins
     (tmp_path / ".hydra").mkdir()
