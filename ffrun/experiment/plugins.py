@@ -33,7 +33,13 @@ def load_plugins(modules: Iterable[str] = ()) -> None:
     """Load every ``ffrun.plugins`` entry point, then import ``modules``, then put the protocols and
     datasets they registered into Hydra's ConfigStore (``protocol=<name>``, ``data=<name>``).
     Loading a plugin twice registers nothing twice: Python imports a module once."""
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
+    found = entry_points(group=ENTRY_POINT_GROUP)
+    if modules or found:
+        # a plugin of losses or layers imports TensorFlow: loaded here first, so that its start-up
+        # lines (oneDNN, CUDA probing) stay off the console and a refusal is still one line
+        from ffrun import _import_tensorflow_quietly
+        _import_tensorflow_quietly()
+    for ep in found:
         _load(f"plugin {ep.name} (entry point {ep.value} of {ep.dist.name if ep.dist else 'an installed package'})",
               ep.load)
     cwd = os.getcwd()
