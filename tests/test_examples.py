@@ -13,9 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import ffrun.api as api
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 FFRUN = shutil.which("ffrun") or str(Path(sys.executable).parent / "ffrun")
 ENV = {**os.environ, "MPLBACKEND": "Agg", "PYTHONPATH": str(EXAMPLES)}
+# the loss and conv-block examples register through the loss and node-type registries of the layer code
+NEEDS_LAYER_REGISTRIES = pytest.mark.skipif(not {"LOSSES", "FFLoss", "node_type", "FFConv2D"} <= set(api.__all__),
+                                            reason="ffrun.api does not name the loss and node-type registries yet")
 
 
 def _ffrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -110,3 +115,36 @@ def test_dataset_example_refuses_a_folder_without_images_before_any_run_folder(t
     assert proc.stderr.strip().splitlines() == [
         f"ffrun: data.path={tmp_path / 'empty'}: expected train/<class>/*.png and test/<class>/*.png images"]
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+@NEEDS_LAYER_REGISTRIES
+def test_loss_example_trains_on_aligned_pairs_and_logs_its_metric(tmp_path):
+    run = tmp_path / "run"
+    proc = _ffrun(["plugins=[loss_contrastive]", "model.loss=contrastive", "pairing=same_step", "mode=sup",
+                   "protocol=wrong_label", "debug=tiny", f"hydra.run.dir={run}"], tmp_path)
+    _completed(run, proc)
+    header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert "dense1/loss_pair" in header and "dense1/loss_pos" not in header      # its train_metrics
+    bad = _ffrun(["plugins=[loss_contrastive]", "model.loss=contrastive", "debug=tiny",
+                  f"hydra.run.dir={tmp_path / 'bad'}"], tmp_path)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "pairing=same_step" in bad.stderr
+    assert not (tmp_path / "bad").exists()
+
+
+CONV_POOL = ("model.layers={c1: {type: conv_pool, filters: 8, inputs: [input]}, flat: {type: flatten, inputs: [c1]}, "
+             "softmax: {type: softmax, inputs: [flat], optimizer: {class_name: Adam}}}")
+
+
+@pytest.mark.slow
+@NEEDS_LAYER_REGISTRIES
+def test_conv_block_example_trains_and_its_keys_are_checked(tmp_path):
+    run = tmp_path / "run"
+    proc = _ffrun(["plugins=[node_conv_pool]", "debug=tiny", CONV_POOL, f"hydra.run.dir={run}"], tmp_path)
+    _completed(run, proc)
+    assert "c1/loss_pos" in (run / "metrics.csv").read_text().splitlines()[0].split(",")
+    for wrong, line in ((CONV_POOL.replace("filters: 8", "filters: 0"), "model.layers.c1.filters must be an integer >= 1"),
+                        (CONV_POOL.replace("filters: 8", "filters: 8, kernel: 3"), "unknown key(s) ['kernel']")):
+        bad = _ffrun(["plugins=[node_conv_pool]", "debug=tiny", wrong, f"hydra.run.dir={tmp_path / 'bad'}"], tmp_path)
+        assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and line in bad.stderr, bad.stderr
+    assert not (tmp_path / "bad").exists()
