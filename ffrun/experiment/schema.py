@@ -781,11 +781,15 @@ class FFRunConfig:
     # epoch): per pass whose data is fixed (no augmentation, no negatives drawn per epoch), while
     # the budget lasts; the curve stays the same (see ffrun.core.trainer)
     feature_cache_mb: float = 512
+    # MB of those outputs kept in files in the run folder when they do not fit feature_cache_mb
+    # (0: recompute them), while the disk has room; removed when the stage ends
+    feature_cache_disk_mb: float = 0
 
     def __post_init__(self) -> None:
         if not 0 <= self.seed < 2 ** 32:   # the range of keras.utils.set_random_seed (NumPy's legacy seed)
             raise ConfigError(f"seed must be in [0, 2**32 - 1 = {2 ** 32 - 1}], got {self.seed}")
         _at_least(self.feature_cache_mb, 0, "feature_cache_mb")
+        _at_least(self.feature_cache_disk_mb, 0, "feature_cache_disk_mb")
         for key in ("batch_size", "eval_batch_size", "eval_every"):
             _at_least(getattr(self, key), 1, key)
         for key in ("epochs", "readout_epochs"):
