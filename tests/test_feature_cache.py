@@ -5,8 +5,13 @@ recomputes them as before. Outputs over the memory budget go to files, read back
 time: the same curve and weights, files that never outlive the stage, a reader that holds one
 batch."""
 import errno
+import json
 import logging
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import keras
@@ -286,6 +291,25 @@ def test_a_run_that_fails_mid_stage_leaves_no_files_in_its_folder(cfg_factory, t
     assert not (run_dir / HIDDEN_FOLDER).exists()
 
 
+@pytest.mark.slow
+def test_sigterm_mid_stage_stops_the_installed_script_and_removes_the_files(tmp_path):
+    run = tmp_path / "run"
+    args = [*TINY_CWCOMP, *IN_FILES, "schedule=[[all,1],[[softmax],400]]", f"hydra.run.dir={run}"]
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("ffrun")), *args], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    folder, deadline = run / HIDDEN_FOLDER, time.time() + 300
+    while not (folder.exists() and any(folder.iterdir())):   # the readout stage writes its files
+        assert time.time() < deadline and proc.poll() is None, proc.stderr and proc.stderr.read()[-2000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, err[-2000:]
+    assert "Traceback" not in out + err and len(err.strip().splitlines()) == 1
+    saved = json.loads((run / "results.json").read_text())
+    assert saved["status"] == "interrupted" and "SIGTERM" in saved["reason"]
+    assert not folder.exists()
+
+
 def test_files_left_by_a_killed_run_are_removed_not_read(cfg_factory, tmp_path):
     folder = tmp_path / HIDDEN_FOLDER
 
@@ -352,7 +376,10 @@ def _written(folder: Path, rows: int, chunk: int = 100) -> tuple[FeatureFiles, d
     return files, full
 
 
-def test_the_reader_returns_rows_in_the_asked_order_through_one_batch_buffer(tmp_path):
+@pytest.mark.parametrize("call", ["preadv", "pread"], ids=["preadv", "without preadv"])
+def test_the_reader_returns_rows_in_the_asked_order_through_one_batch_buffer(tmp_path, monkeypatch, call):
+    if call == "pread":
+        monkeypatch.delattr(feature_cache.os, "preadv")
     files, full = _written(tmp_path / "f", 2500)
     row_bytes = 12 * 4 + 5 * 4
     assert files.nbytes == 2500 * row_bytes == sum(p.stat().st_size for p in files.paths.values())

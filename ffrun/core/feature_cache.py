@@ -26,6 +26,18 @@ DISK_RESERVE_BYTES = 512 * 2 ** 20
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") and "SC_IOV_MAX" in os.sysconf_names else 1024
 
 
+def _read_into(fd: int, views: list[memoryview], offset: int) -> int:
+    """Fill ``views`` in turn from the file's bytes at ``offset``; returns the bytes read."""
+    if hasattr(os, "preadv"):
+        return os.preadv(fd, views, offset)
+    got = 0   # platforms without preadv: one pread a row
+    for view in views:
+        data = os.pread(fd, len(view), offset + got)
+        view[:len(data)] = data
+        got += len(data)
+    return got
+
+
 def free_bytes(folder: Path) -> int:
     """Free bytes on the file system that holds ``folder`` (or its nearest existing parent)."""
     path = Path(folder)
@@ -126,8 +138,8 @@ class BatchReader:
             for start, end in zip(starts.tolist(), ends.tolist()):
                 for first in range(start, end, _IOV_MAX):
                     last = min(end, first + _IOV_MAX)
-                    got = os.preadv(fd, [slots[j] for j in slot_order[first:last].tolist()],
-                                    int(rows[first]) * row_bytes)
+                    got = _read_into(fd, [slots[j] for j in slot_order[first:last].tolist()],
+                                     int(rows[first]) * row_bytes)
                     if got != (last - first) * row_bytes:
                         raise OSError(f"{self.files.paths[name]}: read {got} bytes, expected {(last - first) * row_bytes}")
         return {name: buf[:n] for name, buf in self.buffers.items()}
