@@ -32,6 +32,8 @@ TINY_CWCOMP = ["experiment=cwcomp_mnist", "data=digits", "data.val_size=300", "b
                "model.layers.conv1.filters=10", "model.layers.conv2.filters=20", "model.layers.conv3.filters=20",
                "model.layers.conv4.filters=40", "schedule=[[all,1],[[softmax],3]]",
                "checkpoint.every=0", "tensorboard.enabled=false"]
+#: the readout stage's frozen outputs in files only
+IN_FILES = ["feature_cache_mb=0", "feature_cache_disk_mb=64"]
 #: columns that are timings, not results
 TIMES = ("seconds", "samples_per_s")
 
@@ -88,13 +90,15 @@ def test_a_softmax_stage_on_kept_conv_outputs_has_the_curve_of_recomputing_them(
     assert not (tmp_path / "in_files" / HIDDEN_FOLDER).exists()
 
 
-def test_an_unsupervised_readout_stage_replays_the_frozen_layers_scores(cfg_factory, tmp_path, caplog):
+@pytest.mark.parametrize("where", [[], IN_FILES], ids=["memory", "files"])
+def test_an_unsupervised_readout_stage_replays_the_frozen_layers_scores(cfg_factory, tmp_path, caplog, where):
     """Two evaluation passes (positives, negatives) score the same frozen FF layers every epoch:
     their goodness, loss and separation columns come back from one pass over the data."""
     caplog.set_level(logging.INFO)
     overrides = ["debug=tiny", "epochs=1", "readout_epochs=3", "checkpoint.every=0", "tensorboard.enabled=false"]
-    _, kept = _run(cfg_factory, tmp_path, overrides, "kept")
+    _, kept = _run(cfg_factory, tmp_path, overrides + where, "kept")
     assert "feature cache: val neg keeps" in caplog.text and "(scores only)" in caplog.text
+    assert ("for the stage in files" in caplog.text) == bool(where)
     _, recomputed = _run(cfg_factory, tmp_path, overrides + ["feature_cache_mb=0"], "recomputed")
     assert any(key.endswith("/separation") for key in kept[-1])
     _assert_same_curve(kept, recomputed)
@@ -179,10 +183,6 @@ def test_tensorboard_histograms_in_chunks_sample_the_same_values(cfg_factory, tm
     assert drawn[7].keys() == drawn[1000].keys()
     for name, values in drawn[1000].items():
         np.testing.assert_allclose(drawn[7][name], values, rtol=1e-5, atol=1e-6, err_msg=name)
-
-
-#: the readout stage's frozen outputs in files only
-IN_FILES = ["feature_cache_mb=0", "feature_cache_disk_mb=64"]
 #: bytes of the softmax's input per image, the flattened last block: 40 channels x 2 x 2 float32
 FLAT_ROW = 160 * 4
 
@@ -271,6 +271,23 @@ def test_the_files_are_removed_when_a_stage_fails_or_is_interrupted(cfg_factory,
     mgr, run = _mgr(cfg_factory, IN_FILES, folder)
     with pytest.raises(error, match="stopped mid-stage"):
         mgr.fit(run.schedule, on_epoch_end=fail_in_epoch_3)
+    assert not folder.exists()
+
+
+def test_a_ctrl_c_while_the_files_are_written_leaves_none(cfg_factory, tmp_path, monkeypatch):
+    folder = tmp_path / HIDDEN_FOLDER
+    append = FeatureFiles.append
+
+    def append_then_ctrl_c(self, batch):
+        append(self, batch)
+        if self.written > self.rows // 2:
+            assert len(list(folder.iterdir())) == 1   # the training outputs, half-written
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(FeatureFiles, "append", append_then_ctrl_c)
+    mgr, run = _mgr(cfg_factory, IN_FILES, folder)
+    with pytest.raises(KeyboardInterrupt):
+        mgr.fit(run.schedule)
     assert not folder.exists()
 
 

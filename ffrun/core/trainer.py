@@ -195,6 +195,8 @@ class StageCache:
     disk_budget: int = 0
     folder: Path | None = None
     passes: dict[TaskEntry, PassCache | None] = field(default_factory=dict)
+    #: every file set opened in the stage, kept or not (one whose writing stopped half-way too)
+    opened: list[FeatureFiles] = field(default_factory=list)
 
     @property
     def nbytes(self) -> int:
@@ -206,9 +208,8 @@ class StageCache:
 
     def close(self) -> None:
         """Remove the stage's files and their folder."""
-        for cache in self.passes.values():
-            if cache is not None and cache.files is not None:
-                cache.files.close()
+        for files in self.opened:
+            files.close()
         if self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
 
@@ -255,8 +256,8 @@ class TrainMgr:
         self._base_lr = {}
         # frozen nodes' outputs kept over a stage's epochs, at most this many bytes (0: never)
         self.feature_cache_bytes = int(feature_cache_mb * 2 ** 20)
-        # and those that do not fit, in files in this folder (removed at every stage's end), at
-        # most this many bytes (0 or no folder: never)
+        # and those that do not fit, in files in this folder of their own (removed at the start of
+        # fit and at every stage's end), at most this many bytes (0 or no folder: never)
         self.feature_cache_dir = Path(feature_cache_dir) if feature_cache_dir is not None else None
         self.feature_cache_disk_bytes = int(feature_cache_disk_mb * 2 ** 20) if self.feature_cache_dir else 0
         self._stage_cache: StageCache | None = None
@@ -516,6 +517,7 @@ class TrainMgr:
         if in_files:
             try:
                 files = FeatureFiles(stage.folder, f"pass{len(stage.passes)}", len(data), shapes)
+                stage.opened.append(files)
             except OSError as exc:
                 log.warning("feature cache: %s cannot write files in %s (%s): its frozen layers run every epoch",
                             label, stage.folder, exc)
