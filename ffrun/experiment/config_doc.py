@@ -149,6 +149,62 @@ def _rules(cls: type, name: str, probes: tuple, wrap=lambda value: value, sub: s
     return rules
 
 
+def _registered(key: str) -> str:
+    """The names a key takes from a registry (a loss, a goodness function), or ''."""
+    losses = schema.core_module("losses")
+    if key == "model.loss":
+        return " \\| ".join(losses.LOSSES.names()) + ", or a list of them (one per layer)"
+    if key == "model.goodness":
+        return " \\| ".join(losses.GOODNESS.names())
+    for name in losses.LOSSES.names():
+        for param, keyword in losses.parameter_keys(name).items():
+            if key == f"model.{param}":
+                return _loss_rules(name, keyword)
+    return ""
+
+
+def _summary(obj: Any) -> str:
+    """The first paragraph of a component's docstring: its line in this page."""
+    return _cell(" ".join((inspect.getdoc(obj) or "").split("\n\n")[0].split()))
+
+
+def _loss_rules(name: str, keyword: str) -> str:
+    """What a loss's constructor says of out-of-range values of one hyper-parameter."""
+    losses = schema.core_module("losses")
+    rules = []
+    for probe in (-1e300, math.nan, 1e300):
+        try:
+            losses.make_loss(name, **{keyword: probe})
+        except (ValueError, TypeError) as exc:
+            rule = str(exc).rsplit(", got", 1)[0]
+            if rule not in rules:
+                rules.append(rule)
+    return "; ".join(rules)
+
+
+def _component_sections() -> list[str]:
+    """The registered losses and goodness functions: what a config may name, and what each carries."""
+    losses = schema.core_module("losses")
+    lines = ["", "## Losses (`model.loss`, a node's `loss`)", "",
+             "The registered local losses (`ffrun.core.losses.LOSSES`). A hyper-parameter is the key "
+             "`<loss>_<parameter>`: model-wide under `model` where the schema has it, or in a node of "
+             "`model.layers`. The metrics are the columns each FF layer with the loss logs per epoch; "
+             "every one is held under `max_loss`.", "",
+             "| loss | trains on | metrics | hyper-parameters | what it is |", "|---|---|---|---|---|"]
+    for name, cls in losses.LOSSES.items():
+        kind = ("per-class goodness against the label (protocol competitive)" if cls.competitive else
+                "aligned pairs (pairing=same_step)" if cls.needs_pairs else "positive and negative passes")
+        params = [f"`{key}` (default `{_show(inspect.signature(cls).parameters[kw].default)}`; "
+                  f"{_loss_rules(name, kw)})" for key, kw in losses.parameter_keys(name).items()]
+        lines.append(f"| `{name}` | {kind} | {', '.join(cls.train_metrics)} | {'; '.join(params) or '-'} | "
+                     f"{_summary(cls)} |")
+    for title, registry in (("Goodness (`model.goodness`, a node's `goodness`)", losses.GOODNESS),
+                            ("Class goodness (a node's `class_goodness`)", losses.CLASS_GOODNESS)):
+        lines += ["", f"## {title}", "", "| name | what it is |", "|---|---|"]
+        lines += [f"| `{name}` | {_summary(fn)} |" for name, fn in registry.items()]
+    return lines
+
+
 def _show(value: Any) -> str:
     if value is None:
         return "null"
@@ -191,7 +247,8 @@ def _rows(cls: type, prefix: str, defaults: Any, comments: dict[str, str]) -> It
         value = _lookup(defaults, key)
         if value is dataclasses.MISSING:
             value = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        allowed = " \\| ".join(_choices(hint)) or "; ".join(_rules(cls, f.name, _probes(hint)))
+        allowed = (" \\| ".join(_choices(hint)) or _registered(key)
+                   or "; ".join(_rules(cls, f.name, _probes(hint))))
         yield (f"`{key}`", _type_name(hint), f"`{_show(value)}`", allowed,
                _cell(comments.get(key) or own.get(f.name, "")))
         if isinstance(value, dict) and value and not any(isinstance(v, (dict, list)) for v in value.values()):
@@ -262,6 +319,8 @@ def render() -> str:
     for name, node in schema.NODE_TYPES.items():
         lines.append(f"| `{name}` | {', '.join(node.required) or '-'} | {', '.join(node.optional) or '-'} | "
                      f"{node.takes or 'either'} | {node.gives} |")
+
+    lines += _component_sections()
 
     for name, cls in schema.PROTOCOL_SCHEMAS.items():
         protocol_comments = _yaml_comments(_conf_text(f"protocol/{name}.yaml"), "protocol.")

@@ -22,11 +22,11 @@ import numpy as np
 
 from ffrun.core.layers import (BaseFFLayer, FFClassGoodness, FFConv2D, FFDense, FFFlatten, FFGoodness, FFLocalLayer,
                                FFMerge, FFOverlay, FFPool, FFPreNorm, FFSoftmax)
-from ffrun.core.losses import make_loss
+from ffrun.core.losses import FFLoss, make_loss
 from ffrun.core.network import Network, Node, Roles, make_sequence
 from ffrun.errors import ConfigError
 from ffrun.experiment.schema import (NODE_TYPES, ModelConfig, ReadoutConfig, check_graph, check_roles,
-                                     expand_inputs, generate_mlp)
+                                     expand_inputs, generate_mlp, loss_options)
 
 __all__ = ["BUILDERS", "Context", "build_graph", "expand_inputs", "generate_mlp"]
 
@@ -43,8 +43,8 @@ class Context:
     make_initializer: Callable[[Any], Any]
 
 
-def _loss(name: str, ctx: Context):
-    return make_loss(name, alpha=ctx.model.symba_alpha) if name == "symba" else name
+def _loss(name: str, node: str, p: dict, ctx: Context) -> FFLoss:
+    return make_loss(name, **loss_options(name, p, ctx.model, f"model.layers.{node}"))
 
 
 def _dense(name: str, p: dict, ctx: Context) -> BaseFFLayer:
@@ -56,7 +56,7 @@ def _dense(name: str, p: dict, ctx: Context) -> BaseFFLayer:
                    kernel_initializer=ctx.make_initializer(p.get("init", m.init)), routing=p.get("routing"),
                    neg_routing=p.get("neg_routing", "same"), peer_norm=p.get("peer_norm", m.peer_norm),
                    peer_init=p.get("peer_init", m.peer_init), l2=p.get("weight_decay", m.weight_decay),
-                   dtype=ctx.dtype, split_gradient=m.split_gradient, loss=_loss(p.get("loss", "threshold"), ctx),
+                   dtype=ctx.dtype, split_gradient=m.split_gradient, loss=_loss(p.get("loss", "threshold"), name, p, ctx),
                    num_classes=ctx.num_classes, xla=m.xla)
 
 
@@ -68,7 +68,7 @@ def _conv2d(name: str, p: dict, ctx: Context) -> BaseFFLayer:
                     ctx.make_optimizer(p.get("optimizer", m.optimizer), f"model.layers.{name}.optimizer"), name=name,
                     goodness=p.get("goodness", "mean"), activation=p.get("activation", "relu"),
                     kernel_initializer=ctx.make_initializer(p.get("init", m.init)),
-                    loss=_loss(p.get("loss", "threshold"), ctx), l2=p.get("weight_decay", 0.0), dtype=ctx.dtype,
+                    loss=_loss(p.get("loss", "threshold"), name, p, ctx), l2=p.get("weight_decay", 0.0), dtype=ctx.dtype,
                     groups=p.get("groups", 1), pool=p.get("pool", 0), batchnorm=p.get("batchnorm", False),
                     num_classes=ctx.num_classes, pool_kind=p.get("pool_kind", "max"), dropout=p.get("dropout", 0.0),
                     use_bias=p.get("use_bias", True), class_goodness=p.get("class_goodness", "mean_square"))

@@ -11,9 +11,11 @@ The choices are ``StrEnum``s: a chosen value compares equal to its string (``cfg
 """
 from __future__ import annotations
 
+import importlib
 import math
 from dataclasses import dataclass, field
 from enum import StrEnum
+from types import ModuleType
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -63,11 +65,6 @@ class Normalize(StrEnum):
     standard = "standard"
 
 
-class Goodness(StrEnum):
-    sum = "sum"
-    mean = "mean"
-
-
 class Norm(StrEnum):
     l2 = "l2"
     rms = "rms"
@@ -108,11 +105,36 @@ class ProtocolName(StrEnum):
     competitive = "competitive"
 
 
-#: FF losses by name (ffrun.core.losses.LOSSES; listed here so the check runs without TensorFlow,
-#: and a test keeps the two lists equal)
-LOSS_NAMES = ("threshold", "flipped", "symba", "cwc", "pvn", "cwg")
-PAIRED_LOSSES = ("symba",)   # defined on aligned (positive, negative) pairs only
-CLASS_LOSSES = ("cwc", "pvn", "cwg")   # on per-class goodness against the label: protocol competitive only
+def core_module(name: str) -> ModuleType:
+    """``ffrun.core.<name>``, whose registries (losses, goodness functions) the checks read. They are
+    TensorFlow code: TensorFlow is imported here, with its start-up lines kept off the console, and
+    only when a config is checked (composing, ``--help`` and the ConfigStore stay without it)."""
+    from ffrun import _import_tensorflow_quietly
+    _import_tensorflow_quietly()
+    return importlib.import_module(f"ffrun.core.{name}")
+
+
+def class_losses() -> tuple[str, ...]:
+    """The registered losses on per-class goodness against the label (protocol competitive only)."""
+    return tuple(name for name, cls in core_module("losses").LOSSES.items() if cls.competitive)
+
+
+def loss_options(loss: str, node: dict, model: Any, where: str) -> dict[str, Any]:
+    """The hyper-parameters of the registered loss ``loss`` for one layer: each ``<loss>_<parameter>``
+    key of the node (``where``: its config path), else the model's key of that name (``model.symba_alpha``),
+    else the loss's default; a value out of range is a ConfigError naming the key."""
+    losses = core_module("losses")
+    options = {}
+    for key, keyword in losses.parameter_keys(loss).items():
+        source = node if key in node else vars(model) if hasattr(model, key) else None
+        if source is None:
+            continue
+        options[keyword] = source[key]
+        try:   # one value at a time, so that the error names its key
+            losses.make_loss(loss, **{keyword: source[key]})
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{where if source is node else 'model'}.{key} {exc}") from None
+    return options
 
 #: Keras 3 optimizers by class name (``keras.optimizers.get`` also accepts the abstract base
 #: ``Optimizer``, which cannot train); kept here so that the check runs without importing TensorFlow.
@@ -297,15 +319,11 @@ NODE_TYPES: dict[str, NodeType] = {
 }
 #: node types whose inputs each keep their own shape (not flattened and joined)
 MERGES = ("add", "concat")
-#: the losses on class goodness (core/losses.py's ClassLoss): the ones class_goodness applies to
-CLASS_LOSSES = ("cwc", "pvn", "cwg")
 
 
 #: the keys of a node that take one of a few words, and their words (core/layers.py's classes)
 NODE_CHOICES: dict[str, dict[str, tuple[str, ...]]] = {
-    "dense": {"goodness": ("sum", "mean")},
-    "conv2d": {"padding": ("same", "valid"), "goodness": ("sum", "mean"), "pool_kind": ("max", "avg"),
-               "class_goodness": ("mean_square", "mean_activity")},
+    "conv2d": {"padding": ("same", "valid"), "pool_kind": ("max", "avg")},
     "pool": {"kind": ("max", "avg"), "padding": ("valid", "same")},
     "prenorm": {"kind": ("l2", "rms", "layernorm", "class_groupnorm"), "scope": ("channels", "map")},
     "overlay": {"mode": ("add", "replace", "channels")},
@@ -318,6 +336,14 @@ NODE_INTEGERS: dict[str, dict[str, int]] = {
 }
 
 
+def registered_choices(spec: dict) -> dict[str, tuple[str, ...]]:
+    """The keys of a node that name a registered function: its goodness and class goodness."""
+    if "goodness" not in spec and "class_goodness" not in spec:
+        return {}
+    losses = core_module("losses")
+    return {"goodness": losses.GOODNESS.names(), "class_goodness": losses.CLASS_GOODNESS.names()}
+
+
 def check_node_values(where: str, spec: dict) -> None:
     """One node's values: its integers, its choices and its thresholds (``where``: model.layers.<name>)."""
     ntype = spec["type"]
@@ -325,7 +351,7 @@ def check_node_values(where: str, spec: dict) -> None:
         value = spec.get(key)
         if key in spec and (isinstance(value, bool) or not isinstance(value, int) or value < low):
             raise ConfigError(f"{where}.{key} must be an integer >= {low}, got {value!r}")
-    for key, words in NODE_CHOICES.get(ntype, {}).items():
+    for key, words in {**NODE_CHOICES.get(ntype, {}), **registered_choices(spec)}.items():
         if key in spec and spec[key] not in words:
             raise ConfigError(f"{where}.{key} must be one of {', '.join(words)}, got {spec[key]!r}")
     for key in ("th_pos", "th_neg"):
@@ -338,8 +364,8 @@ def check_node_values(where: str, spec: dict) -> None:
         rate = spec["dropout"]
         if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
             raise ConfigError(f"{where}.dropout must be a rate in [0, 1), got {rate!r}")
-    if "class_goodness" in spec and spec.get("loss", "threshold") not in CLASS_LOSSES:
-        raise ConfigError(f"{where}.class_goodness applies to the class losses ({', '.join(CLASS_LOSSES)}); "
+    if "class_goodness" in spec and spec.get("loss", "threshold") not in class_losses():
+        raise ConfigError(f"{where}.class_goodness applies to the class losses ({', '.join(class_losses())}); "
                           f"its loss is {spec.get('loss', 'threshold')!r}")
     if ntype == "prenorm" and "scope" in spec and spec.get("kind") in ("layernorm", "class_groupnorm"):
         raise ConfigError(f"{where}.scope applies to kinds l2 and rms; kind {spec['kind']} fixes its own statistics")
@@ -365,10 +391,12 @@ def check_graph(nodes: dict[str, Any]) -> bool:
         ntype = NODE_TYPES.get(spec.get("type"))
         if ntype is None:
             raise ConfigError(f"{where}.type: unknown layer type {spec.get('type')!r}; types are {', '.join(NODE_TYPES)}")
-        unknown = sorted(set(spec) - {"type", "inputs", "routing", "neg_routing"} - set(ntype.required) - set(ntype.optional))
+        loss_keys = node_loss_keys(spec) if "loss" in ntype.optional else ()
+        unknown = sorted(set(spec) - {"type", "inputs", "routing", "neg_routing"} - set(ntype.required)
+                         - set(ntype.optional) - set(loss_keys))
         if unknown:
             raise ConfigError(f"{where}: unknown key(s) {unknown} for type {spec['type']}; its keys are "
-                              f"{list(ntype.required + ntype.optional)}")
+                              f"{list(ntype.required + ntype.optional + loss_keys)}")
         missing = [k for k in ntype.required if k not in spec]
         if missing:
             raise ConfigError(f"{where}.{missing[0]} is required for type {spec['type']}")
@@ -405,6 +433,13 @@ def check_graph(nodes: dict[str, Any]) -> bool:
     return convolutional
 
 
+def node_loss_keys(spec: dict) -> tuple[str, ...]:
+    """The hyper-parameter keys (``symba_alpha``) a node may set for its registered loss."""
+    losses = core_module("losses")
+    loss = spec.get("loss", "threshold")
+    return tuple(losses.parameter_keys(loss)) if loss in losses.LOSSES else ()
+
+
 def _shape(shape: tuple[int, ...]) -> str:
     return "x".join(map(str, shape))
 
@@ -424,8 +459,9 @@ def check_roles(nodes: dict[str, dict], supervised: bool) -> None:
             continue
         if not supervised:
             raise ConfigError(f"readout {name}: a goodness readout needs the label overlaid (mode=sup)")
-        # the flipped loss gives positives the LOWER goodness (core.losses.FlippedLoss.positive_high)
-        flipped = {ff[i].get("loss", "threshold") == "flipped" for i in spec["inputs"] if i in ff}
+        # a loss may give positives the LOWER goodness (core.losses.FlippedLoss.positive_high)
+        registered = core_module("losses").LOSSES
+        flipped = {not registered.get(ff[i].get("loss", "threshold")).positive_high for i in spec["inputs"] if i in ff}
         if len(flipped) > 1:
             raise ConfigError(f"readout {name}: its inputs mix losses that point goodness opposite ways "
                               f"(flipped and not); sum layers of one orientation")
@@ -606,9 +642,11 @@ class ModelConfig:
     num_layers: int = 4
     units: Any = 500
     activation: str = "relu"
-    goodness: Goodness = Goodness.sum
-    loss: Any = "threshold"        # a name of LOSS_NAMES, or one per layer
-    symba_alpha: float = 4.0       # the symba loss's sharpness (Trifecta's default)
+    goodness: str = "sum"          # a registered goodness function (ffrun.core.losses.GOODNESS)
+    loss: Any = "threshold"        # a registered loss (ffrun.core.losses.LOSSES), or one per layer
+    # a loss's hyper-parameter set model-wide is a key <loss>_<parameter> here (a node of
+    # model.layers may set any of its loss's); its default and range are the loss's own
+    symba_alpha: float = 4.0
     th_pos: Any = 0.1
     th_neg: Any = None
     norm: Norm = Norm.l2
@@ -640,11 +678,6 @@ class ModelConfig:
         if self.th_neg is not None:
             check_threshold(self.th_neg, "model.th_neg")
         check_optimizer(self.optimizer, "model.optimizer")
-        for name in (self.loss if isinstance(self.loss, list) else [self.loss]):
-            if name not in LOSS_NAMES:
-                raise ConfigError(f"model.loss must be one of {', '.join(LOSS_NAMES)} (or one per layer), got {self.loss!r}")
-        if not (math.isfinite(self.symba_alpha) and self.symba_alpha > 0):
-            raise ConfigError(f"model.symba_alpha must be a finite number > 0, got {self.symba_alpha!r}")
         for key in ("weight_decay", "peer_norm"):
             _finite(getattr(self, key), f"model.{key}")
             _at_least(getattr(self, key), 0.0, f"model.{key}")
@@ -806,17 +839,9 @@ class FFRunConfig:
                                   f"overwrite it every epoch: use one of the two (lr_schedule=constant)")
         if self.readout_step == StepChoice.same_step and self.pairing != StepChoice.same_step:
             raise ConfigError("readout_step=same_step trains the readout in the pos+neg step: it needs pairing=same_step")
-        if self.model.layers is not None:
-            losses = {name: node.get("loss", "threshold") for name, node in self.model.layers.items()
-                      if isinstance(node, dict)}
-        else:
-            losses = self.model.loss if isinstance(self.model.loss, list) else [self.model.loss]
-            losses = {(f"dense{i + 1}" if isinstance(self.model.loss, list) else ""): n for i, n in enumerate(losses)}
-        unknown = [(node, name) for node, name in losses.items() if name not in LOSS_NAMES]
-        if unknown:
-            raise ConfigError(f"model.layers.{unknown[0][0]}.loss must be one of {', '.join(LOSS_NAMES)}, "
-                              f"got {unknown[0][1]!r}")
-        paired = [(node, name) for node, name in losses.items() if name in PAIRED_LOSSES]
+        self._goodness()
+        losses = self._losses()
+        paired = [(node, name) for node, name in losses.items() if core_module("losses").LOSSES.get(name).needs_pairs]
         if paired and self.pairing != StepChoice.same_step:
             node, name = paired[0]
             where = f"{node}: " if node else ""
@@ -864,6 +889,32 @@ class FFRunConfig:
                                   f"{', '.join(nodes)}); a stage trains all or a list of nodes: name a node so, "
                                   f"or set schedule=[[all, N]]")
 
+    def _goodness(self) -> None:
+        names = core_module("losses").GOODNESS.names()
+        if self.model.goodness not in names:
+            raise ConfigError(f"model.goodness must be one of {', '.join(names)}, got {self.model.goodness!r}")
+
+    def _losses(self) -> dict[str, str]:
+        """Each FF layer's registered loss by node ('' for every layer of the generated MLP with one
+        loss), its hyper-parameters checked, and every model-wide loss key in range."""
+        registered = core_module("losses").LOSSES
+        for name in registered.names():
+            loss_options(name, {}, self.model, "model")
+        if self.model.layers is None:
+            names = self.model.loss if isinstance(self.model.loss, list) else [self.model.loss]
+            if any(name not in registered for name in names):
+                raise ConfigError(f"model.loss must be one of {', '.join(registered.names())} (or one per layer), "
+                                  f"got {self.model.loss!r}")
+            return {(f"dense{i + 1}" if isinstance(self.model.loss, list) else ""): n for i, n in enumerate(names)}
+        losses = {name: node.get("loss", "threshold") for name, node in self.model.layers.items()
+                  if isinstance(node, dict)}
+        for node, name in losses.items():
+            if name not in registered:
+                raise ConfigError(f"model.layers.{node}.loss must be one of {', '.join(registered.names())}, "
+                                  f"got {name!r}")
+            loss_options(name, self.model.layers[node], self.model, f"model.layers.{node}")
+        return losses
+
     def _optimizers(self) -> list[tuple[str, Any]]:
         """(config key, optimizer mapping) of every optimizer the config declares."""
         found = [("model.optimizer", self.model.optimizer), ("mode.optimizer", self.mode.optimizer)]
@@ -878,9 +929,10 @@ class FFRunConfig:
         competitive, and that protocol's FF layers all need one (it makes no negatives), with the
         label never in the input."""
         where = lambda node: f"model.layers.{node}.loss" if node else "model.loss"
+        competitive = class_losses()
         if protocol != ProtocolName.competitive:
             for node, name in losses.items():
-                if name in CLASS_LOSSES:
+                if name in competitive:
                     raise ConfigError(f"{where(node)}={name} trains each class's group of units on the label, "
                                       f"without negatives: it needs protocol=competitive")
             for node, spec in (self.model.layers or {}).items():
@@ -902,9 +954,9 @@ class FFRunConfig:
                     raise ConfigError(f"model.layers.{node}: protocol competitive never shows the label in the "
                                       f"input, so a {spec['type']} node cannot be used (read out with a classes node)")
         for node, name in losses.items():
-            if name not in CLASS_LOSSES:
+            if name not in competitive:
                 raise ConfigError(f"{where(node)}={name} needs negatives, and protocol competitive makes none: "
-                                  f"use a class loss ({', '.join(CLASS_LOSSES)})")
+                                  f"use a class loss ({', '.join(competitive)})")
         classes = self.data.num_classes
         nodes = self.model.layers or {}
         for node, spec in nodes.items():
