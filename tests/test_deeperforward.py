@@ -49,7 +49,7 @@ def test_mean_activity_goodness_and_its_cwc_loss_match_numpy_in_value_and_gradie
     np.testing.assert_allclose(tape.gradient(loss, ht).numpy(), grad_np, rtol=1e-5, atol=1e-8)
     # not the squared form: the two kinds differ on the same map
     assert not np.allclose(losses.class_goodness(ht, 3, "mean_square").numpy(), g_np)
-    with pytest.raises(ValueError, match="class_goodness must be one of mean_activity, mean_square, got 'mean'"):
+    with pytest.raises(ValueError, match="class_goodness must be one of mean_square, mean_activity, got 'mean'"):
         losses.class_goodness(ht, 3, "mean")
 
 
@@ -220,7 +220,7 @@ def test_cosine_decays_from_the_base_rate_to_its_floor_per_stage():
 @pytest.mark.parametrize("args, message", [
     (["model.layers.conv1.dropout=1.5"], "model.layers.conv1.dropout must be a rate in [0, 1), got 1.5"),
     (["model.layers.conv1.class_goodness=mean"],
-     "model.layers.conv1.class_goodness must be one of mean_activity, mean_square, got 'mean'"),
+     "model.layers.conv1.class_goodness must be one of mean_square, mean_activity, got 'mean'"),
     (["model.layers.conv1.loss=threshold"], "model.layers.conv1.class_goodness applies to the class losses"),
     (["model.layers.conv1.use_bias=maybe"], "model.layers.conv1.use_bias must be true or false, got 'maybe'"),
     (["+model.layers.conv1.pool_kind=min"], "model.layers.conv1.pool_kind must be one of max, avg, got 'min'"),

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import inspect
 import math
+from pathlib import Path
 
 import keras
+import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -14,8 +16,10 @@ from ffrun.core import losses
 from ffrun.core.layers import FFDense
 from ffrun.core.trainer import EpochResult, TrainingDiverged, TrainMgr
 from ffrun.errors import ConfigError, RegistryError
-from ffrun.experiment import schema
+from ffrun.experiment import nodes, schema
 from ffrun.registry import Registry
+
+REPO = Path(__file__).resolve().parents[1]
 
 # --- losses -------------------------------------------------------------------------------------
 
@@ -155,3 +159,159 @@ def test_a_node_key_of_another_loss_is_unknown():
     layers = {"d1": {"type": "dense", "units": 4, "symba_alpha": 2.0, "inputs": ["input"]}}
     with pytest.raises(ConfigError, match=r"model.layers.d1: unknown key\(s\) \['symba_alpha'\] for type dense"):
         schema.check_graph(layers)
+
+
+# --- goodness functions -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("registry", [losses.GOODNESS, losses.CLASS_GOODNESS], ids=lambda r: r.kind)
+def test_every_goodness_function_is_documented_and_reduces_to_one_value_per_row(registry):
+    assert registry.names()
+    for name, fn in registry.items():
+        assert losses.check_goodness(name, fn) is None and fn.__doc__.strip()
+    for name in losses.GOODNESS.names():
+        assert losses.goodness(tf.ones([3, 4]), name).shape == (3,)
+    for name in losses.CLASS_GOODNESS.names():
+        assert losses.class_goodness(tf.ones([3, 4]), 2, name).shape == (3, 2)
+
+
+@pytest.mark.parametrize("component, reason", [(3, "it must be a function"),
+                                               (lambda sq, mask: sq, "it has no docstring")])
+def test_a_broken_goodness_function_is_refused(component, reason):
+    with pytest.raises(RegistryError, match=f"^goodness 'odd' from .*: {reason}"):
+        Registry("goodness", contract=losses.check_goodness).add("odd", component)
+
+
+def test_the_schema_offers_the_registered_goodness_functions():
+    with pytest.raises(ConfigError, match=r"^model.goodness must be one of sum, mean, got 'median'$"):
+        _typed(model={"goodness": "median"})
+    layers = {"c1": {"type": "conv2d", "filters": 4, "class_goodness": "median", "loss": "cwc", "inputs": ["input"]}}
+    with pytest.raises(ConfigError, match=r"c1.class_goodness must be one of mean_square, mean_activity, got 'median'"):
+        schema.check_graph(layers)
+
+
+# --- node types and readouts --------------------------------------------------------------------
+
+ADAM = {"class_name": "Adam", "learning_rate": 1e-3}
+#: every built-in node type in one of two small graphs on 8 x 8 x 1 images and 4 classes: a
+#: supervised conv net with shortcuts, and a competitive one read out by class goodness
+SUPERVISED = {
+    "ov": {"type": "overlay", "mode": "channels", "inputs": ["input"]},
+    "c1": {"type": "conv2d", "filters": 4, "inputs": ["ov"]},
+    "n1": {"type": "prenorm", "kind": "rms", "inputs": ["c1"]},
+    "c2": {"type": "conv2d", "filters": 4, "groups": 2, "inputs": ["n1"]},
+    "sum": {"type": "add", "inputs": ["n1", "c2"]},
+    "cat": {"type": "concat", "inputs": ["n1", "sum"]},
+    "p1": {"type": "pool", "size": 2, "inputs": ["cat"]},
+    "fl": {"type": "flatten", "inputs": ["p1"]},
+    "d1": {"type": "dense", "units": 8, "inputs": ["fl"]},
+    "sm": {"type": "softmax", "inputs": ["d1"], "optimizer": ADAM},
+    "gd": {"type": "goodness", "inputs": ["d1"]},
+}
+COMPETITIVE = {
+    "c1": {"type": "conv2d", "filters": 4, "loss": "cwc", "inputs": ["input"]},
+    "cls": {"type": "classes", "inputs": ["c1"]},
+}
+
+
+def _network(layers: dict, supervised: bool):
+    from ffrun.experiment.build import build_network
+    keras.utils.set_random_seed(0)
+    return build_network(schema.ModelConfig(layers=layers), 4, supervised, image_shape=(8, 8, 1))
+
+
+@pytest.mark.parametrize("name", nodes.NODE_TYPES.in_order())
+def test_every_node_type_has_its_pieces_and_its_line_in_the_docs(name):
+    ntype = nodes.NODE_TYPES.get(name)
+    assert nodes.check_node_type(name, ntype) is None
+    assert ntype.doc and f"| `{name}` |" in (REPO / "docs" / "config.md").read_text()
+    assert name in {spec["type"] for spec in (*SUPERVISED.values(), *COMPETITIVE.values())}, \
+        "add the new built-in type to a graph above, so that its builder, shapes and FLOPs are exercised"
+
+
+def test_every_layer_of_a_built_graph_has_the_flops_and_role_of_its_type():
+    net = _network(SUPERVISED, supervised=True)
+    flop = {name: layer.forward_flop for name, layer in net.layers.items()}
+    assert flop["c1"] == 2 * 8 * 8 * 3 * 3 * 5 * 4          # 1 channel + 4 label planes, 3 x 3 kernel, same padding
+    assert flop["c2"] == 2 * 8 * 8 * 3 * 3 * (4 // 2) * 4    # 2 groups
+    assert flop["d1"] == 2 * (4 * 4 * 8) * 8 and flop["sm"] == 2 * 8 * 4
+    assert all(flop[n] == 0 for n in ("ov", "n1", "sum", "cat", "p1", "fl", "gd"))
+    assert net.roles.ff == ("c1", "c2", "d1") and net.roles.softmax == ("sm",) and net.roles.goodness == ("gd",)
+    competitive = _network(COMPETITIVE, supervised=False)
+    assert competitive.roles.classes == ("cls",) and competitive.roles.ff == ("c1",)
+
+
+def test_conv_layers_count_their_flops_in_an_epoch_and_a_layer_without_a_rule_is_refused():
+    from ffrun.core.flops import ff_epoch_flop
+    from ffrun.core.layers import Task
+    from ffrun.core.trainer import FFData, TaskEntry
+    net = _network(COMPETITIVE, supervised=False)
+    data = FFData.from_numpy(np.zeros((6, 8, 8, 1), np.float32), np.arange(6) % 4)
+    counted, _ = ff_epoch_flop(net.layers, [TaskEntry(Task.TRAIN_POS, data)])
+    assert counted == 6 * 2 * net.layers["c1"].forward_flop == 6 * 2 * (2 * 8 * 8 * 9 * 1 * 4)
+    hand_made = {"d": FFDense(4, name="d")}
+    with pytest.raises(ValueError, match="layer d \\(FFDense\\) has no FLOP count"):
+        ff_epoch_flop(hand_made, [TaskEntry(Task.TRAIN_POS, FFData.from_numpy(np.zeros((2, 3)), np.zeros(2)))])
+
+
+@pytest.fixture
+def node_types(monkeypatch) -> Registry:
+    """A copy of the node types for a test to register into (the real registry stays as it is)."""
+    copy = Registry("node type", contract=nodes.check_node_type)
+    for name in nodes.NODE_TYPES.in_order():
+        copy.add(name, nodes.NODE_TYPES.get(name))
+    monkeypatch.setattr(nodes, "NODE_TYPES", copy)
+    return copy
+
+
+def _register_tanh_dense() -> None:
+    @nodes.node_type("tanh_dense", required=("units",), optional=("th_pos",), takes=nodes.FLAT, gives=nodes.FLAT,
+                     role=nodes.FF, shape=lambda where, x, fed, spec, classes: ((spec["units"],), 0),
+                     flop=nodes.matmul_flop, integers={"units": 1}, width="units")
+    def build_tanh_dense(name: str, p: dict, ctx) -> FFDense:
+        """A dense FF layer of tanh units."""
+        return FFDense(p["units"], p.get("th_pos", 0.1), p.get("th_pos", 0.1), name=name, activation="tanh")
+
+
+def test_a_new_node_type_is_checked_built_and_counted_from_its_registration(node_types):
+    _register_tanh_dense()
+    graph = {"t1": {"type": "tanh_dense", "units": 8, "inputs": ["input"]},
+             "sm": {"type": "softmax", "inputs": ["t1"], "optimizer": ADAM}}
+    net = _network(graph, supervised=False)
+    assert net.roles.ff == ("t1",) and net.layers["t1"].forward_flop == 2 * 64 * 8
+    with pytest.raises(ConfigError, match=r"^model.layers.t1.units must be an integer >= 1, got 0$"):
+        schema.check_graph({**graph, "t1": {**graph["t1"], "units": 0}})
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['filters'\] for type tanh_dense; its keys are "
+                                          r"\['units', 'th_pos'\]"):
+        schema.check_graph({**graph, "t1": {**graph["t1"], "filters": 3}})
+    with pytest.raises(ConfigError, match=r"declares no FF layer \(a dense, conv2d or tanh_dense node\)"):
+        schema.check_roles({"sm": graph["sm"]}, supervised=False)
+
+
+def _build(name: str, p: dict, ctx):
+    """A documented builder."""
+
+
+@pytest.mark.parametrize("pieces, reason", [
+    ({"flop": None}, "it has no FLOP rule \\(flop=...: a weightless op declares flop=no_flop\\)"),
+    ({"shape": None}, "it has no shape rule"),
+    ({"build": lambda n, p, c: None}, "its builder must be a function with a docstring"),
+    ({"role": "probe"}, "its role must be one of ff, readout, op, got 'probe'"),
+    ({"role": nodes.READOUT}, "a readout \\(and only a readout\\) names its kind"),
+    ({"readout": "softmax"}, "a readout \\(and only a readout\\) names its kind"),
+    ({"integers": {"filters": 1}}, "its keys must be identifiers, and its integers and choices among its keys"),
+    ({"takes": "map"}, "it takes flat, image or None"),
+])
+def test_a_broken_node_type_is_refused_at_registration_in_one_line(pieces, reason):
+    complete = {"build": _build, "role": nodes.OP, "takes": None, "gives": "same", "shape": nodes.same_shape,
+                "flop": nodes.no_flop, "optional": ("size",)}
+    registry = Registry("node type", contract=nodes.check_node_type)
+    registry.add("fine", nodes.NodeType(**complete))
+    with pytest.raises(RegistryError, match=f"^node type 'block' from tests.test_registries.(_build|<lambda>): {reason}") as info:
+        registry.add("block", nodes.NodeType(**{**complete, **pieces}))
+    assert "\n" not in str(info.value) and "block" not in registry
+
+
+def test_the_decorator_refuses_a_node_type_without_its_required_pieces(node_types):
+    with pytest.raises(ConfigError, match="^node type 'block': .*missing .* required .*argument"):
+        nodes.node_type("block", role=nodes.OP, takes=None, gives="same")(_build)
+    assert "block" not in node_types

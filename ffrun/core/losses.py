@@ -50,7 +50,7 @@ def goodness(h: tf.Tensor, reduction: str = "sum", mask: tf.Tensor | None = None
     ``reduction="mean"`` the mean is over the selected units only.
     """
     if reduction not in GOODNESS:
-        raise ValueError(f"goodness reduction must be one of {', '.join(GOODNESS.names())}, got {reduction!r}")
+        raise ValueError(f"goodness reduction must be one of {', '.join(GOODNESS.in_order())}, got {reduction!r}")
     sq = tf.square(tf.cast(h, tf.float32))
     if mask is not None:
         sq = sq * mask
@@ -220,7 +220,7 @@ def class_goodness(h: tf.Tensor, num_classes: int, kind: str = "mean_square") ->
     (``kind="mean_activity"``: DeeperForward). Group k = channels [k F/C, (k+1) F/C), as both
     papers' code splits them."""
     if kind not in CLASS_GOODNESS:
-        raise ValueError(f"class_goodness must be one of {', '.join(CLASS_GOODNESS.names())}, got {kind!r}")
+        raise ValueError(f"class_goodness must be one of {', '.join(CLASS_GOODNESS.in_order())}, got {kind!r}")
     h = tf.cast(h, tf.float32)
     units = h.shape[-1]
     if units is None or units % num_classes:

@@ -314,11 +314,15 @@ def render() -> str:
     lines += ["", "## `model.layers.<name>`", "",
               "A declared network: an ordered mapping of nodes, each `{type: ..., inputs: [...], ...}` "
               "(`input` is the data). `model.layers: null` builds the MLP of `num_layers` x `units`. "
-              "Each type's keys (required first), and the shape it takes and gives:", "",
-              "| type | required | optional | takes | gives |", "|---|---|---|---|---|"]
-    for name, node in schema.NODE_TYPES.items():
+              "Each registered type (`ffrun.experiment.nodes.NODE_TYPES`): its keys (required first; a node "
+              "with a loss also takes that loss's hyper-parameters), the shape it takes and gives, and its role "
+              "(an FF layer, a readout and its kind, or a weightless op):", "",
+              "| type | required | optional | takes | gives | role | what it is |", "|---|---|---|---|---|---|---|"]
+    for name in schema.node_types().NODE_TYPES.in_order():
+        node = schema.node_types().NODE_TYPES.get(name)
+        role = f"readout ({node.readout})" if node.readout else node.role
         lines.append(f"| `{name}` | {', '.join(node.required) or '-'} | {', '.join(node.optional) or '-'} | "
-                     f"{node.takes or 'either'} | {node.gives} |")
+                     f"{node.takes or 'either'} | {node.gives} | {role} | {_cell(node.doc)} |")
 
     lines += _component_sections()
 
