@@ -315,3 +315,15 @@ def test_the_decorator_refuses_a_node_type_without_its_required_pieces(node_type
     with pytest.raises(ConfigError, match="^node type 'block': .*missing .* required .*argument"):
         nodes.node_type("block", role=nodes.OP, takes=None, gives="same")(_build)
     assert "block" not in node_types
+
+
+def test_a_readout_of_the_generated_mlp_is_any_registered_readout_type():
+    parsed = schema.ReadoutConfig.parse({"type": "classes", "inputs": ["dense2.."]}, "model.readouts.cls")
+    assert parsed.type == "classes"
+    with pytest.raises(ConfigError, match=r"^model.readouts.x.type must be one of softmax, goodness, classes, "
+                                          r"got 'linear'$"):
+        schema.ReadoutConfig.parse({"type": "linear", "inputs": ["dense2.."]}, "model.readouts.x")
+    model = schema.ModelConfig(num_layers=2, units=8, readouts={"cls": {"type": "classes", "inputs": ["dense1.."]}})
+    with pytest.raises(ConfigError, match=r"^model.readouts.cls: a classes readout reads layers trained by a class "
+                                          r"loss \(cwc, pvn, cwg\): it needs protocol=competitive$"):
+        schema.FFRunConfig(model=model, protocol=schema.SplitProtocol())

@@ -153,9 +153,12 @@ def _registered(key: str) -> str:
     """The names a key takes from a registry (a loss, a goodness function), or ''."""
     losses = schema.core_module("losses")
     if key == "model.loss":
-        return " \\| ".join(losses.LOSSES.names()) + ", or a list of them (one per layer)"
+        return " \\| ".join(losses.LOSSES.in_order()) + ", or a list of them (one per layer)"
     if key == "model.goodness":
-        return " \\| ".join(losses.GOODNESS.names())
+        return " \\| ".join(losses.GOODNESS.in_order())
+    if key == "type":   # model.readouts.<name>.type: a readout node type
+        registered = schema.node_types().NODE_TYPES
+        return " \\| ".join(n for n in registered.in_order() if registered.get(n).role == "readout")
     for name in losses.LOSSES.names():
         for param, keyword in losses.parameter_keys(name).items():
             if key == f"model.{param}":
@@ -191,7 +194,8 @@ def _component_sections() -> list[str]:
              "`model.layers`. The metrics are the columns each FF layer with the loss logs per epoch; "
              "every one is held under `max_loss`.", "",
              "| loss | trains on | metrics | hyper-parameters | what it is |", "|---|---|---|---|---|"]
-    for name, cls in losses.LOSSES.items():
+    for name in losses.LOSSES.in_order():
+        cls = losses.LOSSES.get(name)
         kind = ("per-class goodness against the label (protocol competitive)" if cls.competitive else
                 "aligned pairs (pairing=same_step)" if cls.needs_pairs else "positive and negative passes")
         params = [f"`{key}` (default `{_show(inspect.signature(cls).parameters[kw].default)}`; "
@@ -201,7 +205,7 @@ def _component_sections() -> list[str]:
     for title, registry in (("Goodness (`model.goodness`, a node's `goodness`)", losses.GOODNESS),
                             ("Class goodness (a node's `class_goodness`)", losses.CLASS_GOODNESS)):
         lines += ["", f"## {title}", "", "| name | what it is |", "|---|---|"]
-        lines += [f"| `{name}` | {_summary(fn)} |" for name, fn in registry.items()]
+        lines += [f"| `{name}` | {_summary(registry.get(name))} |" for name in registry.in_order()]
     return lines
 
 

@@ -81,11 +81,6 @@ class OverlayMode(StrEnum):
     replace = "replace"
 
 
-class ReadoutType(StrEnum):
-    softmax = "softmax"
-    goodness = "goodness"
-
-
 class NegLabels(StrEnum):
     once = "once"
     every_epoch = "every_epoch"
@@ -257,7 +252,7 @@ class OverlayConfig:
 
 @dataclass
 class ReadoutConfig:
-    type: ReadoutType = ReadoutType.softmax              # softmax (trained) | goodness (sup: the label of most goodness)
+    type: str = "softmax"                                # a readout node type: softmax (trained) | goodness (sup: the label of most goodness) | classes
     inputs: List[str] = field(default_factory=list)      # node names; "norm2.." = norm2..normN
     optimizer: Optional[Dict[str, Any]] = None           # softmax: its own, required
     use_bias: bool = True                                # softmax
@@ -278,7 +273,11 @@ class ReadoutConfig:
             raise ConfigError(f"{key}: {str(exc).splitlines()[0]}") from None
         if not spec.inputs:
             raise ConfigError(f"{key}.inputs must name at least one node (e.g. [norm2..])")
-        if spec.type == ReadoutType.softmax:
+        registered = node_types().NODE_TYPES
+        readouts = [name for name in registered.in_order() if registered.get(name).role == "readout"]
+        if spec.type not in readouts:
+            raise ConfigError(f"{key}.type must be one of {', '.join(readouts)}, got {spec.type!r}")
+        if "optimizer" in registered.get(spec.type).required + registered.get(spec.type).optional:
             check_optimizer(spec.optimizer, f"{key}.optimizer")
         _at_least(spec.weight_decay, 0.0, f"{key}.weight_decay")
         return spec
@@ -525,12 +524,12 @@ def generate_mlp(model: "ModelConfig", supervised: bool, units: list[int], th_po
                                      "loss": losses[i]})
         if model.norm != "none":
             prev = add(f"norm{i + 1}", {"type": "prenorm", "kind": model.norm})
+    registered = node_types().NODE_TYPES
     for name, spec in model.readouts.items():
         node = {"type": str(spec.type), "inputs": expand_inputs(spec.inputs, len(units))}
-        if spec.type == "softmax":
-            node |= {"optimizer": spec.optimizer, "use_bias": spec.use_bias, "init": spec.init,
-                     "weight_decay": spec.weight_decay}
-        nodes[name] = node
+        # the readout's own keys among model.readouts' fields (a softmax: its optimizer, bias, init, decay)
+        nodes[name] = node | {key: getattr(spec, key) for key in registered.get(spec.type).keys
+                              if key in ReadoutConfig.__dataclass_fields__}
     return nodes
 
 
@@ -873,8 +872,9 @@ class FFRunConfig:
                 if name in competitive:
                     raise ConfigError(f"{where(node)}={name} trains each class's group of units on the label, "
                                       f"without negatives: it needs protocol=competitive")
-            for node in with_role(self.model.layers or {}, "readout", "classes"):
-                raise ConfigError(f"model.layers.{node}: a classes readout reads layers trained by a class loss "
+            group = "model.layers" if self.model.layers is not None else "model.readouts"
+            for node in with_role(network_nodes(self.model, self.mode.name == Mode.sup), "readout", "classes"):
+                raise ConfigError(f"{group}.{node}: a classes readout reads layers trained by a class loss "
                                   f"({', '.join(competitive)}): it needs protocol=competitive")
             return
         if self.pairing == StepChoice.same_step:
