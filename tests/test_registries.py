@@ -300,6 +300,7 @@ def _build(name: str, p: dict, ctx):
     ({"readout": "softmax"}, "a readout \\(and only a readout\\) names its kind"),
     ({"integers": {"filters": 1}}, "its keys must be identifiers, and its integers and choices among its keys"),
     ({"takes": "map"}, "it takes flat, image or None"),
+    ({"check": 3}, "its check must be a function"),
 ])
 def test_a_broken_node_type_is_refused_at_registration_in_one_line(pieces, reason):
     complete = {"build": _build, "role": nodes.OP, "takes": None, "gives": "same", "shape": nodes.same_shape,

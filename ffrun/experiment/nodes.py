@@ -42,6 +42,8 @@ READOUT_KINDS = ("softmax", "goodness", "classes")
 ShapeRule = Callable[[str, tuple, list, dict, int], tuple[tuple, int]]
 #: (x, output shape, spec) -> forward FLOPs of one sample
 FlopRule = Callable[[tuple, tuple, dict], float]
+#: (where, spec, what it is fed: FLAT or IMAGE) -> None, or a ConfigError naming the key
+KeyCheck = Callable[[str, dict, str], None]
 Builder = Callable[[str, dict, Any], BaseFFLayer]
 
 
@@ -51,7 +53,9 @@ class NodeType:
     the FF layers' label, "true": the true label, for readouts). ``width``: the key that sets its
     output width (a class loss splits it into class groups). ``merges``: its inputs each keep their
     own shape (shortcuts) rather than being flattened and joined. ``routed``: it takes a protocol's
-    routing of units (split). ``label_in_input``: it needs the label shown in the input."""
+    routing of units (split). ``label_in_input``: it needs the label shown in the input. ``check``:
+    its own rules between its keys, and against what it is fed (the schema checks each key's type,
+    range and choices first)."""
 
     build: Builder
     role: str
@@ -69,6 +73,7 @@ class NodeType:
     merges: bool = False
     routed: bool = False
     label_in_input: bool = False
+    check: KeyCheck | None = None
 
     @property
     def __wrapped__(self) -> Builder:
@@ -102,6 +107,8 @@ def check_node_type(name: str, node: object) -> str | None:
         return "it has no shape rule (shape=...: its output shape and weights from its input's shape)"
     if not callable(node.flop):
         return "it has no FLOP rule (flop=...: a weightless op declares flop=no_flop)"
+    if node.check is not None and not callable(node.check):
+        return "its check must be a function (where, spec, fed)"
     keys = node.keys + tuple(node.integers) + tuple(node.choices)
     if not all(isinstance(k, str) and k.isidentifier() for k in keys) or not set(keys) <= set(node.keys):
         return f"its keys must be identifiers, and its integers and choices among its keys, got {keys!r}"
@@ -207,12 +214,18 @@ def _conv2d_flop(x: tuple, out: tuple, spec: dict) -> float:
     return 2.0 * h * w * k * k * (x[2] // spec.get("groups", 1)) * spec["filters"]
 
 
+def _conv2d_check(where: str, spec: dict, fed: str) -> None:
+    groups, filters = spec.get("groups", 1), spec.get("filters")
+    if isinstance(groups, int) and isinstance(filters, int) and groups > 0 and filters % groups:
+        raise ConfigError(f"{where}.groups={groups} must divide filters={filters}")
+
+
 @node_type("conv2d", required=("filters",),
            optional=("kernel_size", "strides", "padding", *_FF_KEYS, "weight_decay", "groups", "pool", "batchnorm",
                      "pool_kind", "dropout", "use_bias", "class_goodness"),
            takes=IMAGE, gives=IMAGE, role=FF, shape=_conv2d_shape, flop=_conv2d_flop,
            integers={"filters": 1, "kernel_size": 1, "strides": 1, "groups": 1, "pool": 0},
-           choices={"padding": ("same", "valid"), "pool_kind": ("max", "avg")}, width="filters")
+           choices={"padding": ("same", "valid"), "pool_kind": ("max", "avg")}, width="filters", check=_conv2d_check)
 def build_conv2d(name: str, p: dict, ctx: Any) -> BaseFFLayer:
     """A conv FF block (FFConv2D): convolution, optional groups, pool, BatchNorm and dropout inside."""
     m = ctx.model
@@ -258,8 +271,14 @@ def _prenorm_shape(where: str, x: tuple, fed: list, spec: dict, classes: int) ->
     return x, 0
 
 
+def _prenorm_check(where: str, spec: dict, fed: str) -> None:
+    if "scope" in spec and spec.get("kind") in ("layernorm", "class_groupnorm"):
+        raise ConfigError(f"{where}.scope applies to kinds l2 and rms; kind {spec['kind']} fixes its own statistics")
+
+
 @node_type("prenorm", optional=("kind", "scope"), takes=None, gives="same", role=OP, shape=_prenorm_shape,
-           flop=no_flop, choices={"kind": ("l2", "rms", "layernorm", "class_groupnorm"), "scope": ("channels", "map")})
+           flop=no_flop, choices={"kind": ("l2", "rms", "layernorm", "class_groupnorm"), "scope": ("channels", "map")},
+           check=_prenorm_check)
 def build_prenorm(name: str, p: dict, ctx: Any) -> BaseFFLayer:
     """A normalization before the next layer (l2, rms, layernorm, class_groupnorm)."""
     return FFPreNorm(p.get("kind", "l2"), name=name, scope=p.get("scope", "channels"), num_classes=ctx.num_classes)
@@ -300,8 +319,16 @@ def _overlay_shape(where: str, x: tuple, fed: list, spec: dict, classes: int) ->
     return x, 0
 
 
+def _overlay_check(where: str, spec: dict, fed: str) -> None:
+    value = spec.get("value", 1.0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{where}.value must be a finite number, got {value!r}")
+    if spec.get("mode") == "channels" and fed != IMAGE:
+        raise ConfigError(f"{where}.mode: 'channels' adds label planes to an image; it is fed a flat vector")
+
+
 @node_type("overlay", optional=("mode", "value"), takes=None, gives="same", role=OP, shape=_overlay_shape,
-           flop=no_flop, choices={"mode": ("add", "replace", "channels")}, label_in_input=True)
+           flop=no_flop, choices={"mode": ("add", "replace", "channels")}, label_in_input=True, check=_overlay_check)
 def build_overlay(name: str, p: dict, ctx: Any) -> BaseFFLayer:
     """The label written into the input (added, replacing the first values, or as label planes)."""
     return FFOverlay(ctx.num_classes, mode=p.get("mode", "add"), value=p.get("value", 1.0), name=name)

@@ -325,12 +325,6 @@ def check_node_values(where: str, spec: dict) -> None:
     if "class_goodness" in spec and spec.get("loss", "threshold") not in class_losses():
         raise ConfigError(f"{where}.class_goodness applies to the class losses ({', '.join(class_losses())}); "
                           f"its loss is {spec.get('loss', 'threshold')!r}")
-    if ntype == "prenorm" and "scope" in spec and spec.get("kind") in ("layernorm", "class_groupnorm"):
-        raise ConfigError(f"{where}.scope applies to kinds l2 and rms; kind {spec['kind']} fixes its own statistics")
-    if ntype == "overlay" and "value" in spec:
-        value = spec["value"]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ConfigError(f"{where}.value must be a finite number, got {value!r}")
 
 
 def check_graph(nodes: dict[str, Any]) -> bool:
@@ -350,7 +344,7 @@ def check_graph(nodes: dict[str, Any]) -> bool:
             raise ConfigError(f"{where} must be a mapping with type and inputs, got {spec!r}")
         if spec.get("type") not in registered.NODE_TYPES:
             raise ConfigError(f"{where}.type: unknown layer type {spec.get('type')!r}; types are "
-                              f"{', '.join(registered.NODE_TYPES)}")
+                              f"{', '.join(registered.NODE_TYPES.in_order())}")
         ntype = registered.NODE_TYPES.get(spec["type"])
         loss_keys = node_loss_keys(spec) if "loss" in ntype.keys else ()
         unknown = sorted(set(spec) - {"type", "inputs", "routing", "neg_routing"} - set(ntype.required)
@@ -384,12 +378,8 @@ def check_graph(nodes: dict[str, Any]) -> bool:
         check_node_values(where, spec)
         if "optimizer" in spec:
             check_optimizer(spec["optimizer"], f"{where}.optimizer")
-        groups, filters = spec.get("groups", 1), spec.get("filters")
-        if "groups" in ntype.keys and isinstance(groups, int) and isinstance(filters, int) and groups > 0 \
-                and filters % groups:
-            raise ConfigError(f"{where}.groups={groups} must divide filters={filters}")
-        if spec["type"] == "overlay" and spec.get("mode") == "channels" and fed != IMAGE:
-            raise ConfigError(f"{where}.mode: 'channels' adds label planes to an image; it is fed a flat vector")
+        if ntype.check is not None:   # the type's own rules between its keys and what it is fed
+            ntype.check(where, spec, fed)
         kinds[name] = fed if ntype.gives == "same" else ntype.gives
     return convolutional
 
