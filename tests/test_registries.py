@@ -307,7 +307,8 @@ def test_a_broken_node_type_is_refused_at_registration_in_one_line(pieces, reaso
                 "flop": nodes.no_flop, "optional": ("size",)}
     registry = Registry("node type", contract=nodes.check_node_type)
     registry.add("fine", nodes.NodeType(**complete))
-    with pytest.raises(RegistryError, match=f"^node type 'block' from tests.test_registries.(_build|<lambda>): {reason}") as info:
+    where = "tests.test_registries.(_build|<lambda>)"     # the builder it wraps
+    with pytest.raises(RegistryError, match=f"^node type 'block' from {where}: {reason}") as info:
         registry.add("block", nodes.NodeType(**{**complete, **pieces}))
     assert "\n" not in str(info.value) and "block" not in registry
 

@@ -151,7 +151,7 @@ def _rules(cls: type, name: str, probes: tuple, wrap=lambda value: value, sub: s
 
 def _registered(key: str) -> str:
     """The names a key takes from a registry (a loss, a goodness function), or ''."""
-    losses = schema.core_module("losses")
+    losses = schema.core_losses()
     if key == "model.loss":
         return " \\| ".join(losses.LOSSES.in_order()) + ", or a list of them (one per layer)"
     if key == "model.goodness":
@@ -173,7 +173,7 @@ def _summary(obj: Any) -> str:
 
 def _loss_rules(name: str, keyword: str) -> str:
     """What a loss's constructor says of out-of-range values of one hyper-parameter."""
-    losses = schema.core_module("losses")
+    losses = schema.core_losses()
     rules = []
     for probe in (-1e300, math.nan, 1e300):
         try:
@@ -187,7 +187,7 @@ def _loss_rules(name: str, keyword: str) -> str:
 
 def _component_sections() -> list[str]:
     """The registered losses and goodness functions: what a config may name, and what each carries."""
-    losses = schema.core_module("losses")
+    losses = schema.core_losses()
     lines = ["", "## Losses (`model.loss`, a node's `loss`)", "",
              "The registered local losses (`ffrun.core.losses.LOSSES`). A hyper-parameter is the key "
              "`<loss>_<parameter>`: model-wide under `model` where the schema has it, or in a node of "

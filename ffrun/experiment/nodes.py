@@ -102,7 +102,8 @@ def check_node_type(name: str, node: object) -> str | None:
     if (node.role == READOUT) != (node.readout is not None) or node.readout not in (None, *READOUT_KINDS):
         return f"a readout (and only a readout) names its kind, one of {', '.join(READOUT_KINDS)}; got {node.readout!r}"
     if node.takes not in (FLAT, IMAGE, None) or node.gives not in (FLAT, IMAGE, "same"):
-        return f"it takes {FLAT}, {IMAGE} or None (either) and gives {FLAT}, {IMAGE} or same, got {node.takes!r}, {node.gives!r}"
+        return (f"it takes {FLAT}, {IMAGE} or None (either) and gives {FLAT}, {IMAGE} or same, "
+                f"got {node.takes!r}, {node.gives!r}")
     if not callable(node.shape):
         return "it has no shape rule (shape=...: its output shape and weights from its input's shape)"
     if not callable(node.flop):
@@ -204,7 +205,8 @@ def _conv2d_shape(where: str, x: tuple, fed: list, spec: dict, classes: int) -> 
     if pool:
         h, w = h // pool, w // pool
     k, c, filters = spec.get("kernel_size", 3), x[2], spec["filters"]
-    return (h, w, filters), k * k * (c // spec.get("groups", 1)) * filters + (filters if spec.get("use_bias", True) else 0)
+    bias = filters if spec.get("use_bias", True) else 0
+    return (h, w, filters), k * k * (c // spec.get("groups", 1)) * filters + bias
 
 
 def _conv2d_flop(x: tuple, out: tuple, spec: dict) -> float:

@@ -11,7 +11,6 @@ The choices are ``StrEnum``s: a chosen value compares equal to its string (``cfg
 """
 from __future__ import annotations
 
-import importlib
 import math
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -100,18 +99,19 @@ class ProtocolName(StrEnum):
     competitive = "competitive"
 
 
-def core_module(name: str) -> ModuleType:
-    """``ffrun.core.<name>``, whose registries (losses, goodness functions) the checks read. They are
-    TensorFlow code: TensorFlow is imported here, with its start-up lines kept off the console, and
-    only when a config is checked (composing, ``--help`` and the ConfigStore stay without it)."""
+def core_losses() -> ModuleType:
+    """``ffrun.core.losses``, whose registries (``LOSSES``, ``GOODNESS``, ``CLASS_GOODNESS``) the checks
+    read. It is TensorFlow code: TensorFlow is imported here, with its start-up lines kept off the
+    console, and only when a config is checked (composing, ``--help`` and the ConfigStore stay without it)."""
     from ffrun import _import_tensorflow_quietly
     _import_tensorflow_quietly()
-    return importlib.import_module(f"ffrun.core.{name}")
+    from ffrun.core import losses
+    return losses
 
 
 def class_losses() -> tuple[str, ...]:
     """The registered losses on per-class goodness against the label (protocol competitive only)."""
-    registered = core_module("losses").LOSSES
+    registered = core_losses().LOSSES
     return tuple(name for name in registered.in_order() if registered.get(name).competitive)
 
 
@@ -119,7 +119,7 @@ def loss_options(loss: str, node: dict, model: Any, where: str) -> dict[str, Any
     """The hyper-parameters of the registered loss ``loss`` for one layer: each ``<loss>_<parameter>``
     key of the node (``where``: its config path), else the model's key of that name (``model.symba_alpha``),
     else the loss's default; a value out of range is a ConfigError naming the key."""
-    losses = core_module("losses")
+    losses = core_losses()
     options = {}
     for key, keyword in losses.parameter_keys(loss).items():
         source = node if key in node else vars(model) if hasattr(model, key) else None
@@ -252,7 +252,8 @@ class OverlayConfig:
 
 @dataclass
 class ReadoutConfig:
-    type: str = "softmax"                                # a readout node type: softmax (trained) | goodness (sup: the label of most goodness) | classes
+    # a readout node type: softmax (trained) | goodness (sup: the label of most goodness) | classes
+    type: str = "softmax"
     inputs: List[str] = field(default_factory=list)      # node names; "norm2.." = norm2..normN
     optimizer: Optional[Dict[str, Any]] = None           # softmax: its own, required
     use_bias: bool = True                                # softmax
@@ -277,7 +278,7 @@ class ReadoutConfig:
         readouts = [name for name in registered.in_order() if registered.get(name).role == "readout"]
         if spec.type not in readouts:
             raise ConfigError(f"{key}.type must be one of {', '.join(readouts)}, got {spec.type!r}")
-        if "optimizer" in registered.get(spec.type).required + registered.get(spec.type).optional:
+        if "optimizer" in registered.get(spec.type).keys:
             check_optimizer(spec.optimizer, f"{key}.optimizer")
         _at_least(spec.weight_decay, 0.0, f"{key}.weight_decay")
         return spec
@@ -287,8 +288,8 @@ class ReadoutConfig:
 
 def node_types() -> ModuleType:
     """``ffrun.experiment.nodes``: the registered node types (``NODE_TYPES``), built from core's
-    layers; imported as ``core_module`` imports core, only when a graph is checked."""
-    core_module("layers")
+    layers; imported as ``core_losses`` is, only when a graph is checked."""
+    core_losses()
     from ffrun.experiment import nodes
     return nodes
 
@@ -297,7 +298,7 @@ def registered_choices(spec: dict) -> dict[str, tuple[str, ...]]:
     """The keys of a node that name a registered function: its goodness and class goodness."""
     if "goodness" not in spec and "class_goodness" not in spec:
         return {}
-    losses = core_module("losses")
+    losses = core_losses()
     return {"goodness": losses.GOODNESS.in_order(), "class_goodness": losses.CLASS_GOODNESS.in_order()}
 
 
@@ -386,16 +387,16 @@ def check_graph(nodes: dict[str, Any]) -> bool:
 
 def node_loss_keys(spec: dict) -> tuple[str, ...]:
     """The hyper-parameter keys (``symba_alpha``) a node may set for its registered loss."""
-    losses = core_module("losses")
+    losses = core_losses()
     loss = spec.get("loss", "threshold")
     return tuple(losses.parameter_keys(loss)) if loss in losses.LOSSES else ()
 
 
 def is_convolutional(nodes: dict[str, Any]) -> bool:
     """Whether the data reaches the graph as an image (H, W, C): a node type that takes images is in it."""
-    registered = node_types().NODE_TYPES
-    return any(isinstance(s, dict) and s.get("type") in registered and registered.get(s["type"]).takes == node_types().IMAGE
-               for s in nodes.values())
+    registered = node_types()
+    return any(isinstance(s, dict) and s.get("type") in registered.NODE_TYPES
+               and registered.NODE_TYPES.get(s["type"]).takes == registered.IMAGE for s in nodes.values())
 
 
 def with_role(nodes: dict[str, dict], role: str, readout: str | None = None) -> dict[str, dict]:
@@ -428,7 +429,7 @@ def check_roles(nodes: dict[str, dict], supervised: bool) -> None:
         if not supervised:
             raise ConfigError(f"readout {name}: a goodness readout needs the label overlaid (mode=sup)")
         # a loss may give positives the LOWER goodness (core.losses.FlippedLoss.positive_high)
-        registered = core_module("losses").LOSSES
+        registered = core_losses().LOSSES
         flipped = {not registered.get(ff[i].get("loss", "threshold")).positive_high for i in spec["inputs"] if i in ff}
         if len(flipped) > 1:
             raise ConfigError(f"readout {name}: its inputs mix losses that point goodness opposite ways "
@@ -768,7 +769,7 @@ class FFRunConfig:
             raise ConfigError("readout_step=same_step trains the readout in the pos+neg step: it needs pairing=same_step")
         self._goodness()
         losses = self._losses()
-        paired = [(node, name) for node, name in losses.items() if core_module("losses").LOSSES.get(name).needs_pairs]
+        paired = [(node, name) for node, name in losses.items() if core_losses().LOSSES.get(name).needs_pairs]
         if paired and self.pairing != StepChoice.same_step:
             node, name = paired[0]
             where = f"{node}: " if node else ""
@@ -817,14 +818,14 @@ class FFRunConfig:
                                   f"or set schedule=[[all, N]]")
 
     def _goodness(self) -> None:
-        names = core_module("losses").GOODNESS.in_order()
+        names = core_losses().GOODNESS.in_order()
         if self.model.goodness not in names:
             raise ConfigError(f"model.goodness must be one of {', '.join(names)}, got {self.model.goodness!r}")
 
     def _losses(self) -> dict[str, str]:
         """Each FF layer's registered loss by node ('' for every layer of the generated MLP with one
         loss), its hyper-parameters checked, and every model-wide loss key in range."""
-        registered = core_module("losses").LOSSES
+        registered = core_losses().LOSSES
         for name in registered.names():
             loss_options(name, {}, self.model, "model")
         if self.model.layers is None:
