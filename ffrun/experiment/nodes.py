@@ -149,7 +149,7 @@ def matmul_flop(x: tuple, out: tuple, spec: dict) -> float:
     return 2.0 * math.prod(x) * math.prod(out)
 
 
-def _conv_map(where: str, x: tuple, spec: dict) -> tuple[int, int]:
+def conv_map(where: str, x: tuple, spec: dict) -> tuple[int, int]:
     """The map a conv2d node's convolution gives (before its own pooling)."""
     (h, w, _), k, stride = x, spec.get("kernel_size", 3), spec.get("strides", 1)
     if stride > min(h, w):
@@ -197,8 +197,10 @@ def build_dense(name: str, p: dict, ctx: Any) -> BaseFFLayer:
                    num_classes=ctx.num_classes, xla=m.xla)
 
 
-def _conv2d_shape(where: str, x: tuple, fed: list, spec: dict, classes: int) -> tuple[tuple, int]:
-    h, w = _conv_map(where, x, spec)
+def conv2d_shape(where: str, x: tuple, fed: list, spec: dict, classes: int) -> tuple[tuple, int]:
+    """A conv block's map after its convolution and pool, and its weights (a conv block of a plugin
+    with conv2d's keys may reuse it, with conv2d_flop and conv2d_check)."""
+    h, w = conv_map(where, x, spec)
     pool = spec.get("pool", 0)
     if pool and pool > min(h, w):
         raise ConfigError(f"{where}.pool={pool} is larger than the {h}x{w} map its convolution gives")
@@ -209,14 +211,15 @@ def _conv2d_shape(where: str, x: tuple, fed: list, spec: dict, classes: int) -> 
     return (h, w, filters), k * k * (c // spec.get("groups", 1)) * filters + bias
 
 
-def _conv2d_flop(x: tuple, out: tuple, spec: dict) -> float:
+def conv2d_flop(x: tuple, out: tuple, spec: dict) -> float:
     """2 x Hout x Wout x k x k x (C / groups) x filters per image (Hout, Wout: before its pool)."""
-    h, w = _conv_map("", x, spec)
+    h, w = conv_map("", x, spec)
     k = spec.get("kernel_size", 3)
     return 2.0 * h * w * k * k * (x[2] // spec.get("groups", 1)) * spec["filters"]
 
 
-def _conv2d_check(where: str, spec: dict, fed: str) -> None:
+def conv2d_check(where: str, spec: dict, fed: str) -> None:
+    """The groups of a conv block divide its filters."""
     groups, filters = spec.get("groups", 1), spec.get("filters")
     if isinstance(groups, int) and isinstance(filters, int) and groups > 0 and filters % groups:
         raise ConfigError(f"{where}.groups={groups} must divide filters={filters}")
@@ -225,9 +228,9 @@ def _conv2d_check(where: str, spec: dict, fed: str) -> None:
 @node_type("conv2d", required=("filters",),
            optional=("kernel_size", "strides", "padding", *_FF_KEYS, "weight_decay", "groups", "pool", "batchnorm",
                      "pool_kind", "dropout", "use_bias", "class_goodness"),
-           takes=IMAGE, gives=IMAGE, role=FF, shape=_conv2d_shape, flop=_conv2d_flop,
+           takes=IMAGE, gives=IMAGE, role=FF, shape=conv2d_shape, flop=conv2d_flop,
            integers={"filters": 1, "kernel_size": 1, "strides": 1, "groups": 1, "pool": 0},
-           choices={"padding": ("same", "valid"), "pool_kind": ("max", "avg")}, width="filters", check=_conv2d_check)
+           choices={"padding": ("same", "valid"), "pool_kind": ("max", "avg")}, width="filters", check=conv2d_check)
 def build_conv2d(name: str, p: dict, ctx: Any) -> BaseFFLayer:
     """A conv FF block (FFConv2D): convolution, optional groups, pool, BatchNorm and dropout inside."""
     m = ctx.model
