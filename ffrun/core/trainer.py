@@ -118,10 +118,6 @@ class TrainingDiverged(RuntimeError):
 #: 28 x 28 images)
 EVAL_BATCH_MB = 128
 
-#: metric names that hold a training loss (per-sample means): checked against ``max_loss``
-TRAINING_LOSSES = ("loss_pos", "loss_neg", "loss")
-
-
 def _as_entry(t) -> TaskEntry:
     if isinstance(t, TaskEntry):
         return t
@@ -665,11 +661,13 @@ class TrainMgr:
     def check_losses(self, result: EpochResult) -> None:
         """Raise TrainingDiverged when a metric of the epoch is NaN/Inf or a training loss exceeds
         ``max_loss``: a run whose losses reach 1e22 learns nothing and must not look completed."""
-        # one pass in layer order: the first layer that went wrong is the one named
+        # one pass in layer order: the first layer that went wrong is the one named. A layer names
+        # its training losses (an FF layer: its loss's train_metrics, as the loss registered them)
         for key, value in result.metrics.items():
             if not math.isfinite(value):
                 raise TrainingDiverged(f"{key} became {value} in epoch {result.epoch}")
-            if key.rsplit("/", 1)[-1] in TRAINING_LOSSES and value > self.max_loss:
+            layer, _, metric = key.rpartition("/")
+            if layer in self.layers and metric in self.layers[layer].training_losses and value > self.max_loss:
                 raise TrainingDiverged(f"{key} reached {value:.3g} in epoch {result.epoch}, above max_loss="
                                        f"{self.max_loss:g}: training diverged (lower the learning rate?)")
 
