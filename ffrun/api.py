@@ -4,9 +4,9 @@ in the package may change between releases; these change only with a note in CHA
 
     from ffrun.api import PROTOCOLS, FFData, Protocol
 
-Names resolve on first use, so that a plugin of protocols or datasets, which needs no TensorFlow to
-be registered and checked, is loaded without it (``FFData`` imports TensorFlow). docs/extending.md
-shows one worked example per kind.
+Names resolve on first use, so that a plugin of protocols or datasets is imported without
+TensorFlow; the names of the layer code (losses, goodness, node types, ``FFData``, ``FFConv2D``)
+import it, without its start-up lines. docs/extending.md shows one worked example per kind.
 """
 from __future__ import annotations
 
@@ -21,7 +21,12 @@ _SURFACE = {
     "DATASETS": "ffrun.experiment.datasets", "Dataset": "ffrun.experiment.datasets",
     "DataPeek": "ffrun.experiment.datasets", "ImageSplits": "ffrun.experiment.datasets",
     "FFData": "ffrun.core.trainer",
+    "LOSSES": "ffrun.core.losses", "FFLoss": "ffrun.core.losses", "GOODNESS": "ffrun.core.losses",
+    "NODE_TYPES": "ffrun.experiment.nodes", "node_type": "ffrun.experiment.nodes", "no_flop": "ffrun.experiment.nodes",
+    "FFConv2D": "ffrun.core.layers",
 }
+#: the modules that import TensorFlow
+_TENSORFLOW = ("ffrun.core.", "ffrun.experiment.nodes")
 __all__ = sorted(_SURFACE)
 
 
@@ -29,7 +34,7 @@ def __getattr__(name: str) -> object:
     module = _SURFACE.get(name)
     if module is None:
         raise AttributeError(f"module 'ffrun.api' has no attribute {name!r}")
-    if module.startswith("ffrun.core."):
+    if module.startswith(_TENSORFLOW):
         from ffrun import _import_tensorflow_quietly
         _import_tensorflow_quietly()
     return getattr(importlib.import_module(module), name)

@@ -23,7 +23,9 @@ T = TypeVar("T")
 
 
 def where(obj: object) -> str:
-    """``module.QualName`` of a class or function, to name who registered a clashing name."""
+    """``module.QualName`` of a class or function, to name who registered a clashing name; of the
+    function it wraps (``__wrapped__``) for a component that wraps one (a node type: its builder)."""
+    obj = getattr(obj, "__wrapped__", obj)
     module = getattr(obj, "__module__", None) or "?"
     return f"{module}.{getattr(obj, '__qualname__', type(obj).__qualname__)}"
 
@@ -69,6 +71,11 @@ class Registry(Generic[T]):
 
     def items(self) -> list[tuple[str, T]]:
         return sorted(self._items.items())
+
+    def in_order(self) -> tuple[str, ...]:
+        """The names in the order they were registered (built-ins first, as their module lists them):
+        for messages that list a kind's members in a reading order ("a dense or conv2d node")."""
+        return tuple(self._items)
 
     def __contains__(self, name: object) -> bool:
         return name in self._items

@@ -10,8 +10,9 @@ import pytest
 
 import ffrun.api as api
 
-SURFACE = ["ConfigError", "DATASETS", "DataError", "DataPeek", "Dataset", "FFData", "FFRunError", "ImageSplits",
-           "PROTOCOLS", "PluginError", "Protocol", "Registry", "RegistryError"]
+SURFACE = ["ConfigError", "DATASETS", "DataError", "DataPeek", "Dataset", "FFConv2D", "FFData", "FFLoss", "FFRunError",
+           "GOODNESS", "ImageSplits", "LOSSES", "NODE_TYPES", "PROTOCOLS", "PluginError", "Protocol", "Registry",
+           "RegistryError", "no_flop", "node_type"]
 
 
 def test_the_public_surface_is_exactly_these_names():
@@ -21,12 +22,16 @@ def test_the_public_surface_is_exactly_these_names():
 
 @pytest.mark.parametrize("name", SURFACE)
 def test_every_public_name_is_the_object_ffrun_itself_uses(name):
+    import ffrun.core.layers
+    import ffrun.core.losses
     import ffrun.core.trainer
     import ffrun.errors
     import ffrun.experiment.datasets
+    import ffrun.experiment.nodes
     import ffrun.experiment.protocols
     import ffrun.registry
-    owners = [ffrun.errors, ffrun.registry, ffrun.experiment.protocols, ffrun.experiment.datasets, ffrun.core.trainer]
+    owners = [ffrun.errors, ffrun.registry, ffrun.experiment.protocols, ffrun.experiment.datasets, ffrun.core.trainer,
+              ffrun.core.losses, ffrun.core.layers, ffrun.experiment.nodes]
     assert any(getattr(owner, name, None) is getattr(api, name) for owner in owners)
 
 

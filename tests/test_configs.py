@@ -71,11 +71,12 @@ def test_typo_in_override_is_rejected(cfg_factory):
 @pytest.mark.parametrize("override, message", [
     ("units=abc", "units must be an integer or a list of them, got 'abc'"),
     ("num_layers=0", "num_layers must be >= 1, got 0"),
-    ("model.goodness=median", "model.goodness=median: Invalid value 'median', expected one of [sum, mean]"),
+    ("model.goodness=median", "model.goodness must be one of sum, mean, got 'median'"),
     ("model.optimizer.class_name=Adamm", "model.optimizer.class_name must be one of SGD, Adam,"),
     ("model.norm=batch", "model.norm=batch: Invalid value 'batch', expected one of [l2, rms, none]"),
     ("eval_every=0", "eval_every must be >= 1, got 0"),
-    ("model.readouts.softmax.type=linear", "model.readouts.softmax: Invalid value 'linear'"),
+    ("model.readouts.softmax.type=linear",
+     "model.readouts.softmax.type must be one of softmax, goodness, classes, got 'linear'"),
     # keys the chosen protocol (five_digits) does not read are checked all the same
     ("splitting=bogus", "splitting=bogus: Invalid value 'bogus', expected one of [random, same, none]"),
     ("pairing=both", "pairing=both: Invalid value 'both'"),

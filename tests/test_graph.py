@@ -131,12 +131,6 @@ def test_the_cifar10_conv_preset_trains_a_few_steps_on_fabricated_batches(cfg_fa
     assert run.network.transform(x, tf.zeros([2], tf.int32), tf.zeros([2], tf.int32))["overlay"].shape == (2, 32, 32, 13)
 
 
-def test_every_node_type_has_a_builder_and_a_schema_entry():
-    from ffrun.experiment.graph import BUILDERS
-    from ffrun.experiment.schema import NODE_TYPES
-    assert set(BUILDERS) == set(NODE_TYPES)
-
-
 def test_torch_default_init_draws_pytorchs_range_per_group():
     """PyTorch's default conv/linear init is U(+-1/sqrt(fan_in)), fan_in = k*k*(in channels per group)."""
     from ffrun.experiment.build import make_initializer

@@ -121,14 +121,6 @@ def test_symba_loss_by_hand(alpha):
         loss.positive(tf.constant(G_POS), 0.0)
 
 
-def test_the_schema_knows_every_registered_loss():
-    from ffrun.experiment.schema import LOSS_NAMES, PAIRED_LOSSES
-    assert set(LOSS_NAMES) == set(losses.LOSSES)
-    assert set(PAIRED_LOSSES) == {name for name, cls in losses.LOSSES.items() if cls.needs_pairs}
-    with pytest.raises(ValueError, match="loss must be one of"):
-        losses.make_loss("hinge")
-
-
 def test_a_symba_layer_steps_on_pairs_and_reports_its_pair_loss():
     """An FFDense with symba on [positives; negatives]: one step widens the goodness gap, and the
     layer reports loss_pair (no per-polarity losses)."""

@@ -114,5 +114,5 @@ def test_a_sweep_with_a_bad_value_stops_before_its_first_job(tmp_path: Path) -> 
     proc, sweep_dir = run_sweep(tmp_path, ["model.goodness=sum,bogus"])
     assert proc.returncode == 2, explain(proc)
     assert proc.stderr.strip().splitlines() == [
-        "ffrun: model.goodness=bogus: Invalid value 'bogus', expected one of [sum, mean]"]
+        "ffrun: model.goodness must be one of sum, mean, got 'bogus'"]
     assert not sweep_dir.exists()

@@ -55,6 +55,12 @@ class BaseFFLayer:
 
     #: the training tasks in which this layer changes its weights
     trains_on: frozenset[Task] = frozenset()
+    #: forward FLOPs of one sample (multiply-adds x 2), set by the graph builder from its node type's
+    #: FLOP rule; None: not known, and FLOP counting refuses to count the layer as 0
+    forward_flop: float | None = None
+    #: the names of its metrics that hold a training loss (per-sample means), which the divergence
+    #: check (``TrainMgr.check_losses``) holds under ``max_loss``
+    training_losses: tuple[str, ...] = ()
 
     def __init__(self, layer: keras.layers.Layer | None, name: str,
                  optimizer: keras.optimizers.Optimizer | None = None, l2: float = 0.0):
@@ -161,16 +167,18 @@ class FFLocalLayer(BaseFFLayer):
     def __init__(self, layer: keras.layers.Layer, name: str, optimizer: keras.optimizers.Optimizer | None, *,
                  th_pos: float, th_neg: float, goodness: str, loss: losses.FFLoss | str, l2: float,
                  num_classes: int | None = None, units: int | None = None, class_goodness: str = "mean_square"):
-        if goodness not in losses.GOODNESS_REDUCTIONS:
-            raise ValueError(f"goodness must be one of {losses.GOODNESS_REDUCTIONS}, got {goodness!r}")
+        if goodness not in losses.GOODNESS:
+            raise ValueError(f"goodness must be one of {', '.join(losses.GOODNESS.in_order())}, got {goodness!r}")
         super().__init__(layer, name, optimizer or keras.optimizers.Adam(1e-4), l2=l2)
         self.th_pos = float(th_pos)
         self.th_neg = float(th_neg)
         self.reduction = goodness
         self.loss = losses.make_loss(loss) if isinstance(loss, str) else loss
+        self.training_losses = self.loss.train_metrics
         self.num_classes = num_classes
         if class_goodness not in losses.CLASS_GOODNESS:
-            raise ValueError(f"class_goodness must be one of {', '.join(losses.CLASS_GOODNESS)}, got {class_goodness!r}")
+            raise ValueError(f"class_goodness must be one of {', '.join(losses.CLASS_GOODNESS.in_order())}, "
+                             f"got {class_goodness!r}")
         self.class_goodness = class_goodness
         if self.loss.competitive:   # one group of units per class: trained on labels, no negatives
             if num_classes is None or num_classes < 2:
@@ -917,6 +925,7 @@ class FFSoftmax(BaseFFLayer):
     on positive data."""
 
     trains_on = frozenset({Task.TRAIN_POS, Task.TRAIN_PAIR, Task.TRAIN_PAIR_READOUT})
+    training_losses = ("loss",)
 
     def __init__(self, num_classes: int, optimizer: keras.optimizers.Optimizer | None = None, *,
                  name: str = "softmax", use_bias: bool = True, kernel_initializer: Any = "glorot_uniform",

@@ -9,19 +9,24 @@ In a stage where a prefix of the network is frozen (every layer before the ones 
 the blocks under a softmax readout that trains alone), the frozen nodes' outputs are the same in
 every epoch of the stage: a pass whose data is fixed computes them once, keeps them per example
 within ``feature_cache_mb``, and runs only the rest of the network on them in the epoch's order.
+Outputs that do not fit in memory go to files within ``feature_cache_disk_mb`` (``feature_cache``),
+read back a batch at a time, and removed when the stage ends, however it ends.
 """
 from __future__ import annotations
 
 import collections
 import logging
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterable, Mapping, Protocol, Sequence, Union
 
 import numpy as np
 import tensorflow as tf
 
+from ffrun.core.feature_cache import DISK_RESERVE_BYTES, FeatureFiles, free_bytes
 from ffrun.core.layers import BaseFFLayer, Task, TRAIN_TASKS
 from ffrun.core.network import Network, Node, SeqFn
 
@@ -113,10 +118,6 @@ class TrainingDiverged(RuntimeError):
 #: 28 x 28 images)
 EVAL_BATCH_MB = 128
 
-#: metric names that hold a training loss (per-sample means): checked against ``max_loss``
-TRAINING_LOSSES = ("loss_pos", "loss_neg", "loss")
-
-
 def _as_entry(t) -> TaskEntry:
     if isinstance(t, TaskEntry):
         return t
@@ -158,14 +159,17 @@ def shared_tensor(array: np.ndarray) -> tf.Tensor:
 
 @dataclass(eq=False)
 class PassCache:
-    """What a pass reuses over the epochs of a stage: the outputs of the frozen nodes it reads,
-    per example in the data's order (``features``), the nodes it still runs on them, and the
-    metric variables of the frozen nodes it scores, before and after one pass over the data."""
+    """What a pass reuses over the epochs of a stage: the outputs of the frozen nodes it reads
+    (``reads``), per example in the data's order, in memory (``features``) or in ``files``; the
+    nodes it still runs on them, and the metric variables of the frozen nodes it scores, before
+    and after one pass over the data."""
 
     nodes: list[Node]
+    reads: tuple[str, ...]
     features: dict[str, tf.Tensor]
     metrics: list[tuple[tf.Variable, np.ndarray, np.ndarray]]
     nbytes: int
+    files: FeatureFiles | None = None
     uses: int = 0
 
     def replay_metrics(self) -> None:
@@ -183,11 +187,27 @@ class StageCache:
 
     fixed: frozenset[str]
     budget: int
+    #: bytes of outputs the stage may keep in files in ``folder`` (0 or no folder: none)
+    disk_budget: int = 0
+    folder: Path | None = None
     passes: dict[TaskEntry, PassCache | None] = field(default_factory=dict)
+    #: every file set opened in the stage, kept or not (one whose writing stopped half-way too)
+    opened: list[FeatureFiles] = field(default_factory=list)
 
     @property
     def nbytes(self) -> int:
-        return sum(p.nbytes for p in self.passes.values() if p is not None)
+        return sum(p.nbytes for p in self.passes.values() if p is not None and p.files is None)
+
+    @property
+    def disk_nbytes(self) -> int:
+        return sum(p.nbytes for p in self.passes.values() if p is not None and p.files is not None)
+
+    def close(self) -> None:
+        """Remove the stage's files and their folder."""
+        for files in self.opened:
+            files.close()
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
 
 class TrainMgr:
@@ -204,7 +224,8 @@ class TrainMgr:
                  progress: ProgressHook | None = None, max_loss: float = math.inf,
                  shuffle_buffer: int | None = None, drop_last: bool = False, same_order: bool = False,
                  augment: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None,
-                 feature_cache_mb: float = 0, eval_batch_mb: float = EVAL_BATCH_MB):
+                 feature_cache_mb: float = 0, eval_batch_mb: float = EVAL_BATCH_MB,
+                 feature_cache_disk_mb: float = 0, feature_cache_dir: Path | str | None = None):
         self.network = layers if isinstance(layers, Network) else Network(dict(layers), seq)
         self.layers = self.network.layers
         self.seq = self.network.seq
@@ -231,6 +252,10 @@ class TrainMgr:
         self._base_lr = {}
         # frozen nodes' outputs kept over a stage's epochs, at most this many bytes (0: never)
         self.feature_cache_bytes = int(feature_cache_mb * 2 ** 20)
+        # and those that do not fit, in files in this folder of their own (removed at the start of
+        # fit and at every stage's end), at most this many bytes (0 or no folder: never)
+        self.feature_cache_dir = Path(feature_cache_dir) if feature_cache_dir is not None else None
+        self.feature_cache_disk_bytes = int(feature_cache_disk_mb * 2 ** 20) if self.feature_cache_dir else 0
         self._stage_cache: StageCache | None = None
         #: passes run on kept outputs of frozen nodes, by pass label
         self.cached_passes: collections.Counter = collections.Counter()
@@ -350,7 +375,7 @@ class TrainMgr:
         fn = self._graphs.get(key)
         if fn is not None:
             return fn
-        names = tuple(cache.features)
+        names = cache.reads
 
         def cached_pass(features, y, y_ff, perm):
             self.trace_counts[key] += 1       # runs only while tracing
@@ -365,6 +390,39 @@ class TrainMgr:
                                                        tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int32)])
         self._graphs[key] = fn
         return fn
+
+    def _file_batch_graph(self, key: tuple, cache: PassCache):
+        """The graph of one batch of a pass on frozen outputs read from files: the nodes after
+        them run as in ``seq`` (the batch loop is in Python, one read per batch)."""
+        fn = self._graphs.get(key)
+        if fn is not None:
+            return fn
+        names = cache.reads
+
+        def file_batch(features, y, y_ff):
+            self.trace_counts[key] += 1       # runs only while tracing
+            self.network.run_from(dict(zip(names, features)), cache.nodes, y, y_ff)
+
+        spec = tuple(tf.TensorSpec([None, *shape], tf.as_dtype(dtype)) for shape, dtype in cache.files.shapes.values())
+        fn = tf.function(file_batch, input_signature=[spec, tf.TensorSpec([None], tf.int32),
+                                                      tf.TensorSpec([None], tf.int32)])
+        self._graphs[key] = fn
+        return fn
+
+    def _run_from_files(self, key: tuple, cache: PassCache, data: FFData, perm: np.ndarray, batch_size: int) -> None:
+        """A pass on frozen outputs kept in files: every batch of ``perm`` in order, its rows read
+        into one batch buffer, then the rest of the network on them."""
+        fn = self._file_batch_graph(key, cache)
+        reader = cache.files.reader(batch_size)
+        y, y_ff = data.y.numpy(), data.y_ff.numpy()
+        batches = math.ceil(len(perm) / batch_size)
+        every = max(batches // 50, 1)   # as often as the in-graph loop reports
+        for i in range(batches):
+            idx = perm[i * batch_size:(i + 1) * batch_size]
+            rows = reader.read(idx)
+            fn(tuple(rows[name] for name in cache.reads), y[idx], y_ff[idx])
+            if self.progress is not None and ((i + 1) % every == 0 or i + 1 == batches):
+                self.progress.advance(i + 1)
 
     def _on_batch(self, i):
         self.progress.advance(int(i))
@@ -402,9 +460,12 @@ class TrainMgr:
                 cache.replay_metrics()
             cache.uses += 1
             self.cached_passes[entry.label or entry.task.value] += 1
-            fn = self._cached_graph(("kept",) + key + (tuple(n.name for n in cache.nodes), tuple(cache.features)),
-                                    cache, bs)
-            args = (tuple(cache.features.values()), pos.y, pos.y_ff, tf.constant(perm))
+            kept_key = key + (tuple(n.name for n in cache.nodes), cache.reads)
+            if cache.files is None:
+                fn = self._cached_graph(("kept",) + kept_key, cache, bs)
+                args = (tuple(cache.features.values()), pos.y, pos.y_ff, tf.constant(perm))
+            else:
+                fn, args = self._run_from_files, (("kept in files",) + kept_key, cache, pos, perm, bs)
         if self.progress is not None:
             self.progress.start_pass(entry.label or entry.task.value, math.ceil(len(perm) / bs))
         fn(*args)
@@ -417,19 +478,19 @@ class TrainMgr:
         """The frozen nodes of a stage in which ``trainable`` train, when keeping their outputs
         can pay: a budget, two epochs or more left, and a frozen layer with weights (one without
         costs little to recompute)."""
-        if not self.feature_cache_bytes or epochs_left < 2:
+        if not (self.feature_cache_bytes or self.feature_cache_disk_bytes) or epochs_left < 2:
             return None
         changing = frozenset().union(*(self._active(e, trainable) for e in self.tasks if e.task in TRAIN_TASKS))
         fixed = self.network.fixed_nodes(changing)
         if not any(self.layers[name].trainable_variables for name in fixed):
             return None
-        return StageCache(fixed, self.feature_cache_bytes)
+        return StageCache(fixed, self.feature_cache_bytes, self.feature_cache_disk_bytes, self.feature_cache_dir)
 
     def _pass_cache(self, entry: TaskEntry, active: frozenset[str], data: FFData) -> PassCache | None:
         """The kept frozen outputs of this pass in the current stage, computed at its first run;
         None when the pass must run the whole network: its data changes between epochs (negatives
-        drawn afresh, augmented training images), it is paired or all-labels, or its outputs do
-        not fit what is left of the budget."""
+        drawn afresh, augmented training images), it is paired or all-labels, or its outputs fit
+        neither what is left of the memory budget nor the disk budget and the disk's free space."""
         stage = self._stage_cache
         if entry in stage.passes:
             return stage.passes[entry]
@@ -442,26 +503,60 @@ class TrainMgr:
             return None
         reads = tuple(sorted(reads))
         probe = self.network.transform(data.X[:1], data.y[:1], tf.maximum(data.y_ff[:1], 0))
-        nbytes = len(data) * sum(int(np.prod(probe[r].shape[1:])) * probe[r].dtype.size for r in reads)
+        shapes = {r: (tuple(probe[r].shape[1:]), np.dtype(probe[r].dtype.as_numpy_dtype)) for r in reads}
+        nbytes = len(data) * sum(int(np.prod(shape)) * dtype.itemsize for shape, dtype in shapes.values())
         label = entry.label or entry.task.value
-        left = stage.budget - stage.nbytes
-        if nbytes > left:
-            log.info("feature cache: %s would keep %.1f MB of frozen outputs (%s), %.1f MB of feature_cache_mb "
-                     "are left: its frozen layers run every epoch", label, nbytes / 2 ** 20, ", ".join(reads),
-                     left / 2 ** 20)
+        in_files = self._keep_in_files(stage, label, nbytes, reads)
+        if in_files is None:
             return None
-        cache = self._fill_cache(entry, active, data, nodes, reads)
+        files = None
+        if in_files:
+            try:
+                files = FeatureFiles(stage.folder, f"pass{len(stage.passes)}", len(data), shapes)
+                stage.opened.append(files)
+            except OSError as exc:
+                log.warning("feature cache: %s cannot write files in %s (%s): its frozen layers run every epoch",
+                            label, stage.folder, exc)
+                return None
+        cache = self._fill_cache(entry, active, data, nodes, reads, files)
+        if cache is None:
+            return None
         stage.passes[entry] = cache
-        log.info("feature cache: %s keeps %.1f MB of frozen outputs (%s) for the stage", label, nbytes / 2 ** 20,
-                 ", ".join(reads) or "scores only")
+        log.info("feature cache: %s keeps %.1f MB of frozen outputs (%s) for the stage%s", label, nbytes / 2 ** 20,
+                 ", ".join(reads) or "scores only", " in files" if in_files else "")
         return cache
 
+    @staticmethod
+    def _keep_in_files(stage: StageCache, label: str, nbytes: int, reads: tuple[str, ...]) -> bool | None:
+        """Where a pass keeps ``nbytes`` of outputs: in memory (False) while the memory budget
+        lasts, else in files (True) while the disk budget lasts and the disk keeps
+        ``DISK_RESERVE_BYTES`` free; None (one log line): nowhere, it recomputes them."""
+        left = stage.budget - stage.nbytes
+        if nbytes <= left:
+            return False
+        would = f"feature cache: {label} would keep {nbytes / 2 ** 20:.1f} MB of frozen outputs ({', '.join(reads)})"
+        if not stage.disk_budget:
+            log.info("%s, %.1f MB of feature_cache_mb are left: its frozen layers run every epoch", would, left / 2 ** 20)
+            return None
+        disk_left = stage.disk_budget - stage.disk_nbytes
+        if nbytes > disk_left:
+            log.info("%s, %.1f MB of feature_cache_mb and %.1f MB of feature_cache_disk_mb are left: its frozen layers "
+                     "run every epoch", would, left / 2 ** 20, disk_left / 2 ** 20)
+            return None
+        free = free_bytes(stage.folder)
+        if nbytes + DISK_RESERVE_BYTES > free:
+            log.info("%s, more than feature_cache_mb, and the disk of %s has %.1f MB free (%.0f MB must stay free): its "
+                     "frozen layers run every epoch", would, stage.folder, free / 2 ** 20, DISK_RESERVE_BYTES / 2 ** 20)
+            return None
+        return True
+
     def _fill_cache(self, entry: TaskEntry, active: frozenset[str], data: FFData, nodes: list[Node],
-                    reads: tuple[str, ...]) -> PassCache:
+                    reads: tuple[str, ...], files: FeatureFiles | None = None) -> PassCache | None:
         """One pass of the frozen nodes over ``data`` in its order, in batches of the evaluation
         size (an evaluation pass's own batches, so its frozen nodes score exactly as before): keeps
-        the outputs in ``reads`` per example, and the metric variables of the frozen nodes it
-        scores before and after."""
+        the outputs in ``reads`` per example, in memory or written to ``files``, and the metric
+        variables of the frozen nodes it scores before and after. None when the files cannot be
+        written (the scores are put back as they were, the files removed)."""
         scoring = active & self._stage_cache.fixed if entry.task == Task.EVAL else frozenset()
         variables = [v for name in sorted(scoring) for v in self.layers[name].metric_variables()]
         before = [np.array(v.numpy()) for v in variables]
@@ -480,22 +575,41 @@ class TrainMgr:
                                                               tf.TensorSpec([None], tf.int32)])
             self._graphs[key] = fn
         n, bs = len(data), self.eval_rows
+        label = entry.label or entry.task.value
         kept: dict[str, np.ndarray] = {}
         if self.progress is not None:
-            self.progress.start_pass(f"{entry.label or entry.task.value}: frozen layers", math.ceil(n / bs))
-        for start in range(0, n, bs):
-            outs = fn(data.X[start:start + bs], data.y[start:start + bs], data.y_ff[start:start + bs])
-            for name, out in zip(reads, outs[1:]):
-                if name not in kept:
-                    kept[name] = aligned_empty((n, *out.shape[1:]), out.dtype.as_numpy_dtype)
-                kept[name][start:start + bs] = out.numpy()
+            self.progress.start_pass(f"{label}: frozen layers", math.ceil(n / bs))
+        try:
+            for start in range(0, n, bs):
+                outs = fn(data.X[start:start + bs], data.y[start:start + bs], data.y_ff[start:start + bs])
+                batch = {name: out.numpy() for name, out in zip(reads, outs[1:])}
+                if files is not None:
+                    files.append(batch)
+                else:
+                    for name, out in batch.items():
+                        if name not in kept:
+                            kept[name] = aligned_empty((n, *out.shape[1:]), out.dtype)
+                        kept[name][start:start + bs] = out
+                if self.progress is not None:
+                    self.progress.advance(start // bs + 1)
+            if files is not None:
+                files.finish()
+        except OSError as exc:   # the disk filled up or went away after the free-space check
+            if files is None:
+                raise
+            files.close()
+            for var, value in zip(variables, before):
+                var.assign(value)
+            log.warning("feature cache: %s could not write its frozen outputs (%s): its frozen layers run every epoch",
+                        label, exc)
+            return None
+        finally:
             if self.progress is not None:
-                self.progress.advance(start // bs + 1)
-        if self.progress is not None:
-            self.progress.end_pass()
+                self.progress.end_pass()
         metrics = list(zip(variables, before, [np.array(v.numpy()) for v in variables]))
-        features = {name: shared_tensor(kept.pop(name)) for name in reads}
-        return PassCache(nodes, features, metrics, sum(int(np.prod(f.shape)) * f.dtype.size for f in features.values()))
+        features = {name: shared_tensor(kept.pop(name)) for name in list(kept)}
+        nbytes = files.nbytes if files is not None else sum(int(np.prod(f.shape)) * f.dtype.size for f in features.values())
+        return PassCache(nodes, reads, features, metrics, nbytes, files)
 
     def order(self, n: int, epoch: int, index: int) -> np.ndarray:
         """The order of a training pass: a function of (seed, epoch, pass) only, so a resumed run
@@ -547,11 +661,13 @@ class TrainMgr:
     def check_losses(self, result: EpochResult) -> None:
         """Raise TrainingDiverged when a metric of the epoch is NaN/Inf or a training loss exceeds
         ``max_loss``: a run whose losses reach 1e22 learns nothing and must not look completed."""
-        # one pass in layer order: the first layer that went wrong is the one named
+        # one pass in layer order: the first layer that went wrong is the one named. A layer names
+        # its training losses (an FF layer: its loss's train_metrics, as the loss registered them)
         for key, value in result.metrics.items():
             if not math.isfinite(value):
                 raise TrainingDiverged(f"{key} became {value} in epoch {result.epoch}")
-            if key.rsplit("/", 1)[-1] in TRAINING_LOSSES and value > self.max_loss:
+            layer, _, metric = key.rpartition("/")
+            if layer in self.layers and metric in self.layers[layer].training_losses and value > self.max_loss:
                 raise TrainingDiverged(f"{key} reached {value:.3g} in epoch {result.epoch}, above max_loss="
                                        f"{self.max_loss:g}: training diverged (lower the learning rate?)")
 
@@ -571,6 +687,8 @@ class TrainMgr:
         epochs and always in the last one."""
         results, epoch = [], 0
         last = sum(int(n) for _, n in schedule)
+        if self.feature_cache_dir is not None:   # files of a process that was killed: never trusted
+            shutil.rmtree(self.feature_cache_dir, ignore_errors=True)
         for stage, (names, n_epochs) in enumerate(schedule):
             trainable = self.resolve_layers(names)
             self._stage_cache = self._stage_cache_for(trainable, epoch + int(n_epochs) - max(epoch, start_epoch))
@@ -585,5 +703,7 @@ class TrainMgr:
                     if on_epoch_end is not None:   # (a test pass here may reuse the stage's kept outputs)
                         on_epoch_end(result)
             finally:   # the next stage trains other layers, and a caller may restore other weights
+                if self._stage_cache is not None:   # its files go with it, whatever ended the stage
+                    self._stage_cache.close()
                 self._stage_cache = None
         return results

@@ -24,7 +24,7 @@ from ffrun.experiment import protocols
 from ffrun.experiment.datasets import ImageSplits, load_splits
 from ffrun.experiment.graph import Context, build_graph
 from ffrun.experiment.protocols import Plan
-from ffrun.experiment.schema import (DataConfig, FFRunConfig, ModelConfig, build_schedule, check_shapes,
+from ffrun.experiment.schema import (DataConfig, FFRunConfig, ModelConfig, build_schedule, check_shapes, node_types,
                                      network_nodes, per_layer, typed)
 
 __all__ = ["Run", "build_network", "build_run", "build_schedule", "load_data", "make_initializer",
@@ -111,7 +111,9 @@ def build_run(cfg: DictConfig | FFRunConfig, keep_splits: bool = False) -> Run:
     if spec.model.layers is None:
         dense_units = per_layer(spec.model.units, spec.model.num_layers, "units")
     else:   # a declared graph: the dense nodes in order
-        dense_units = [node.get("units") for node in spec.model.layers.values() if node.get("type") == "dense"]
+        registered = node_types().NODE_TYPES
+        routed = [registered.get(node["type"]) for node in spec.model.layers.values()]
+        dense_units = [node.get(ntype.width) for node, ntype in zip(spec.model.layers.values(), routed) if ntype.routed]
     routing, neg_routing = protocol.routing(dense_units)
     check_shapes(spec, (*splits.image_shape, splits.channels), protocol.num_classes)   # as the CLI did, on the loaded data
     network = build_network(spec.model, protocol.num_classes, supervised, routing, neg_routing,

@@ -150,6 +150,66 @@ def _rules(cls: type, name: str, probes: tuple, wrap=lambda value: value, sub: s
     return rules
 
 
+def _registered(key: str) -> str:
+    """The names a key takes from a registry (a loss, a goodness function), or ''."""
+    losses = schema.core_losses()
+    if key == "model.loss":
+        return " \\| ".join(losses.LOSSES.in_order()) + ", or a list of them (one per layer)"
+    if key == "model.goodness":
+        return " \\| ".join(losses.GOODNESS.in_order())
+    if key == "type":   # model.readouts.<name>.type: a readout node type
+        registered = schema.node_types().NODE_TYPES
+        return " \\| ".join(n for n in registered.in_order() if registered.get(n).role == "readout")
+    for name in losses.LOSSES.names():
+        for param, keyword in losses.parameter_keys(name).items():
+            if key == f"model.{param}":
+                return _loss_rules(name, keyword)
+    return ""
+
+
+def _summary(obj: Any) -> str:
+    """The first paragraph of a component's docstring: its line in this page."""
+    return _cell(" ".join((inspect.getdoc(obj) or "").split("\n\n")[0].split()))
+
+
+def _loss_rules(name: str, keyword: str) -> str:
+    """What a loss's constructor says of out-of-range values of one hyper-parameter."""
+    losses = schema.core_losses()
+    rules = []
+    for probe in (-1e300, math.nan, 1e300):
+        try:
+            losses.make_loss(name, **{keyword: probe})
+        except (ValueError, TypeError) as exc:
+            rule = str(exc).rsplit(", got", 1)[0]
+            if rule not in rules:
+                rules.append(rule)
+    return "; ".join(rules)
+
+
+def _component_sections() -> list[str]:
+    """The registered losses and goodness functions: what a config may name, and what each carries."""
+    losses = schema.core_losses()
+    lines = ["", "## Losses (`model.loss`, a node's `loss`)", "",
+             "The registered local losses (`ffrun.core.losses.LOSSES`). A hyper-parameter is the key "
+             "`<loss>_<parameter>`: model-wide under `model` where the schema has it, or in a node of "
+             "`model.layers`. The metrics are the columns each FF layer with the loss logs per epoch; "
+             "every one is held under `max_loss`.", "",
+             "| loss | trains on | metrics | hyper-parameters | what it is |", "|---|---|---|---|---|"]
+    for name in losses.LOSSES.in_order():
+        cls = losses.LOSSES.get(name)
+        kind = ("per-class goodness against the label (protocol competitive)" if cls.competitive else
+                "aligned pairs (pairing=same_step)" if cls.needs_pairs else "positive and negative passes")
+        params = [f"`{key}` (default `{_show(inspect.signature(cls).parameters[kw].default)}`; "
+                  f"{_loss_rules(name, kw)})" for key, kw in losses.parameter_keys(name).items()]
+        lines.append(f"| `{name}` | {kind} | {', '.join(cls.train_metrics)} | {'; '.join(params) or '-'} | "
+                     f"{_summary(cls)} |")
+    for title, registry in (("Goodness (`model.goodness`, a node's `goodness`)", losses.GOODNESS),
+                            ("Class goodness (a node's `class_goodness`)", losses.CLASS_GOODNESS)):
+        lines += ["", f"## {title}", "", "| name | what it is |", "|---|---|"]
+        lines += [f"| `{name}` | {_summary(registry.get(name))} |" for name in registry.in_order()]
+    return lines
+
+
 def _show(value: Any) -> str:
     if value is None:
         return "null"
@@ -192,7 +252,8 @@ def _rows(cls: type, prefix: str, defaults: Any, comments: dict[str, str]) -> It
         value = _lookup(defaults, key)
         if value is dataclasses.MISSING:
             value = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        allowed = " \\| ".join(_choices(hint)) or "; ".join(_rules(cls, f.name, _probes(hint)))
+        allowed = (" \\| ".join(_choices(hint)) or _registered(key)
+                   or "; ".join(_rules(cls, f.name, _probes(hint))))
         yield (f"`{key}`", _type_name(hint), f"`{_show(value)}`", allowed,
                _cell(comments.get(key) or own.get(f.name, "")))
         if isinstance(value, dict) and value and not any(isinstance(v, (dict, list)) for v in value.values()):
@@ -258,11 +319,17 @@ def render() -> str:
     lines += ["", "## `model.layers.<name>`", "",
               "A declared network: an ordered mapping of nodes, each `{type: ..., inputs: [...], ...}` "
               "(`input` is the data). `model.layers: null` builds the MLP of `num_layers` x `units`. "
-              "Each type's keys (required first), and the shape it takes and gives:", "",
-              "| type | required | optional | takes | gives |", "|---|---|---|---|---|"]
-    for name, node in schema.NODE_TYPES.items():
+              "Each registered type (`ffrun.experiment.nodes.NODE_TYPES`): its keys (required first; a node "
+              "with a loss also takes that loss's hyper-parameters), the shape it takes and gives, and its role "
+              "(an FF layer, a readout and its kind, or a weightless op):", "",
+              "| type | required | optional | takes | gives | role | what it is |", "|---|---|---|---|---|---|---|"]
+    for name in schema.node_types().NODE_TYPES.in_order():
+        node = schema.node_types().NODE_TYPES.get(name)
+        role = f"readout ({node.readout})" if node.readout else node.role
         lines.append(f"| `{name}` | {', '.join(node.required) or '-'} | {', '.join(node.optional) or '-'} | "
-                     f"{node.takes or 'either'} | {node.gives} |")
+                     f"{node.takes or 'either'} | {node.gives} | {role} | {_cell(node.doc)} |")
+
+    lines += _component_sections()
 
     for name, protocol in PROTOCOLS.items():
         cls = protocol.config

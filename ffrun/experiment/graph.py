@@ -1,5 +1,6 @@
 """The network as an ordered mapping of nodes: ``model.layers`` in YAML, or generated from
-``num_layers`` / ``units`` (the default MLP). Each node names a type from ``schema.NODE_TYPES``, its
+``num_layers`` / ``units`` (the default MLP). Each node names a registered type
+(``ffrun.experiment.nodes.NODE_TYPES``), its
 parameters and its ``inputs`` (earlier nodes; ``input`` is the data). The builder checks every node
 (its type, its keys, its inputs, the shapes between them) and makes the layers in order.
 
@@ -20,15 +21,14 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ffrun.core.layers import (BaseFFLayer, FFClassGoodness, FFConv2D, FFDense, FFFlatten, FFGoodness, FFLocalLayer,
-                               FFMerge, FFOverlay, FFPool, FFPreNorm, FFSoftmax)
-from ffrun.core.losses import make_loss
+from ffrun.core.layers import BaseFFLayer, FFLocalLayer
 from ffrun.core.network import Network, Node, Roles, make_sequence
 from ffrun.errors import ConfigError
-from ffrun.experiment.schema import (NODE_TYPES, ModelConfig, ReadoutConfig, check_graph, check_roles,
-                                     expand_inputs, generate_mlp)
+from ffrun.experiment import nodes as node_registry
+from ffrun.experiment.schema import (ModelConfig, ReadoutConfig, check_graph, check_roles, expand_inputs,
+                                     generate_mlp, loss_options, walk_shapes, with_role)
 
-__all__ = ["BUILDERS", "Context", "build_graph", "expand_inputs", "generate_mlp"]
+__all__ = ["Context", "build_graph", "expand_inputs", "generate_mlp"]
 
 
 @dataclass
@@ -42,64 +42,15 @@ class Context:
     make_optimizer: Callable[[Any, str], Any]
     make_initializer: Callable[[Any], Any]
 
+    def loss_options(self, loss: str, node: dict, where: str) -> dict[str, Any]:
+        """The hyper-parameters of a node's registered loss (``schema.loss_options``)."""
+        return loss_options(loss, node, self.model, where)
 
-def _loss(name: str, ctx: Context):
-    return make_loss(name, alpha=ctx.model.symba_alpha) if name == "symba" else name
-
-
-def _dense(name: str, p: dict, ctx: Context) -> BaseFFLayer:
-    m = ctx.model
-    th_pos = p.get("th_pos", m.th_pos)
-    return FFDense(p["units"], th_pos, p.get("th_neg", m.th_neg if m.th_neg is not None else th_pos),
-                   ctx.make_optimizer(p.get("optimizer", m.optimizer), f"model.layers.{name}.optimizer"), name=name,
-                   goodness=p.get("goodness", m.goodness), activation=p.get("activation", m.activation),
-                   kernel_initializer=ctx.make_initializer(p.get("init", m.init)), routing=p.get("routing"),
-                   neg_routing=p.get("neg_routing", "same"), peer_norm=p.get("peer_norm", m.peer_norm),
-                   peer_init=p.get("peer_init", m.peer_init), l2=p.get("weight_decay", m.weight_decay),
-                   dtype=ctx.dtype, split_gradient=m.split_gradient, loss=_loss(p.get("loss", "threshold"), ctx),
-                   num_classes=ctx.num_classes, xla=m.xla)
-
-
-def _conv2d(name: str, p: dict, ctx: Context) -> BaseFFLayer:
-    m = ctx.model
-    th_pos = p.get("th_pos", 1.0)
-    return FFConv2D(p["filters"], p.get("kernel_size", 3), p.get("strides", 1), p.get("padding", "same"),
-                    th_pos, p.get("th_neg", th_pos),
-                    ctx.make_optimizer(p.get("optimizer", m.optimizer), f"model.layers.{name}.optimizer"), name=name,
-                    goodness=p.get("goodness", "mean"), activation=p.get("activation", "relu"),
-                    kernel_initializer=ctx.make_initializer(p.get("init", m.init)),
-                    loss=_loss(p.get("loss", "threshold"), ctx), l2=p.get("weight_decay", 0.0), dtype=ctx.dtype,
-                    groups=p.get("groups", 1), pool=p.get("pool", 0), batchnorm=p.get("batchnorm", False),
-                    num_classes=ctx.num_classes, pool_kind=p.get("pool_kind", "max"), dropout=p.get("dropout", 0.0),
-                    use_bias=p.get("use_bias", True), class_goodness=p.get("class_goodness", "mean_square"))
-
-
-def _softmax(name: str, p: dict, ctx: Context) -> BaseFFLayer:
-    # the same keys, types and optimizer check as a readout of model.readouts (its inputs are the node's)
-    spec = ReadoutConfig.parse({"type": "softmax", "inputs": ["(node inputs)"], **p}, f"model.layers.{name}")
-    return FFSoftmax(ctx.num_classes, ctx.make_optimizer(spec.optimizer, f"model.layers.{name}.optimizer"),
-                     name=name, use_bias=spec.use_bias, kernel_initializer=ctx.make_initializer(spec.init),
-                     l2=spec.weight_decay, dtype=ctx.dtype)
-
-
-#: node type -> how to build its layer from its keys (the keys, the shapes and the label each type
-#: takes are in schema.NODE_TYPES, checked before anything is built)
-BUILDERS: dict[str, Callable[[str, dict, Context], BaseFFLayer]] = {
-    "dense": _dense,
-    "conv2d": _conv2d,
-    "pool": lambda n, p, c: FFPool(p.get("kind", "max"), p.get("size", 2), name=n, padding=p.get("padding", "valid")),
-    "flatten": lambda n, p, c: FFFlatten(name=n),
-    "prenorm": lambda n, p, c: FFPreNorm(p.get("kind", "l2"), name=n, scope=p.get("scope", "channels"),
-                                         num_classes=c.num_classes),
-    "add": lambda n, p, c: FFMerge("add", name=n),
-    "concat": lambda n, p, c: FFMerge("concat", name=n),
-    "overlay": lambda n, p, c: FFOverlay(c.num_classes, mode=p.get("mode", "add"), value=p.get("value", 1.0), name=n),
-    "softmax": _softmax,
-    "goodness": lambda n, p, c: FFGoodness(c.num_classes, name=n),
-    # each input's class goodness is set in build_graph, from the layer that feeds it
-    "classes": lambda n, p, c: FFClassGoodness(c.num_classes, name=n, select_range=p.get("select_range", False),
-                                               num_inputs=p["num_inputs"]),
-}
+    def readout_spec(self, kind: str, name: str, node: dict) -> ReadoutConfig:
+        """A readout node's keys with the same types and optimizer check as a readout of
+        model.readouts (its inputs are the node's)."""
+        return ReadoutConfig.parse({"type": kind, **{k: v for k, v in node.items() if k != "inputs"},
+                                    "inputs": ["(node inputs)"]}, f"model.layers.{name}")
 
 
 def build_graph(nodes: dict[str, dict], ctx: Context, image_shape: tuple[int, int, int],
@@ -109,30 +60,30 @@ def build_graph(nodes: dict[str, dict], ctx: Context, image_shape: tuple[int, in
     layers in order (A/B splitting)."""
     convolutional = check_graph(nodes)
     check_roles(nodes, ctx.supervised)
-    dense = [n for n, spec in nodes.items() if spec["type"] == "dense"]
+    routed = [n for n, spec in nodes.items() if node_registry.NODE_TYPES.get(spec["type"]).routed]
     if routing is not None:
         assert not convolutional, "the schema refuses protocol split with conv layers (FFRunConfig._check_run)"
-        nodes = {n: ({**spec, "routing": routing[dense.index(n)], "neg_routing": neg_routing} if n in dense else spec)
+        nodes = {n: ({**spec, "routing": routing[routed.index(n)], "neg_routing": neg_routing} if n in routed else spec)
                  for n, spec in nodes.items()}
     layers: dict[str, BaseFFLayer] = {}
     wiring: list[Node] = []
     for name, spec in nodes.items():
-        params = {k: v for k, v in spec.items() if k not in ("type", "inputs")}
-        if spec["type"] == "classes":
-            params["num_inputs"] = len(spec["inputs"])
+        params = {k: v for k, v in spec.items() if k != "type"}
+        ntype = node_registry.NODE_TYPES.get(spec["type"])
         try:
-            layers[name] = BUILDERS[spec["type"]](name, params, ctx)
+            layers[name] = ntype.build(name, params, ctx)
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"model.layers.{name}: {exc}") from None
-        wiring.append(Node(name, tuple(spec["inputs"]), NODE_TYPES[spec["type"]].label))
-    softmax = tuple(n for n, s in nodes.items() if s["type"] == "softmax")
-    goodness = tuple(n for n, s in nodes.items() if s["type"] == "goodness")
-    classes = tuple(n for n, s in nodes.items() if s["type"] == "classes")
-    for name in goodness:   # the label that scores best: largest goodness, or smallest (flipped loss)
+        wiring.append(Node(name, tuple(spec["inputs"]), ntype.label))
+    if all(image_shape):   # each layer's FLOPs by its type's rule, on the data's shapes
+        for name, ntype, x, out, _ in walk_shapes(nodes, image_shape, ctx.num_classes):
+            layers[name].forward_flop = ntype.flop(x, out, nodes[name])
+    readouts = {kind: tuple(with_role(nodes, "readout", kind)) for kind in node_registry.READOUT_KINDS}
+    for name in readouts["goodness"]:   # the label that scores best: largest goodness, or smallest (flipped loss)
         high = {layers[i].loss.positive_high for i in nodes[name]["inputs"] if isinstance(layers[i], FFLocalLayer)}
         layers[name].lowest = high == {False}
-    for name in classes:   # each input read with the class goodness its FF layer trains on
+    for name in readouts["classes"]:   # each input read with the class goodness its FF layer trains on
         layers[name].kinds = tuple(getattr(layers[i], "class_goodness", "mean_square") for i in nodes[name]["inputs"])
     ff = tuple(n for n, layer in layers.items() if isinstance(layer, FFLocalLayer))
-    roles = Roles(ff, softmax, goodness, ctx.supervised, classes)
+    roles = Roles(ff, supervised=ctx.supervised, **readouts)
     return Network(layers, make_sequence(layers, wiring, image_shape if convolutional else None), wiring, roles)

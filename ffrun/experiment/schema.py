@@ -14,7 +14,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Dict, List, Optional
+from types import ModuleType
+from typing import Any, Dict, Iterator, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
@@ -51,11 +52,6 @@ class Normalize(StrEnum):
     standard = "standard"
 
 
-class Goodness(StrEnum):
-    sum = "sum"
-    mean = "mean"
-
-
 class Norm(StrEnum):
     l2 = "l2"
     rms = "rms"
@@ -72,16 +68,38 @@ class OverlayMode(StrEnum):
     replace = "replace"
 
 
-class ReadoutType(StrEnum):
-    softmax = "softmax"
-    goodness = "goodness"
+def core_losses() -> ModuleType:
+    """``ffrun.core.losses``, whose registries (``LOSSES``, ``GOODNESS``, ``CLASS_GOODNESS``) the checks
+    read. It is TensorFlow code: TensorFlow is imported here, with its start-up lines kept off the
+    console, and only when a config is checked (composing, ``--help`` and the ConfigStore stay without it)."""
+    from ffrun import _import_tensorflow_quietly
+    _import_tensorflow_quietly()
+    from ffrun.core import losses
+    return losses
 
 
-#: FF losses by name (ffrun.core.losses.LOSSES; listed here so the check runs without TensorFlow,
-#: and a test keeps the two lists equal)
-LOSS_NAMES = ("threshold", "flipped", "symba", "cwc", "pvn", "cwg")
-PAIRED_LOSSES = ("symba",)   # defined on aligned (positive, negative) pairs only
-CLASS_LOSSES = ("cwc", "pvn", "cwg")   # on per-class goodness against the label: protocol competitive only
+def class_losses() -> tuple[str, ...]:
+    """The registered losses on per-class goodness against the label (protocol competitive only)."""
+    registered = core_losses().LOSSES
+    return tuple(name for name in registered.in_order() if registered.get(name).competitive)
+
+
+def loss_options(loss: str, node: dict, model: Any, where: str) -> dict[str, Any]:
+    """The hyper-parameters of the registered loss ``loss`` for one layer: each ``<loss>_<parameter>``
+    key of the node (``where``: its config path), else the model's key of that name (``model.symba_alpha``),
+    else the loss's default; a value out of range is a ConfigError naming the key."""
+    losses = core_losses()
+    options = {}
+    for key, keyword in losses.parameter_keys(loss).items():
+        source = node if key in node else vars(model) if hasattr(model, key) else None
+        if source is None:
+            continue
+        options[keyword] = source[key]
+        try:   # one value at a time, so that the error names its key
+            losses.make_loss(loss, **{keyword: source[key]})
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{where if source is node else 'model'}.{key} {exc}") from None
+    return options
 
 #: Keras 3 optimizers by class name (``keras.optimizers.get`` also accepts the abstract base
 #: ``Optimizer``, which cannot train); kept here so that the check runs without importing TensorFlow.
@@ -207,7 +225,8 @@ class OverlayConfig:
 
 @dataclass
 class ReadoutConfig:
-    type: ReadoutType = ReadoutType.softmax              # softmax (trained) | goodness (sup: the label of most goodness)
+    # a readout node type: softmax (trained) | goodness (sup: the label of most goodness) | classes
+    type: str = "softmax"
     inputs: List[str] = field(default_factory=list)      # node names; "norm2.." = norm2..normN
     optimizer: Optional[Dict[str, Any]] = None           # softmax: its own, required
     use_bias: bool = True                                # softmax
@@ -228,77 +247,43 @@ class ReadoutConfig:
             raise ConfigError(f"{key}: {str(exc).splitlines()[0]}") from None
         if not spec.inputs:
             raise ConfigError(f"{key}.inputs must name at least one node (e.g. [norm2..])")
-        if spec.type == ReadoutType.softmax:
+        registered = node_types().NODE_TYPES
+        readouts = [name for name in registered.in_order() if registered.get(name).role == "readout"]
+        if spec.type not in readouts:
+            raise ConfigError(f"{key}.type must be one of {', '.join(readouts)}, got {spec.type!r}")
+        if "optimizer" in registered.get(spec.type).keys:
             check_optimizer(spec.optimizer, f"{key}.optimizer")
         _at_least(spec.weight_decay, 0.0, f"{key}.weight_decay")
         return spec
 
 
 # --- declared networks (model.layers): what each node type takes, checked without building ----
-FLAT, IMAGE = "flat", "image"
+
+def node_types() -> ModuleType:
+    """``ffrun.experiment.nodes``: the registered node types (``NODE_TYPES``), built from core's
+    layers; imported as ``core_losses`` is, only when a graph is checked."""
+    core_losses()
+    from ffrun.experiment import nodes
+    return nodes
 
 
-@dataclass(frozen=True)
-class NodeType:
-    """A layer type's keys (required first), the shape it takes and gives (FLAT, IMAGE; takes None:
-    either; gives "same": what it is fed), and the label it sees ("ff": the label the FF layers see,
-    "true": the true label, for readouts). ffrun/experiment/graph.py builds each type's layer."""
-
-    required: tuple[str, ...]
-    optional: tuple[str, ...]
-    takes: str | None
-    gives: str
-    label: str = "ff"
-
-
-NODE_TYPES: dict[str, NodeType] = {
-    "dense": NodeType(("units",), ("th_pos", "th_neg", "activation", "goodness", "loss", "optimizer", "init",
-                                   "peer_norm", "peer_init", "weight_decay"), FLAT, FLAT),
-    "conv2d": NodeType(("filters",), ("kernel_size", "strides", "padding", "th_pos", "th_neg", "activation",
-                                      "goodness", "loss", "optimizer", "init", "weight_decay", "groups", "pool",
-                                      "batchnorm", "pool_kind", "dropout", "use_bias", "class_goodness"), IMAGE, IMAGE),
-    "pool": NodeType((), ("kind", "size", "padding"), IMAGE, IMAGE),
-    "flatten": NodeType((), (), None, FLAT),
-    "prenorm": NodeType((), ("kind", "scope"), None, "same"),
-    # weightless joins of several inputs, each kept in its own shape (shortcuts): "same" kind as fed
-    "add": NodeType((), (), None, "same"),
-    "concat": NodeType((), (), None, "same"),
-    "overlay": NodeType((), ("mode", "value"), None, "same"),
-    "softmax": NodeType((), ("optimizer", "use_bias", "init", "weight_decay"), None, FLAT, "true"),
-    "goodness": NodeType((), (), None, FLAT, "true"),
-    "classes": NodeType((), ("select_range",), None, FLAT, "true"),
-}
-#: node types whose inputs each keep their own shape (not flattened and joined)
-MERGES = ("add", "concat")
-#: the losses on class goodness (core/losses.py's ClassLoss): the ones class_goodness applies to
-CLASS_LOSSES = ("cwc", "pvn", "cwg")
-
-
-#: the keys of a node that take one of a few words, and their words (core/layers.py's classes)
-NODE_CHOICES: dict[str, dict[str, tuple[str, ...]]] = {
-    "dense": {"goodness": ("sum", "mean")},
-    "conv2d": {"padding": ("same", "valid"), "goodness": ("sum", "mean"), "pool_kind": ("max", "avg"),
-               "class_goodness": ("mean_square", "mean_activity")},
-    "pool": {"kind": ("max", "avg"), "padding": ("valid", "same")},
-    "prenorm": {"kind": ("l2", "rms", "layernorm", "class_groupnorm"), "scope": ("channels", "map")},
-    "overlay": {"mode": ("add", "replace", "channels")},
-}
-#: integer keys of a node and their least value (conv2d pool 0: no pooling inside the block)
-NODE_INTEGERS: dict[str, dict[str, int]] = {
-    "dense": {"units": 1},
-    "conv2d": {"filters": 1, "kernel_size": 1, "strides": 1, "groups": 1, "pool": 0},
-    "pool": {"size": 1},
-}
+def registered_choices(spec: dict) -> dict[str, tuple[str, ...]]:
+    """The keys of a node that name a registered function: its goodness and class goodness."""
+    if "goodness" not in spec and "class_goodness" not in spec:
+        return {}
+    losses = core_losses()
+    return {"goodness": losses.GOODNESS.in_order(), "class_goodness": losses.CLASS_GOODNESS.in_order()}
 
 
 def check_node_values(where: str, spec: dict) -> None:
     """One node's values: its integers, its choices and its thresholds (``where``: model.layers.<name>)."""
     ntype = spec["type"]
-    for key, low in NODE_INTEGERS.get(ntype, {}).items():
+    declared = node_types().NODE_TYPES.get(ntype)
+    for key, low in declared.integers.items():
         value = spec.get(key)
         if key in spec and (isinstance(value, bool) or not isinstance(value, int) or value < low):
             raise ConfigError(f"{where}.{key} must be an integer >= {low}, got {value!r}")
-    for key, words in NODE_CHOICES.get(ntype, {}).items():
+    for key, words in {**declared.choices, **registered_choices(spec)}.items():
         if key in spec and spec[key] not in words:
             raise ConfigError(f"{where}.{key} must be one of {', '.join(words)}, got {spec[key]!r}")
     for key in ("th_pos", "th_neg"):
@@ -311,15 +296,9 @@ def check_node_values(where: str, spec: dict) -> None:
         rate = spec["dropout"]
         if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
             raise ConfigError(f"{where}.dropout must be a rate in [0, 1), got {rate!r}")
-    if "class_goodness" in spec and spec.get("loss", "threshold") not in CLASS_LOSSES:
-        raise ConfigError(f"{where}.class_goodness applies to the class losses ({', '.join(CLASS_LOSSES)}); "
+    if "class_goodness" in spec and spec.get("loss", "threshold") not in class_losses():
+        raise ConfigError(f"{where}.class_goodness applies to the class losses ({', '.join(class_losses())}); "
                           f"its loss is {spec.get('loss', 'threshold')!r}")
-    if ntype == "prenorm" and "scope" in spec and spec.get("kind") in ("layernorm", "class_groupnorm"):
-        raise ConfigError(f"{where}.scope applies to kinds l2 and rms; kind {spec['kind']} fixes its own statistics")
-    if ntype == "overlay" and "value" in spec:
-        value = spec["value"]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ConfigError(f"{where}.value must be a finite number, got {value!r}")
 
 
 def check_graph(nodes: dict[str, Any]) -> bool:
@@ -327,7 +306,9 @@ def check_graph(nodes: dict[str, Any]) -> bool:
     anything (the CLI runs it before a run folder is made). The data is an image (H, W, C) when a
     conv or pool node is in the graph, else a flat vector. Returns whether it is. Errors name the
     node and the key."""
-    convolutional = any(isinstance(s, dict) and s.get("type") in ("conv2d", "pool") for s in nodes.values())
+    registered = node_types()
+    FLAT, IMAGE = registered.FLAT, registered.IMAGE
+    convolutional = is_convolutional(nodes)
     kinds = {"input": IMAGE if convolutional else FLAT}
     for name, spec in nodes.items():
         where = f"model.layers.{name}"
@@ -335,13 +316,16 @@ def check_graph(nodes: dict[str, Any]) -> bool:
             raise ConfigError(f"{where}: 'input' is the data; give the node another name")
         if not isinstance(spec, dict):
             raise ConfigError(f"{where} must be a mapping with type and inputs, got {spec!r}")
-        ntype = NODE_TYPES.get(spec.get("type"))
-        if ntype is None:
-            raise ConfigError(f"{where}.type: unknown layer type {spec.get('type')!r}; types are {', '.join(NODE_TYPES)}")
-        unknown = sorted(set(spec) - {"type", "inputs", "routing", "neg_routing"} - set(ntype.required) - set(ntype.optional))
+        if spec.get("type") not in registered.NODE_TYPES:
+            raise ConfigError(f"{where}.type: unknown layer type {spec.get('type')!r}; types are "
+                              f"{', '.join(registered.NODE_TYPES.in_order())}")
+        ntype = registered.NODE_TYPES.get(spec["type"])
+        loss_keys = node_loss_keys(spec) if "loss" in ntype.keys else ()
+        unknown = sorted(set(spec) - {"type", "inputs", "routing", "neg_routing"} - set(ntype.required)
+                         - set(ntype.optional) - set(loss_keys))
         if unknown:
             raise ConfigError(f"{where}: unknown key(s) {unknown} for type {spec['type']}; its keys are "
-                              f"{list(ntype.required + ntype.optional)}")
+                              f"{list(ntype.required + ntype.optional + loss_keys)}")
         missing = [k for k in ntype.required if k not in spec]
         if missing:
             raise ConfigError(f"{where}.{missing[0]} is required for type {spec['type']}")
@@ -353,7 +337,7 @@ def check_graph(nodes: dict[str, Any]) -> bool:
                 raise ConfigError(f"{where}.inputs: {i!r} " + (
                     "comes later: nodes run in the order they are declared, so an input must come first "
                     "(a cycle cannot run)" if i in nodes else f"is not a node; nodes so far are {list(kinds)}"))
-        if spec["type"] in MERGES:
+        if ntype.merges:
             if len(inputs) < 2 or len({kinds[i] for i in inputs}) > 1:
                 raise ConfigError(f"{where}.inputs: {spec['type']} joins two or more inputs of one kind "
                                   f"(all images or all flat), got {', '.join(inputs)}")
@@ -368,37 +352,58 @@ def check_graph(nodes: dict[str, Any]) -> bool:
         check_node_values(where, spec)
         if "optimizer" in spec:
             check_optimizer(spec["optimizer"], f"{where}.optimizer")
-        groups, filters = spec.get("groups", 1), spec.get("filters")
-        if spec["type"] == "conv2d" and isinstance(groups, int) and isinstance(filters, int) and groups > 0 \
-                and filters % groups:
-            raise ConfigError(f"{where}.groups={groups} must divide filters={filters}")
-        if spec["type"] == "overlay" and spec.get("mode") == "channels" and fed != IMAGE:
-            raise ConfigError(f"{where}.mode: 'channels' adds label planes to an image; it is fed a flat vector")
+        if ntype.check is not None:   # the type's own rules between its keys and what it is fed
+            ntype.check(where, spec, fed)
         kinds[name] = fed if ntype.gives == "same" else ntype.gives
     return convolutional
 
 
-def _shape(shape: tuple[int, ...]) -> str:
-    return "x".join(map(str, shape))
+def node_loss_keys(spec: dict) -> tuple[str, ...]:
+    """The hyper-parameter keys (``symba_alpha``) a node may set for its registered loss."""
+    losses = core_losses()
+    loss = spec.get("loss", "threshold")
+    return tuple(losses.parameter_keys(loss)) if loss in losses.LOSSES else ()
+
+
+def is_convolutional(nodes: dict[str, Any]) -> bool:
+    """Whether the data reaches the graph as an image (H, W, C): a node type that takes images is in it."""
+    registered = node_types()
+    return any(isinstance(s, dict) and s.get("type") in registered.NODE_TYPES
+               and registered.NODE_TYPES.get(s["type"]).takes == registered.IMAGE for s in nodes.values())
+
+
+def with_role(nodes: dict[str, dict], role: str, readout: str | None = None) -> dict[str, dict]:
+    """The nodes whose registered type plays ``role`` (nodes.FF, READOUT, OP); of readouts, those of
+    kind ``readout`` when given."""
+    registered = node_types().NODE_TYPES
+    return {n: spec for n, spec in nodes.items() if isinstance(spec, dict) and spec.get("type") in registered
+            and registered.get(spec["type"]).role == role
+            and (readout is None or registered.get(spec["type"]).readout == readout)}
+
+
+def types_with_role(role: str) -> str:
+    """The registered node types of a role, as a message lists them: "dense or conv2d"."""
+    registered = node_types().NODE_TYPES
+    names = [name for name in registered.in_order() if registered.get(name).role == role]
+    return " or ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
 
 
 def check_roles(nodes: dict[str, dict], supervised: bool) -> None:
     """What the network's nodes must play: at least one FF layer and one readout; a goodness
     readout needs the label in the input and inputs whose losses point goodness one way. The
     builder calls it too, so a graph built from Python meets the same rules."""
-    ff = {n: spec for n, spec in nodes.items() if spec["type"] in ("dense", "conv2d")}
+    ff = with_role(nodes, "ff")
     if not ff:
-        raise ConfigError("the model declares no FF layer (a dense or conv2d node): FF has nothing to train")
-    readouts = [n for n, spec in nodes.items() if spec["type"] in ("softmax", "goodness", "classes")]
-    if not readouts:
-        raise ConfigError("the model declares no readout (a softmax, goodness or classes node)")
-    for name, spec in nodes.items():
-        if spec["type"] != "goodness":
-            continue
+        raise ConfigError(f"the model declares no FF layer (a {types_with_role('ff')} node): "
+                          f"FF has nothing to train")
+    if not with_role(nodes, "readout"):
+        raise ConfigError(f"the model declares no readout (a {types_with_role('readout')} node)")
+    for name, spec in with_role(nodes, "readout", "goodness").items():
         if not supervised:
             raise ConfigError(f"readout {name}: a goodness readout needs the label overlaid (mode=sup)")
-        # the flipped loss gives positives the LOWER goodness (core.losses.FlippedLoss.positive_high)
-        flipped = {ff[i].get("loss", "threshold") == "flipped" for i in spec["inputs"] if i in ff}
+        # a loss may give positives the LOWER goodness (core.losses.FlippedLoss.positive_high)
+        registered = core_losses().LOSSES
+        flipped = {not registered.get(ff[i].get("loss", "threshold")).positive_high for i in spec["inputs"] if i in ff}
         if len(flipped) > 1:
             raise ConfigError(f"readout {name}: its inputs mix losses that point goodness opposite ways "
                               f"(flipped and not); sum layers of one orientation")
@@ -456,12 +461,12 @@ def generate_mlp(model: "ModelConfig", supervised: bool, units: list[int], th_po
                                      "loss": losses[i]})
         if model.norm != "none":
             prev = add(f"norm{i + 1}", {"type": "prenorm", "kind": model.norm})
+    registered = node_types().NODE_TYPES
     for name, spec in model.readouts.items():
         node = {"type": str(spec.type), "inputs": expand_inputs(spec.inputs, len(units))}
-        if spec.type == "softmax":
-            node |= {"optimizer": spec.optimizer, "use_bias": spec.use_bias, "init": spec.init,
-                     "weight_decay": spec.weight_decay}
-        nodes[name] = node
+        # the readout's own keys among model.readouts' fields (a softmax: its optimizer, bias, init, decay)
+        nodes[name] = node | {key: getattr(spec, key) for key in registered.get(spec.type).keys
+                              if key in ReadoutConfig.__dataclass_fields__}
     return nodes
 
 
@@ -483,68 +488,27 @@ def graph_sizes(nodes: dict[str, dict], image: tuple[int, int, int],
     shape, and each node's number of weights. A kernel, stride or pool that does not fit the map it
     is fed is refused, naming the node, the key and the map. ``num_classes`` None (inferred from
     the labels at load) counts as 0: the label planes and readout widths are then left out."""
-    classes = num_classes or 0
-    convolutional = any(spec["type"] in ("conv2d", "pool") for spec in nodes.values())
-    shapes: dict[str, tuple[int, ...]] = {"input": image if convolutional else (math.prod(image),)}
+    shapes: dict[str, tuple[int, ...]] = {}
     weights: dict[str, int] = {}
-    for name, spec in nodes.items():
-        where, kind = f"model.layers.{name}", spec["type"]
-        fed = [shapes[i] for i in spec["inputs"]]
-        x = fed[0] if len(fed) == 1 or kind in MERGES else (sum(math.prod(f) for f in fed),)   # flattened, joined
-        size = math.prod(x)
-        out, n_weights = x, 0
-        if kind == "conv2d":
-            (h, w, c), k, stride = x, spec.get("kernel_size", 3), spec.get("strides", 1)
-            if stride > min(h, w):
-                raise ConfigError(f"{where}.strides={stride} is larger than the {h}x{w} map it is fed")
-            if spec.get("padding", "same") == "valid":
-                if k > min(h, w):
-                    raise ConfigError(f"{where}.kernel_size={k} is larger than the {h}x{w} map it is fed "
-                                      f"(padding valid); use a smaller kernel or padding same")
-                h, w = (h - k) // stride + 1, (w - k) // stride + 1
-            else:
-                h, w = -(-h // stride), -(-w // stride)
-            pool = spec.get("pool", 0)
-            if pool and pool > min(h, w):
-                raise ConfigError(f"{where}.pool={pool} is larger than the {h}x{w} map its convolution gives")
-            if pool:
-                h, w = h // pool, w // pool
-            out = (h, w, spec["filters"])
-            n_weights = k * k * (c // spec.get("groups", 1)) * spec["filters"] + \
-                (spec["filters"] if spec.get("use_bias", True) else 0)
-        elif kind == "pool":
-            (h, w, c), pool = x, spec.get("size", 2)
-            if pool > min(h, w):
-                raise ConfigError(f"{where}.size={pool} is larger than the {h}x{w} map it is fed")
-            out = (-(-h // pool), -(-w // pool), c) if spec.get("padding") == "same" else (h // pool, w // pool, c)
-        elif kind == "flatten":
-            out = (size,)
-        elif kind == "add" and len(set(fed)) > 1:
-            raise ConfigError(f"{where}.inputs: add needs inputs of one shape, got "
-                              f"{', '.join(f'{i} {_shape(f)}' for i, f in zip(spec['inputs'], fed))}; "
-                              f"concat joins different channel counts")
-        elif kind == "concat":
-            if len({f[:-1] for f in fed}) > 1:
-                raise ConfigError(f"{where}.inputs: concat joins maps of one height and width, got "
-                                  f"{', '.join(f'{i} {_shape(f)}' for i, f in zip(spec['inputs'], fed))}; "
-                                  f"pool the larger one first")
-            out = (*x[:-1], sum(f[-1] for f in fed))
-        elif kind == "prenorm" and spec.get("kind") == "class_groupnorm" and classes and x[-1] % classes:
-            raise ConfigError(f"{where}.kind: class_groupnorm splits the {x[-1]} channels/units it is fed into "
-                              f"{classes} class groups; they do not divide")
-        elif kind == "dense":
-            out, n_weights = (spec["units"],), (size + 1) * spec["units"]
-        elif kind == "overlay":
-            if spec.get("mode", "add") == "channels":
-                out = (*x[:2], x[2] + classes)
-            elif size < classes:
-                raise ConfigError(f"{where}: mode {spec.get('mode', 'add')} writes the label into the first "
-                                  f"{classes} values, but it is fed {size}")
-        elif kind in ("softmax", "classes"):
-            out = (classes,)
-            n_weights = (size + 1) * classes if kind == "softmax" else 0
+    for name, _, _, out, n_weights in walk_shapes(nodes, image, num_classes):
         shapes[name], weights[name] = out, n_weights
     return shapes, weights
+
+
+def walk_shapes(nodes: dict[str, dict], image: tuple[int, int, int], num_classes: int | None
+                ) -> Iterator[tuple[str, Any, tuple[int, ...], tuple[int, ...], int]]:
+    """(node, its registered type, the shape it reads, its output shape, its weights) in order,
+    each by its type's shape rule (``graph_sizes``)."""
+    classes = num_classes or 0
+    registered = node_types().NODE_TYPES
+    shapes: dict[str, tuple[int, ...]] = {"input": image if is_convolutional(nodes) else (math.prod(image),)}
+    for name, spec in nodes.items():
+        ntype = registered.get(spec["type"])
+        fed = [shapes[i] for i in spec["inputs"]]
+        x = fed[0] if len(fed) == 1 or ntype.merges else (sum(math.prod(f) for f in fed),)   # flattened, joined
+        out, n_weights = ntype.shape(f"model.layers.{name}", x, fed, spec, classes)
+        shapes[name] = out
+        yield name, ntype, x, out, n_weights
 
 
 @dataclass
@@ -552,9 +516,11 @@ class ModelConfig:
     num_layers: int = 4
     units: Any = 500
     activation: str = "relu"
-    goodness: Goodness = Goodness.sum
-    loss: Any = "threshold"        # a name of LOSS_NAMES, or one per layer
-    symba_alpha: float = 4.0       # the symba loss's sharpness (Trifecta's default)
+    goodness: str = "sum"          # a registered goodness function (ffrun.core.losses.GOODNESS)
+    loss: Any = "threshold"        # a registered loss (ffrun.core.losses.LOSSES), or one per layer
+    # a loss's hyper-parameter set model-wide is a key <loss>_<parameter> here (a node of
+    # model.layers may set any of its loss's); its default and range are the loss's own
+    symba_alpha: float = 4.0
     th_pos: Any = 0.1
     th_neg: Any = None
     norm: Norm = Norm.l2
@@ -586,11 +552,6 @@ class ModelConfig:
         if self.th_neg is not None:
             check_threshold(self.th_neg, "model.th_neg")
         check_optimizer(self.optimizer, "model.optimizer")
-        for name in (self.loss if isinstance(self.loss, list) else [self.loss]):
-            if name not in LOSS_NAMES:
-                raise ConfigError(f"model.loss must be one of {', '.join(LOSS_NAMES)} (or one per layer), got {self.loss!r}")
-        if not (math.isfinite(self.symba_alpha) and self.symba_alpha > 0):
-            raise ConfigError(f"model.symba_alpha must be a finite number > 0, got {self.symba_alpha!r}")
         for key in ("weight_decay", "peer_norm"):
             _finite(getattr(self, key), f"model.{key}")
             _at_least(getattr(self, key), 0.0, f"model.{key}")
@@ -683,11 +644,15 @@ class FFRunConfig:
     # epoch): per pass whose data is fixed (no augmentation, no negatives drawn per epoch), while
     # the budget lasts; the curve stays the same (see ffrun.core.trainer)
     feature_cache_mb: float = 512
+    # MB of those outputs kept in files in the run folder when they do not fit feature_cache_mb
+    # (0: recompute them), while the disk has room; removed when the stage ends
+    feature_cache_disk_mb: float = 0
 
     def __post_init__(self) -> None:
         if not 0 <= self.seed < 2 ** 32:   # the range of keras.utils.set_random_seed (NumPy's legacy seed)
             raise ConfigError(f"seed must be in [0, 2**32 - 1 = {2 ** 32 - 1}], got {self.seed}")
         _at_least(self.feature_cache_mb, 0, "feature_cache_mb")
+        _at_least(self.feature_cache_disk_mb, 0, "feature_cache_disk_mb")
         for key in ("batch_size", "eval_batch_size", "eval_every"):
             _at_least(getattr(self, key), 1, key)
         for key in ("epochs", "readout_epochs"):
@@ -708,17 +673,9 @@ class FFRunConfig:
                                   f"overwrite it every epoch: use one of the two (lr_schedule=constant)")
         if self.readout_step == StepChoice.same_step and self.pairing != StepChoice.same_step:
             raise ConfigError("readout_step=same_step trains the readout in the pos+neg step: it needs pairing=same_step")
-        if self.model.layers is not None:
-            losses = {name: node.get("loss", "threshold") for name, node in self.model.layers.items()
-                      if isinstance(node, dict)}
-        else:
-            losses = self.model.loss if isinstance(self.model.loss, list) else [self.model.loss]
-            losses = {(f"dense{i + 1}" if isinstance(self.model.loss, list) else ""): n for i, n in enumerate(losses)}
-        unknown = [(node, name) for node, name in losses.items() if name not in LOSS_NAMES]
-        if unknown:
-            raise ConfigError(f"model.layers.{unknown[0][0]}.loss must be one of {', '.join(LOSS_NAMES)}, "
-                              f"got {unknown[0][1]!r}")
-        paired = [(node, name) for node, name in losses.items() if name in PAIRED_LOSSES]
+        self._goodness()
+        losses = self._losses()
+        paired = [(node, name) for node, name in losses.items() if core_losses().LOSSES.get(name).needs_pairs]
         if paired and self.pairing != StepChoice.same_step:
             node, name = paired[0]
             where = f"{node}: " if node else ""
@@ -745,14 +702,13 @@ class FFRunConfig:
         if self.model.layers is None:
             check_graph(nodes)
         check_roles(nodes, supervised)
-        types = {spec["type"] for spec in nodes.values()}
         PROTOCOLS.get(self.protocol.name).check_config(
             self.protocol, supervised=supervised, num_classes=self.data.num_classes, pairing=str(self.pairing),
-            convolutional=bool(types & {"conv2d", "pool"}), has_softmax="softmax" in types)
-        readouts = [n for n, spec in nodes.items() if spec["type"] in ("softmax", "goodness", "classes")]
+            convolutional=is_convolutional(nodes), has_softmax=bool(with_role(nodes, "readout", "softmax")))
+        readouts = list(with_role(nodes, "readout"))
         if self.primary_readout is not None and self.primary_readout not in readouts:
             raise ConfigError(f"primary_readout {self.primary_readout!r} is not a readout; readouts are {readouts}")
-        ranged = [n for n, spec in nodes.items() if spec["type"] == "classes" and spec.get("select_range")]
+        ranged = [n for n, spec in with_role(nodes, "readout", "classes").items() if spec.get("select_range")]
         if ranged and self.eval_on == EvalOn.test:
             raise ConfigError(f"model.layers.{ranged[0]}.select_range chooses its range on the per-epoch evaluation "
                               f"split; eval_on=test would choose it on the test set (use eval_on=validation)")
@@ -762,6 +718,32 @@ class FFRunConfig:
                 raise ConfigError(f"schedule[{i}] names {unknown[0]!r}, not a node of the network (its nodes: "
                                   f"{', '.join(nodes)}); a stage trains all or a list of nodes: name a node so, "
                                   f"or set schedule=[[all, N]]")
+
+    def _goodness(self) -> None:
+        names = core_losses().GOODNESS.in_order()
+        if self.model.goodness not in names:
+            raise ConfigError(f"model.goodness must be one of {', '.join(names)}, got {self.model.goodness!r}")
+
+    def _losses(self) -> dict[str, str]:
+        """Each FF layer's registered loss by node ('' for every layer of the generated MLP with one
+        loss), its hyper-parameters checked, and every model-wide loss key in range."""
+        registered = core_losses().LOSSES
+        for name in registered.names():
+            loss_options(name, {}, self.model, "model")
+        if self.model.layers is None:
+            names = self.model.loss if isinstance(self.model.loss, list) else [self.model.loss]
+            if any(name not in registered for name in names):
+                raise ConfigError(f"model.loss must be one of {', '.join(registered.in_order())} (or one per layer), "
+                                  f"got {self.model.loss!r}")
+            return {(f"dense{i + 1}" if isinstance(self.model.loss, list) else ""): n for i, n in enumerate(names)}
+        losses = {name: node.get("loss", "threshold") for name, node in self.model.layers.items()
+                  if isinstance(node, dict)}
+        for node, name in losses.items():
+            if name not in registered:
+                raise ConfigError(f"model.layers.{node}.loss must be one of {', '.join(registered.in_order())}, "
+                                  f"got {name!r}")
+            loss_options(name, self.model.layers[node], self.model, f"model.layers.{node}")
+        return losses
 
     def _optimizers(self) -> list[tuple[str, Any]]:
         """(config key, optimizer mapping) of every optimizer the config declares."""
@@ -777,15 +759,16 @@ class FFRunConfig:
         competitive, and that protocol's FF layers all need one (it makes no negatives), with the
         label never in the input."""
         where = lambda node: f"model.layers.{node}.loss" if node else "model.loss"
+        competitive = class_losses()
         if protocol != "competitive":
             for node, name in losses.items():
-                if name in CLASS_LOSSES:
+                if name in competitive:
                     raise ConfigError(f"{where(node)}={name} trains each class's group of units on the label, "
                                       f"without negatives: it needs protocol=competitive")
-            for node, spec in (self.model.layers or {}).items():
-                if isinstance(spec, dict) and spec.get("type") == "classes":
-                    raise ConfigError(f"model.layers.{node}: a classes readout reads layers trained by a class loss "
-                                      f"(cwc, pvn, cwg): it needs protocol=competitive")
+            group = "model.layers" if self.model.layers is not None else "model.readouts"
+            for node in with_role(network_nodes(self.model, self.mode.name == Mode.sup), "readout", "classes"):
+                raise ConfigError(f"{group}.{node}: a classes readout reads layers trained by a class loss "
+                                  f"({', '.join(competitive)}): it needs protocol=competitive")
             return
         if self.pairing == StepChoice.same_step:
             raise ConfigError("protocol competitive has no negatives to pair: use pairing=separate")
@@ -794,20 +777,21 @@ class FFRunConfig:
                 raise ConfigError("protocol competitive never shows the label in the input: use mode=unsup "
                                   "(or declare model.layers without an overlay)")
         else:
-            ff = {n for n, node in self.model.layers.items() if isinstance(node, dict) and node.get("type") in ("dense", "conv2d")}
+            ff = with_role(self.model.layers, "ff")
             losses = {n: name for n, name in losses.items() if n in ff}
+            registered = node_types().NODE_TYPES
             for node, spec in self.model.layers.items():
-                if isinstance(spec, dict) and spec.get("type") in ("overlay", "goodness"):
+                if isinstance(spec, dict) and registered.get(spec.get("type")).label_in_input:
                     raise ConfigError(f"model.layers.{node}: protocol competitive never shows the label in the "
                                       f"input, so a {spec['type']} node cannot be used (read out with a classes node)")
         for node, name in losses.items():
-            if name not in CLASS_LOSSES:
+            if name not in competitive:
                 raise ConfigError(f"{where(node)}={name} needs negatives, and protocol competitive makes none: "
-                                  f"use a class loss ({', '.join(CLASS_LOSSES)})")
+                                  f"use a class loss ({', '.join(competitive)})")
         classes = self.data.num_classes
         nodes = self.model.layers or {}
         for node, spec in nodes.items():
-            key = {"dense": "units", "conv2d": "filters"}.get(spec.get("type"))
+            key = node_types().NODE_TYPES.get(spec.get("type")).width
             if key and isinstance(spec.get(key), int) and spec[key] % classes:
                 raise ConfigError(f"model.layers.{node}.{key}={spec[key]} must be divisible by the {classes} classes: "
                                   f"a class loss gives each class an equal group of them")
@@ -815,7 +799,7 @@ class FFRunConfig:
             if key == "filters" and isinstance(groups, int) and groups > 1 and groups % classes and classes % groups:
                 raise ConfigError(f"model.layers.{node}.groups={groups} does not line up with the {classes} class "
                                   f"groups: use a multiple or a divisor of {classes}")
-            if spec.get("type") == "classes":
+            if spec in with_role(nodes, "readout", "classes").values():
                 plain = [i for i in spec.get("inputs", []) if i not in losses]
                 if plain:
                     raise ConfigError(f"model.layers.{node}.inputs: {plain[0]!r} is not a layer with a class loss: "
@@ -871,7 +855,7 @@ def check_before_run(spec: FFRunConfig) -> None:
         return
     node = max(weights, key=weights.get)
     spec_node = network_nodes(spec.model, spec.mode.name == Mode.sup)[node]
-    width = {"dense": "units", "conv2d": "filters"}.get(spec_node["type"])
+    width = node_types().NODE_TYPES.get(spec_node["type"]).width
     if width is None:
         source = f"model.layers.{node}"
     else:

@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 from rich.console import Console
 
 from ffrun.core.checkpoints import BestWeights, Checkpointer
+from ffrun.core.feature_cache import HIDDEN_FOLDER
 from ffrun.core.trainer import EpochResult, TrainingDiverged, TrainMgr
 from ffrun.errors import ConfigError
 from ffrun.experiment.build import build_run
@@ -47,6 +48,7 @@ def train(cfg: DictConfig, run_dir: Path, console: Console | None = None,
                    seed=spec.seed, shuffle=spec.shuffle, shuffle_buffer=spec.shuffle_buffer,
                    drop_last=spec.drop_last, same_order=spec.same_order, progress=progress, max_loss=spec.max_loss,
                    augment=run.augment, feature_cache_mb=spec.feature_cache_mb,
+                   feature_cache_disk_mb=spec.feature_cache_disk_mb, feature_cache_dir=run_dir / HIDDEN_FOLDER,
                    lr_multiplier=lr_multiplier(spec.lr_schedule, [n for _, n in run.schedule], spec.lr_min_factor))
     mgr.build()
     acc_keys = [f"{n}/acc" for n in net.roles.readouts]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from ffrun.core.feature_cache import HIDDEN_FOLDER
 from ffrun.errors import CheckpointError, ConfigError, FFRunError
 from ffrun.run.outputs import RunFolderLock, read_json, read_metrics
 
@@ -220,15 +221,16 @@ class FolderSnapshot:
     written its results.json: Hydra writes ``.hydra_resume/``, appends to ``ffrun.log`` and an
     accepted ``epochs=`` extension rewrites ``.hydra/config.yaml`` before TensorFlow can tell that a
     checkpoint is corrupt or does not fit the network. Every file's bytes are kept except the
-    checkpoints' (large, and never written before an epoch has trained): new ones are removed."""
+    checkpoints' (large, and never written before an epoch has trained) and the feature files a
+    killed run left (gigabytes, never read again): new ones are removed."""
 
     def __init__(self, folder: Path):
         self.folder = folder
         self.files: dict[Path, bytes | None] = {}
         for path in folder.rglob("*"):
             if path.is_file():
-                under_checkpoints = path.relative_to(folder).parts[0] == "checkpoints"
-                self.files[path] = None if under_checkpoints else path.read_bytes()
+                large = path.relative_to(folder).parts[0] in ("checkpoints", HIDDEN_FOLDER)
+                self.files[path] = None if large else path.read_bytes()
         self.dirs = {p for p in folder.rglob("*") if p.is_dir()}
 
     def results_unchanged(self) -> bool:
