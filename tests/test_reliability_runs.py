@@ -246,6 +246,27 @@ def test_a_signal_during_start_up_ends_with_one_line(tmp_path, sig, code):
                             "reason": f"interrupted by {name}; nothing to resume (no checkpoint yet); start the run again"}
 
 
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_during_a_sweeps_training_ends_the_sweep(tmp_path, sig, code):
+    """kill / scancel of a sweep stops it: the job in training stops at its epoch's end with a
+    checkpoint, and the next jobs never start."""
+    sweep = tmp_path / "sweep"
+    proc = subprocess.Popen([script("ffrun"), "-m", "debug=tiny", "epochs=400", "readout_epochs=0", "seed=0,1",
+                             "tensorboard.enabled=false", f"hydra.sweep.dir={sweep}"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (sweep / "0" / "metrics.csv").exists():     # job 0 has finished an epoch: it is training
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err[-2000:]
+    saved = results(sweep / "0")
+    assert saved["status"] == "interrupted" and signal.Signals(sig).name in saved["reason"]
+    assert "resume with" in saved["reason"]
+    assert not (sweep / "1").exists()
+
+
 def test_a_disk_already_full_is_refused_before_a_run_folder(tmp_path, small_filesystem):
     filler = small_filesystem / "filler"
     with open(filler, "wb", buffering=0) as f:     # fill the disk; an empty file still fits on it

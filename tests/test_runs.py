@@ -188,3 +188,21 @@ def test_epoch_lines_give_the_time_left_in_hours_or_minutes(eta_seconds, shown):
     assert line == f"epoch 1/3  2.0s  {shown}"
     # the last epoch has nothing left to wait for
     assert epoch_line(EpochResult(3, 0, 2.0, 0), 3, acc_keys=[], ff_names=[], eta_seconds=eta_seconds) == "epoch 3/3  2.0s"
+
+
+def test_curves_of_a_class_loss_run_draw_each_layers_training_and_evaluation_loss(tmp_path, monkeypatch):
+    """A competitive run (cwc loss) logs <layer>/loss and <layer>/val_loss and no pos/neg goodness:
+    its loss panel draws both per layer instead of staying empty."""
+    import matplotlib.figure
+    from ffrun.run.outputs import plot_curves
+
+    drawn = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, *a, **k: drawn.append(fig))
+    rows = [{"epoch": e, "conv1/loss": 2.0 / e, "conv1/val_loss": 2.1 / e, "conv2/loss": 1.0 / e,
+             "conv2/val_loss": 1.2 / e, "classes/acc": 0.9 + e / 100} for e in (1, 2, 3)]
+    plot_curves(rows, tmp_path / "curves.png")
+    ax_loss = drawn[0].axes[1]
+    assert sorted(line.get_label() for line in ax_loss.get_lines()) == [
+        "conv1 evaluation", "conv1 training", "conv2 evaluation", "conv2 training"]
+    assert list(ax_loss.get_lines()[1].get_ydata()) == pytest.approx([2.1, 1.05, 0.7])
+    assert ax_loss.get_title().startswith("class loss per layer")

@@ -133,6 +133,8 @@ def run_job(cfg: DictConfig) -> float:
         results = _train(cfg, run_dir, overrides, resuming)
         status, reason = results["status"], results.get("reason")
         code = exit_code(results)
+        if code in SIGNAL_EXIT_CODES.values():
+            multirun = False        # a signal that stopped training at an epoch's end ends the sweep too
     except FFRunError as exc:
         status, reason, code = "failed", str(exc), EXIT_BAD_INPUT
         _log_to_file_only(logging.ERROR, reason)

@@ -342,9 +342,20 @@ def plot_curves(rows: Sequence[Mapping[str, float]], path: Path, title: str = ""
         ax_good.plot(*series(f"{name}/goodness_pos"), color=color, label=f"{name} pos")
         ax_good.plot(*series(f"{name}/goodness_neg"), color=color, linestyle="--", label=f"{name} neg")
         ax_sep.plot(*series(f"{name}/separation"), color=color, label=name)
-    ax_loss.set(title="FF training loss (solid: positive, dashed: negative, dotted: pair)", xlabel="epoch", yscale="log")
+    # class losses (cwc, pvn, cwg) log one loss per layer on training and evaluation data, and no
+    # positive/negative goodness: their panel shows those two curves, the pos/neg panels say why empty
+    class_layers = sorted({k.split("/")[0] for r in rows for k in r if k.endswith("/val_loss")} - set(layers))
+    for i, name in enumerate(class_layers):
+        ax_loss.plot(*series(f"{name}/loss"), color=f"C{i}", label=f"{name} training")
+        ax_loss.plot(*series(f"{name}/val_loss"), color=f"C{i}", linestyle="--", label=f"{name} evaluation")
+    ax_loss.set(title="FF training loss (solid: positive, dashed: negative, dotted: pair)" if layers or not class_layers
+                else "class loss per layer (solid: training, dashed: evaluation set)", xlabel="epoch", yscale="log")
     ax_good.set(title="mean goodness on evaluation data", xlabel="epoch", yscale="log")
     ax_sep.set(title="pos/neg separation P(G+ > G-)", xlabel="epoch", ylim=(None, 1.0))
+    if class_layers and not layers:
+        for ax in (ax_good, ax_sep):
+            ax.text(0.5, 0.5, "no negative data: the layers train on class losses", ha="center",
+                    transform=ax.transAxes, color="0.4")
     for ax in axes.ravel():
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
