@@ -34,6 +34,7 @@ TINY_CWCOMP = ["experiment=cwcomp_mnist", "data=digits", "data.val_size=300", "b
                "checkpoint.every=0", "tensorboard.enabled=false"]
 #: the readout stage's frozen outputs in files only
 IN_FILES = ["feature_cache_mb=0", "feature_cache_disk_mb=64"]
+RECOMPUTE = ["feature_cache_mb=0", "feature_cache_disk_mb=0"]   # cwcomp_mnist keeps files by default
 #: columns that are timings, not results
 TIMES = ("seconds", "samples_per_s")
 
@@ -69,7 +70,7 @@ def test_a_softmax_stage_on_kept_conv_outputs_has_the_curve_of_recomputing_them(
                                                                              "feature_cache_disk_mb=64"], "in_files")
     log_f = caplog.text
     caplog.clear()
-    results0, recomputed = _run(cfg_factory, tmp_path, TINY_CWCOMP + extra + ["feature_cache_mb=0"], "recomputed")
+    results0, recomputed = _run(cfg_factory, tmp_path, TINY_CWCOMP + extra + RECOMPUTE, "recomputed")
     # the softmax learns in the readout stage: a cache that fed the wrong rows would change the curve
     assert len({r["softmax/acc"] for r in kept[1:]}) > 1
     _assert_same_curve(kept, recomputed)
@@ -99,7 +100,7 @@ def test_an_unsupervised_readout_stage_replays_the_frozen_layers_scores(cfg_fact
     _, kept = _run(cfg_factory, tmp_path, overrides + where, "kept")
     assert "feature cache: val neg keeps" in caplog.text and "(scores only)" in caplog.text
     assert ("for the stage in files" in caplog.text) == bool(where)
-    _, recomputed = _run(cfg_factory, tmp_path, overrides + ["feature_cache_mb=0"], "recomputed")
+    _, recomputed = _run(cfg_factory, tmp_path, overrides + RECOMPUTE, "recomputed")
     assert any(key.endswith("/separation") for key in kept[-1])
     _assert_same_curve(kept, recomputed)
 
@@ -208,7 +209,7 @@ def test_outputs_kept_in_files_train_the_weights_of_memory_and_of_recomputing(cf
     in_memory, run_m = _mgr(cfg_factory, [])
     assert all(np.array_equal(a, b) for a, b in zip(_weights(in_memory), start))   # the same start
     in_memory.fit(run_m.schedule)
-    recomputed, run_r = _mgr(cfg_factory, ["feature_cache_mb=0"])
+    recomputed, run_r = _mgr(cfg_factory, RECOMPUTE)
     recomputed.fit(run_r.schedule)
     assert in_files.cached_passes == in_memory.cached_passes == {"train": 3, "val": 3}
     assert not recomputed.cached_passes
@@ -370,7 +371,7 @@ def test_a_write_that_fails_puts_the_scores_back_and_recomputes(cfg_factory, tmp
 
     monkeypatch.setattr(FeatureFiles, "append", append_until_the_disk_is_full)
     curve = [r.metrics for r in in_files.fit(run.schedule)]
-    recomputed, run_r = _mgr(cfg_factory, ["feature_cache_mb=0"])
+    recomputed, run_r = _mgr(cfg_factory, RECOMPUTE)
     curve0 = [r.metrics for r in recomputed.fit(run_r.schedule)]
     assert in_files.cached_passes == {"train": 3}
     assert "feature cache: val could not write its frozen outputs" in caplog.text
