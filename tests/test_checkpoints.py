@@ -49,6 +49,57 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, extra):
         assert resumed[key] == full[key], key
 
 
+CWCOMP_SMALL = ["experiment=cwcomp_mnist", "data=digits", "data.val_size=300", "batch_size=64",
+                "model.layers.conv1.filters=10", "model.layers.conv2.filters=10", "model.layers.conv3.filters=10",
+                "model.layers.conv4.filters=20", "schedule=[[all,2],[[conv4,softmax],3]]"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop_in, extra", [(3, []), (4, []), (4, CWCOMP_SMALL)],
+                         ids=["last-epoch-on-disk", "last-epoch-in-memory", "cwcomp-kept-features"])
+def test_a_signal_inside_an_epoch_saves_the_last_finished_one_and_resume_equals_uninterrupted(
+        tmp_path, monkeypatch, stop_in, extra):
+    """SIGTERM at the second graph call of epoch ``stop_in``'s first pass: the run stops there, its
+    checkpoint is the end of the epoch before (checkpoint.every=2: epoch 2 is on disk, epoch 3 only
+    in memory, and epoch 4 has trained a batch or more), and a resume re-runs the unfinished epoch
+    exactly. The cwcomp case stops a readout stage that trains on kept frozen outputs."""
+    from ffrun.core.trainer import TrainMgr
+    full = _train(tmp_path / "full", extra)
+    check, sent = TrainMgr._check_stop, []
+
+    def signal_inside(self, label, done, batches):
+        if self.current_epoch == stop_in and done == 1 and not sent:
+            sent.append(label)
+            signal.raise_signal(signal.SIGTERM)
+        return check(self, label, done, batches)
+
+    monkeypatch.setattr(TrainMgr, "_check_stop", signal_inside)
+    part = _train(tmp_path / "part", [*extra, "checkpoint.in_memory_after_s=0"])
+    assert sent and part["status"] == "interrupted"
+    assert f"SIGTERM inside epoch {stop_in} (its {sent[0]} pass at batch 1 of " in part["reason"]
+    assert "which runs again on resume" in part["reason"] and "ffrun resume=" in part["reason"]
+    assert [r["epoch"] for r in read_metrics(tmp_path / "part" / "metrics.csv")] == list(range(1, stop_in))
+    index = (tmp_path / "part" / "checkpoints" / "checkpoint").read_text()
+    assert f'model_checkpoint_path: "ckpt-{stop_in - 1}"' in index
+    monkeypatch.undo()
+    resumed = _train(tmp_path / "part", extra, resume=True)
+    assert resumed["status"] == "completed" and resumed["resumed_from_epoch"] == stop_in - 1
+    assert _metrics_without_timing(tmp_path / "part") == _metrics_without_timing(tmp_path / "full")
+    for key in ("best_val_acc", "best_epoch", "test_acc", "test_acc_final"):
+        assert resumed[key] == full[key], key
+
+
+@pytest.mark.slow
+def test_a_pass_computes_the_same_whatever_batches_each_graph_call_holds(tmp_path, monkeypatch):
+    """One batch per call against calls that grow to the whole pass: the same curve."""
+    from ffrun.core import trainer
+    monkeypatch.setattr(trainer, "CALL_SECONDS", 0.0)
+    _train(tmp_path / "one", ["epochs=3"])
+    monkeypatch.setattr(trainer, "CALL_SECONDS", 1e9)
+    _train(tmp_path / "all", ["epochs=3"])
+    assert _metrics_without_timing(tmp_path / "one") == _metrics_without_timing(tmp_path / "all")
+
+
 @pytest.mark.slow
 def test_resume_drops_epochs_after_the_checkpoint(tmp_path):
     _train(tmp_path / "run", ["stop_after_epoch=3", "checkpoint.every=2"])

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from ffrun.app.overrides import RENAMED_PRESETS
+from ffrun.run.outputs import read_metrics
 
 from tests.test_reliability import TINY, ffrun, one_line, results, small_filesystem  # noqa: F401 (fixture)
 
@@ -198,30 +199,62 @@ def test_a_missing_index_resumes_from_the_newest_complete_checkpoint(stopped_run
     assert saved["status"] == "completed" and saved["resumed_from_epoch"] == 1 and saved["epochs"] == 3
 
 
-def test_a_double_ctrl_c_in_epoch_1_does_not_offer_a_resume(tmp_path):
-    run = tmp_path / "run"
-    # without TensorBoard nothing slow lies between the "epochs planned" line and the first epoch
-    proc = subprocess.Popen([script("ffrun"), "debug=tiny", "epochs=400", "readout_epochs=0", "checkpoint.every=0",
-                             "tensorboard.enabled=false", f"hydra.run.dir={run}"], cwd=tmp_path, stdout=subprocess.PIPE,
+#: epochs of several seconds (about 10 s here: 25,000 steps of 2 images), so that a signal sent when
+#: epoch 1's row appears lands inside epoch 2; no checkpoint on disk until the end
+LONG_EPOCHS = ["debug=tiny", "data=mnist", "batch_size=2", "epochs=400", "readout_epochs=0", "checkpoint.every=0",
+               "tensorboard.enabled=false"]
+
+
+def start_and_wait_for_epoch_1(args: list[str], run: Path, tmp_path: Path) -> subprocess.Popen:
+    proc = subprocess.Popen([script("ffrun"), *args, f"hydra.run.dir={run}"], cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    for wait_for in ("epochs planned", "SIGINT received"):     # the first Ctrl-C asks for a stop after epoch 1
-        for line in proc.stdout:
-            if wait_for in line:
-                break
-        if wait_for == "epochs planned":
-            # the stop policy takes Ctrl-C over a few statements after this line, once metrics.csv is
-            # open; an epoch of debug=tiny took 1.8 s here and the first one longer (it traces the
-            # graphs), so 0.3 s later lands inside epoch 1
-            time.sleep(0.3)
-        proc.send_signal(signal.SIGINT)
+    deadline = time.time() + 180
+    while not ((run / "metrics.csv").exists() and len((run / "metrics.csv").read_text().splitlines()) >= 2):
+        assert time.time() < deadline and proc.poll() is None, proc.stderr.read()[-2000:] if proc.poll() else ""
+        time.sleep(0.05)
+    time.sleep(0.5)     # past the end-of-epoch work that follows the row: inside epoch 2's passes
+    return proc
+
+
+def test_a_double_ctrl_c_before_any_checkpoint_does_not_offer_a_resume(tmp_path, mnist_dir):
+    """Epochs shorter than checkpoint.in_memory_after_s are not kept: the first Ctrl-C waits for
+    the epoch's end, the second aborts at once, and nothing is saved."""
+    run = tmp_path / "run"
+    proc = start_and_wait_for_epoch_1(LONG_EPOCHS, run, tmp_path)
+    proc.send_signal(signal.SIGINT)
+    for line in proc.stdout:
+        if "SIGINT received" in line:
+            assert "stopping after this epoch" in line
+            break
+    proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130
     done = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
     line = one_line(done)
     saved = results(run)
-    assert saved["status"] == "interrupted" and saved["epochs"] == 0
+    assert saved["status"] == "interrupted" and saved["epochs"] == 1
     assert saved["reason"] == "aborted by a second Ctrl-C; nothing to resume (no checkpoint yet); start the run again"
     assert "resume with" not in out + err and line == f"ffrun: {saved['reason']} ({run})"
+
+
+def test_a_sigterm_inside_a_kept_epoch_stops_at_once_and_resume_reruns_it(tmp_path, mnist_dir):
+    """A scheduler's SIGTERM does not wait for the epoch's end when the last finished epoch is
+    kept in memory: that epoch becomes the checkpoint, and the resume runs the unfinished one."""
+    run = tmp_path / "run"
+    proc = start_and_wait_for_epoch_1([*LONG_EPOCHS, "checkpoint.in_memory_after_s=0"], run, tmp_path)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    no_traceback(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    saved = results(run)
+    assert saved["status"] == "interrupted" and saved["epochs"] == 1
+    assert saved["reason"].startswith("SIGTERM inside epoch 2 (its ")
+    assert saved["reason"].endswith(f"which runs again on resume; resume with: ffrun resume={run}")
+    assert (run / "checkpoints" / "ckpt-1.index").exists()
+    proc = subprocess.run([script("ffrun"), f"resume={run}", "stop_after_epoch=2"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert [r["epoch"] for r in read_metrics(run / "metrics.csv")] == [1, 2]
 
 
 # --- signals, a full disk, exit codes -----------------------------------------------------------
@@ -255,7 +288,8 @@ def test_a_signal_during_a_sweeps_training_ends_the_sweep(tmp_path, sig, code):
                              "tensorboard.enabled=false", f"hydra.sweep.dir={sweep}"], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while not (sweep / "0" / "metrics.csv").exists():     # job 0 has finished an epoch: it is training
+    metrics = sweep / "0" / "metrics.csv"
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):   # job 0 has finished an epoch
         assert time.time() < deadline and proc.poll() is None
         time.sleep(0.05)
     proc.send_signal(sig)

@@ -86,7 +86,7 @@ def exit_code(results: dict) -> int:
     how = str(results.get("reason") or "").split(";")[0]
     if how.startswith("stop_after_epoch"):
         return 0
-    return SIGNAL_EXIT_CODES.get(how, EXIT_CODES["interrupted"])
+    return SIGNAL_EXIT_CODES.get(how.split(" ")[0], EXIT_CODES["interrupted"])   # "SIGTERM inside epoch 3 ..." too
 
 
 def _log_to_file_only(level: int, message: str, exc_info=None) -> None:

@@ -6,6 +6,7 @@ run needs to draw exactly what an uninterrupted run would.
 from __future__ import annotations
 
 import shutil
+import uuid
 from pathlib import Path
 
 import tensorflow as tf
@@ -55,6 +56,9 @@ class Checkpointer:
                 objects[f"peer_{name}"] = layer.running_mean
         self.folder = folder
         self.ckpt = tf.train.Checkpoint(**objects)
+        # the state at the end of the last finished epoch, in TF's in-process file system (keep_in_memory)
+        self._memory_folder = f"ram://ffrun-{uuid.uuid4().hex}"
+        self._memory: tuple[int, str] | None = None
         try:    # it reads the folder's index at once: an empty or damaged one raises here
             self.manager = tf.train.CheckpointManager(self.ckpt, str(folder), max_to_keep=keep)
         except (ValueError, tf.errors.OpError) as exc:
@@ -79,9 +83,36 @@ class Checkpointer:
 
     def save_once(self, epoch: int) -> None:
         """Save ckpt-<epoch> unless it is already the latest (the end of a run, a stop request)."""
-        latest = self.manager.latest_checkpoint
-        if latest is None or Path(latest).name != f"ckpt-{epoch}":
+        if not self.is_latest(epoch):
             self.save(epoch)
+
+    def is_latest(self, epoch: int) -> bool:
+        latest = self.manager.latest_checkpoint
+        return latest is not None and Path(latest).name == f"ckpt-{epoch}"
+
+    def keep_in_memory(self, epoch: int) -> None:
+        """Keep the state at the end of ``epoch`` in memory (the one before is dropped), to save it
+        later when a stop leaves the next epoch unfinished (``save_from_memory``)."""
+        self.drop_memory()
+        self.epoch.assign(epoch)
+        self._memory = (epoch, self.ckpt.write(f"{self._memory_folder}/epoch-{epoch}"))
+
+    def memory_epoch(self) -> int | None:
+        return self._memory[0] if self._memory is not None else None
+
+    def save_from_memory(self) -> int:
+        """Put the state kept in memory back into the variables and save it as its epoch's
+        checkpoint; returns the epoch."""
+        epoch, path = self._memory
+        self.ckpt.read(path).assert_existing_objects_matched()
+        self.save_once(epoch)
+        self.drop_memory()
+        return epoch
+
+    def drop_memory(self) -> None:
+        if self._memory is not None:
+            tf.io.gfile.rmtree(self._memory_folder)
+            self._memory = None
 
     def restore_latest(self, path: str | None = None) -> int:
         """Restore the newest checkpoint the index names (or the one at ``path``, a ``ckpt-N``

@@ -1,9 +1,11 @@
 """TrainMgr: runs a dict of FF layers wired by a sequence function, one compiled graph per task.
 
-A whole pass over a dataset is ONE graph call: the batch loop lives inside the graph, the data
-stays resident as tensors, and the only per-epoch host work is drawing a permutation. Graphs are
-keyed by (task, polarity, which layers are active) and built the first time they are needed, so N
-epochs of a stage trace each task exactly once.
+The batch loop of a pass lives inside the graph and the data stays resident as tensors: a pass is
+a few graph calls of about ``CALL_SECONDS`` of batches each, and the only per-epoch host work is
+drawing a permutation. Between two calls a stop request (``stop_requested``: Ctrl-C, SIGTERM) ends
+the pass at once (``PassStopped``), not at the epoch's end. Graphs are keyed by (task, polarity,
+which layers are active) and built the first time they are needed, so N epochs of a stage trace
+each task exactly once.
 
 In a stage where a prefix of the network is frozen (every layer before the ones that train, e.g.
 the blocks under a softmax readout that trains alone), the frozen nodes' outputs are the same in
@@ -31,6 +33,9 @@ from ffrun.core.layers import BaseFFLayer, Task, TRAIN_TASKS
 from ffrun.core.network import Network, Node, SeqFn
 
 log = logging.getLogger(__name__)
+
+#: the ``first`` and ``last`` batch of a graph call of a pass
+BATCH_RANGE = [tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.int32)]
 
 #: tasks whose data is an aligned (positives, negatives) pair, stepped on together
 PAIRED_TASKS = (Task.TRAIN_PAIR, Task.TRAIN_PAIR_READOUT)
@@ -106,6 +111,21 @@ def buffered_shuffle(n: int, buffer: int, rng: np.random.Generator) -> np.ndarra
             slots[j] = slots[-1]
             slots.pop()
     return out
+
+
+#: seconds of batches per graph call of a pass. A stop request waits at most about this long (a
+#: scheduler's grace period between SIGTERM and SIGKILL is 30 s by default in SLURM, and a
+#: DeeperForward epoch takes 4 minutes), and a call's own cost, well under a millisecond, is lost in it
+CALL_SECONDS = 1.0
+
+
+class PassStopped(Exception):
+    """A stop request ended a pass between two graph calls: the epoch is unfinished and the layers
+    may hold part of its updates."""
+
+    def __init__(self, epoch: int, label: str, done: int, batches: int):
+        super().__init__(f"inside epoch {epoch} (its {label} pass at batch {done} of {batches})")
+        self.epoch, self.label, self.done, self.batches = epoch, label, done, batches
 
 
 class TrainingDiverged(RuntimeError):
@@ -225,7 +245,8 @@ class TrainMgr:
                  shuffle_buffer: int | None = None, drop_last: bool = False, same_order: bool = False,
                  augment: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None,
                  feature_cache_mb: float = 0, eval_batch_mb: float = EVAL_BATCH_MB,
-                 feature_cache_disk_mb: float = 0, feature_cache_dir: Path | str | None = None):
+                 feature_cache_disk_mb: float = 0, feature_cache_dir: Path | str | None = None,
+                 stop_requested: Callable[[], bool] | None = None):
         self.network = layers if isinstance(layers, Network) else Network(dict(layers), seq)
         self.layers = self.network.layers
         self.seq = self.network.seq
@@ -245,6 +266,9 @@ class TrainMgr:
         # augment(images, seed) -> images, applied to the images of training passes only
         self.augment = augment
         self.progress = progress
+        # asked between the graph calls of a pass: True ends the pass with PassStopped
+        self.stop_requested = stop_requested
+        self.current_epoch = 0
         self.max_loss = float(max_loss)
         self.trace_counts: collections.Counter = collections.Counter()
         self._graphs: dict[tuple, tf.types.experimental.GenericFunction] = {}
@@ -328,7 +352,7 @@ class TrainMgr:
         hard_from = entry.hard_from if paired else None
         augment = self.augment if task in TRAIN_TASKS else None
 
-        def one_pass(X, y, y_ff, perm, Xn, yn, y_ffn, rng):
+        def one_pass(X, y, y_ff, perm, Xn, yn, y_ffn, rng, first, last):
             self.trace_counts[key] += 1       # runs only while tracing
 
             def step(i, idx):
@@ -348,26 +372,43 @@ class TrainMgr:
                         xs, ys, yffs = xs + [xb], ys + [yb], yffs + [tf.fill(tf.shape(yb), -1)]
                     xb, yb, yffb = tf.concat(xs, 0), tf.concat(ys, 0), tf.concat(yffs, 0)
                 self.seq(xb, yb, yffb)
-            return self._batch_loop(perm, batch_size, step)
+            return self._batch_loop(perm, batch_size, step, first, last)
 
         spec = [tf.TensorSpec([None, None], tf.float32), tf.TensorSpec([None], tf.int32),
                 tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int32)]
-        fn = tf.function(one_pass, input_signature=spec + spec[:3] + [tf.TensorSpec([2], tf.int64)])
+        fn = tf.function(one_pass, input_signature=spec + spec[:3] + [tf.TensorSpec([2], tf.int64)] + BATCH_RANGE)
         self._graphs[key] = fn
         return fn
 
-    def _batch_loop(self, perm: tf.Tensor, batch_size: int, step: Callable[[tf.Tensor, tf.Tensor], None]) -> tf.Tensor:
-        """In a graph: ``step(i, indices)`` for every batch of ``perm`` in order; returns the number
-        of batches."""
+    def _batch_loop(self, perm: tf.Tensor, batch_size: int, step: Callable[[tf.Tensor, tf.Tensor], None],
+                    first: tf.Tensor, last: tf.Tensor) -> tf.Tensor:
+        """In a graph: ``step(i, indices)`` for batches ``first`` to ``last - 1`` of ``perm``, in
+        order; returns the number of batches run."""
         n = tf.shape(perm)[0]
-        batches = (n + batch_size - 1) // batch_size
-        every = tf.maximum(batches // 50, 1)
-        for i in tf.range(batches):
+        for i in tf.range(first, last):
             step(i, perm[i * batch_size: tf.minimum((i + 1) * batch_size, n)])
-            # a py_function makes the graph wait for Python: report ~50 times a pass, not every batch
-            if self.progress is not None and ((i + 1) % every == 0 or i + 1 == batches):
-                tf.py_function(self._on_batch, [i + 1], [])
-        return batches
+        return last - first
+
+    def _run_in_calls(self, fn, args: tuple, batches: int, label: str) -> None:
+        """Every batch of a pass through ``fn(*args, first, last)``, in calls of about
+        ``CALL_SECONDS`` each (the first is one batch: it traces the graph). What a batch computes
+        does not depend on the call it runs in: its draws are keyed by its index in the pass."""
+        done, size = 0, 1
+        while done < batches:
+            self._check_stop(label, done, batches)
+            n = min(size, batches - done)
+            t0 = time.perf_counter()
+            fn(*args, tf.constant(done, tf.int32), tf.constant(done + n, tf.int32))
+            seconds = time.perf_counter() - t0
+            done += n
+            if self.progress is not None:
+                self.progress.advance(done)
+            # at most 4x the last call: one fast call of noise must not make the next one minutes long
+            size = max(1, min(4 * n, round(n * CALL_SECONDS / max(seconds, 1e-6))))
+
+    def _check_stop(self, label: str, done: int, batches: int) -> None:
+        if self.stop_requested is not None and self.stop_requested():
+            raise PassStopped(self.current_epoch, label, done, batches)
 
     def _cached_graph(self, key: tuple, cache: PassCache, batch_size: int):
         """The graph of a pass on kept frozen outputs: the batches of ``perm`` gathered from them,
@@ -377,17 +418,17 @@ class TrainMgr:
             return fn
         names = cache.reads
 
-        def cached_pass(features, y, y_ff, perm):
+        def cached_pass(features, y, y_ff, perm, first, last):
             self.trace_counts[key] += 1       # runs only while tracing
 
             def step(i, idx):
                 outs = {name: tf.gather(f, idx) for name, f in zip(names, features)}
                 self.network.run_from(outs, cache.nodes, tf.gather(y, idx), tf.gather(y_ff, idx))
-            return self._batch_loop(perm, batch_size, step)
+            return self._batch_loop(perm, batch_size, step, first, last)
 
         spec = tuple(tf.TensorSpec([None, *f.shape[1:]], f.dtype) for f in cache.features.values())
-        fn = tf.function(cached_pass, input_signature=[spec, tf.TensorSpec([None], tf.int32),
-                                                       tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int32)])
+        fn = tf.function(cached_pass, input_signature=[spec, tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int32),
+                                                       tf.TensorSpec([None], tf.int32)] + BATCH_RANGE)
         self._graphs[key] = fn
         return fn
 
@@ -409,23 +450,22 @@ class TrainMgr:
         self._graphs[key] = fn
         return fn
 
-    def _run_from_files(self, key: tuple, cache: PassCache, data: FFData, perm: np.ndarray, batch_size: int) -> None:
+    def _run_from_files(self, key: tuple, cache: PassCache, data: FFData, perm: np.ndarray, batch_size: int,
+                        label: str = "") -> None:
         """A pass on frozen outputs kept in files: every batch of ``perm`` in order, its rows read
         into one batch buffer, then the rest of the network on them."""
         fn = self._file_batch_graph(key, cache)
         reader = cache.files.reader(batch_size)
         y, y_ff = data.y.numpy(), data.y_ff.numpy()
         batches = math.ceil(len(perm) / batch_size)
-        every = max(batches // 50, 1)   # as often as the in-graph loop reports
+        every = max(batches // 50, 1)   # the bar moves ~50 times a pass
         for i in range(batches):
+            self._check_stop(label, i, batches)
             idx = perm[i * batch_size:(i + 1) * batch_size]
             rows = reader.read(idx)
             fn(tuple(rows[name] for name in cache.reads), y[idx], y_ff[idx])
             if self.progress is not None and ((i + 1) % every == 0 or i + 1 == batches):
                 self.progress.advance(i + 1)
-
-    def _on_batch(self, i):
-        self.progress.advance(int(i))
 
     def run_task(self, entry: TaskEntry, trainable: frozenset[str], epoch: int, index: int = 0) -> int:
         """Run one pass; returns the number of samples processed (0 if nothing was active)."""
@@ -448,6 +488,7 @@ class TrainMgr:
             # 1000 images x 10 labels would hold ~0.6 GB more activations at 4 x 2000.
             bs = max(1, bs // self.network.all_label_rows)
         key = (entry.task, pos.positive, active, bs, entry.hard_from if paired else None)
+        label = entry.label or entry.task.value
         cache = self._pass_cache(entry, active, pos) if self._stage_cache is not None else None
         self.network.set_tasks(active, entry.task, pos.positive)
         if cache is None:
@@ -465,10 +506,14 @@ class TrainMgr:
                 fn = self._cached_graph(("kept",) + kept_key, cache, bs)
                 args = (tuple(cache.features.values()), pos.y, pos.y_ff, tf.constant(perm))
             else:
-                fn, args = self._run_from_files, (("kept in files",) + kept_key, cache, pos, perm, bs)
+                fn, args = self._run_from_files, (("kept in files",) + kept_key, cache, pos, perm, bs, label)
+        batches = math.ceil(len(perm) / bs)
         if self.progress is not None:
-            self.progress.start_pass(entry.label or entry.task.value, math.ceil(len(perm) / bs))
-        fn(*args)
+            self.progress.start_pass(label, batches)
+        if cache is not None and cache.files is not None:
+            fn(*args)
+        else:
+            self._run_in_calls(fn, args, batches, label)
         if self.progress is not None:
             self.progress.end_pass()
         return len(perm) * (2 if paired else 1) if training else 0
@@ -581,6 +626,7 @@ class TrainMgr:
             self.progress.start_pass(f"{label}: frozen layers", math.ceil(n / bs))
         try:
             for start in range(0, n, bs):
+                self._check_stop(f"{label} (frozen layers)", start // bs, math.ceil(n / bs))
                 outs = fn(data.X[start:start + bs], data.y[start:start + bs], data.y_ff[start:start + bs])
                 batch = {name: out.numpy() for name, out in zip(reads, outs[1:])}
                 if files is not None:
@@ -648,6 +694,7 @@ class TrainMgr:
         """One epoch of every pass; ``evaluate=False`` runs only the training passes."""
         trainable = frozenset(self.layers) if trainable is None else trainable
         self.build()
+        self.current_epoch = epoch
         self.set_learning_rates(epoch)
         self.reset_metrics()
         t0 = time.perf_counter()

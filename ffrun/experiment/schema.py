@@ -588,10 +588,14 @@ class ModeConfig:
 class CheckpointConfig:
     every: int = 10
     keep: int = 2
+    #: an epoch that took at least this many seconds is also kept in memory at its end, so that
+    #: Ctrl-C or SIGTERM in the next one stops within about a second (that epoch runs again on resume)
+    in_memory_after_s: float = 30.0
 
     def __post_init__(self) -> None:
         _at_least(self.every, 0, "checkpoint.every")
         _at_least(self.keep, 1, "checkpoint.keep")
+        _at_least(self.in_memory_after_s, 0, "checkpoint.in_memory_after_s")
 
 
 @dataclass

@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from ffrun.core.checkpoints import BestWeights, Checkpointer
 from ffrun.core.network import Network
-from ffrun.core.trainer import EpochResult
+from ffrun.core.trainer import EpochResult, PassStopped
 from ffrun.run import outputs
 
 log = logging.getLogger("ffrun")
@@ -189,21 +189,28 @@ class PeriodicCheckpoint(Callback):
 
 
 class StopPolicy(Callback):
-    """SIGINT/SIGTERM ask training to stop at the end of the current epoch, as does
-    ``stop_after_epoch``; a checkpoint of that epoch follows, then StopTraining. A second Ctrl-C
-    aborts at once."""
+    """SIGINT/SIGTERM ask training to stop, as does ``stop_after_epoch`` (at that epoch's end); a
+    checkpoint follows, then StopTraining. A second Ctrl-C aborts at once.
 
-    def __init__(self, checkpointer: Checkpointer, stop_after: int | None):
+    A signal stops the run inside an epoch, within about a second (the trainer asks ``stop_now``
+    between the graph calls of a pass), when the run can go back to the end of the last finished
+    epoch: it is the latest checkpoint, or it was kept in memory (an epoch of at least
+    ``in_memory_after_s`` seconds), or no epoch has finished yet. That epoch is saved and the
+    unfinished one runs again on resume. Otherwise, with short epochs, the epoch finishes first."""
+
+    def __init__(self, checkpointer: Checkpointer, stop_after: int | None, in_memory_after_s: float = 30.0):
         self.checkpointer, self.stop_after = checkpointer, stop_after
+        self.in_memory_after_s = in_memory_after_s
         self.reason: str | None = None
+        self.last_epoch: int | None = None     # the last epoch this process finished
         self._old: dict = {}
 
     def _handler(self, signum, frame):
         if self.reason is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.reason = signal.Signals(signum).name
-        log.warning("%s received: stopping after this epoch and writing a checkpoint (Ctrl-C again to abort now)",
-                    self.reason)
+        when = "now" if self._can_go_back() else "after this epoch"
+        log.warning("%s received: stopping %s and writing a checkpoint (Ctrl-C again to abort now)", self.reason, when)
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -214,10 +221,31 @@ class StopPolicy(Callback):
     def __exit__(self, *exc):
         for sig, old in self._old.items():
             signal.signal(sig, old)
+        self.checkpointer.drop_memory()
+
+    def _can_go_back(self) -> bool:
+        return (self.last_epoch is None or self.checkpointer.is_latest(self.last_epoch)
+                or self.checkpointer.memory_epoch() == self.last_epoch)
+
+    def stop_now(self) -> bool:
+        """Whether a stop was asked for and the unfinished epoch may be dropped."""
+        return self.reason is not None and self._can_go_back()
+
+    def stopped_inside(self, exc: PassStopped) -> StopTraining:
+        """The trainer stopped inside an epoch: save the last finished epoch (from memory if need
+        be; its weights go back into the layers) and say so."""
+        if self.last_epoch is not None and not self.checkpointer.is_latest(self.last_epoch):
+            self.checkpointer.save_from_memory()
+        return StopTraining(f"{self.reason} {exc}, which runs again on resume")
 
     def on_epoch_end(self, result: EpochResult, row: Row) -> None:
+        self.last_epoch = result.epoch
         if self.reason is None and self.stop_after and result.epoch >= self.stop_after:
             self.reason = f"stop_after_epoch={self.stop_after}"
         if self.reason is not None:
             self.checkpointer.save_once(result.epoch)
             raise StopTraining(self.reason)
+        if self.checkpointer.is_latest(result.epoch) or result.seconds < self.in_memory_after_s:
+            self.checkpointer.drop_memory()
+        else:
+            self.checkpointer.keep_in_memory(result.epoch)

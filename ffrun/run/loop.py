@@ -13,7 +13,7 @@ from rich.console import Console
 
 from ffrun.core.checkpoints import BestWeights, Checkpointer
 from ffrun.core.feature_cache import HIDDEN_FOLDER
-from ffrun.core.trainer import EpochResult, TrainingDiverged, TrainMgr
+from ffrun.core.trainer import EpochResult, PassStopped, TrainingDiverged, TrainMgr
 from ffrun.errors import ConfigError
 from ffrun.experiment.build import build_run
 from ffrun.experiment.schedules import lr_multiplier
@@ -78,7 +78,8 @@ def train(cfg: DictConfig, run_dir: Path, console: Console | None = None,
              total_epochs)
 
     # --- train -------------------------------------------------------------------------------
-    stop = cb.StopPolicy(checkpointer, spec.stop_after_epoch)
+    stop = cb.StopPolicy(checkpointer, spec.stop_after_epoch, spec.checkpoint.in_memory_after_s)
+    mgr.stop_requested = stop.stop_now
     callbacks: list[cb.Callback] = []      # in order: test columns before the CSV row, the stop last
     if track_test:
         callbacks.append(cb.TestTracker(lambda: mgr.evaluate(plan.test, prefix="test/"), acc_keys, primary))
@@ -99,7 +100,10 @@ def train(cfg: DictConfig, run_dir: Path, console: Console | None = None,
 
     try:
         with stop, (progress or contextlib.nullcontext()):
-            mgr.fit(run.schedule, start_epoch=start_epoch, on_epoch_end=on_epoch_end, eval_every=spec.eval_every)
+            try:
+                mgr.fit(run.schedule, start_epoch=start_epoch, on_epoch_end=on_epoch_end, eval_every=spec.eval_every)
+            except PassStopped as exc:
+                raise stop.stopped_inside(exc) from None
         record["status"] = "completed"
         if rows:
             checkpointer.save_once(int(rows[-1]["epoch"]))
