@@ -5,7 +5,8 @@ the block's whole training step, fused (the default) and as a plain tape over th
 
 Run:  FFRUN_DATA_DIR=../shared/data python benchmarks/conv_breakdown.py experiment=cwcomp_mnist
       ... --rounds 5 --batches 20 --out conv_breakdown.json
-      ... --variants experiment=cwcomp_mnist   (also the step under XLA and both grouped-conv forms)
+      ... --variants experiment=cwcomp_mnist   (also the step under XLA, the max pool after the ReLU,
+                                                 the bias as AddV2, and both grouped-conv forms)
 
 Every variant of every block is traced first, then the rounds alternate over all of them (in
 reversed order every other round), so a drifting machine slows them alike; medians per variant.
@@ -74,8 +75,9 @@ def _block_parts(layer: FFConv2D, x: tf.Tensor, y: tf.Tensor, batches: int,
         extra = [v for v in layer.trainable_variables if v is not kernel]
         with tf.GradientTape() as tape:
             tape.watch(z)
-            h = conv.activation(z + conv.bias if conv.use_bias else z)
-            if layer.pool:
+            h = tf.nn.max_pool2d(z, layer.pool, layer.pool, "VALID") if layer.pool_first else z
+            h = conv.activation(layer.add_bias(h, conv.bias) if conv.use_bias else h)
+            if layer.pool and not layer.pool_first:
                 h = tf.nn.max_pool2d(h, layer.pool, layer.pool, "VALID")
             if layer.bn is not None:
                 h = layer._batchnorm(h, training=True)
@@ -90,11 +92,18 @@ def _block_parts(layer: FFConv2D, x: tf.Tensor, y: tf.Tensor, batches: int,
         layer.optimizer.apply_gradients(zip(grads, layer.trainable_variables))
         return tf.constant(0.0)
 
-    def step(fused: bool) -> Callable[[], tf.Tensor]:
+    pool_first, add_bias = layer.pool_first, layer.add_bias
+
+    def step(fused: bool, pool_first: bool = pool_first, add_bias=add_bias) -> Callable[[], tf.Tensor]:
         def body() -> tf.Tensor:
-            layer.fused = fused         # read while tracing: each graph bakes in its own path
-            layer.set_task(Task.TRAIN_POS)
-            return tf.reduce_sum(layer.ff_do_task(x, y)[0, 0, 0, :1])
+            # read while tracing: each graph bakes in its own path, and the layer is left as it was
+            saved = layer.fused, layer.pool_first, layer.add_bias
+            layer.fused, layer.pool_first, layer.add_bias = fused, pool_first, add_bias
+            try:
+                layer.set_task(Task.TRAIN_POS)
+                return tf.reduce_sum(layer.ff_do_task(x, y)[0, 0, 0, :1])
+            finally:
+                layer.fused, layer.pool_first, layer.add_bias = saved
         return body
 
     parts = {"forward": repeat(forward), "kernel_grad": repeat(kernel_grad), "elementwise": repeat(elementwise),
@@ -103,6 +112,10 @@ def _block_parts(layer: FFConv2D, x: tf.Tensor, y: tf.Tensor, batches: int,
         return parts
     # the fused step XLA-compiled whole (convolutions included), one compiled call per batch
     parts["step_fused_xla"] = repeat(tf.function(step(True), jit_compile=True))
+    if pool_first:   # the max pool after the bias and the ReLU, as the Keras layers order them
+        parts["step_fused_pool_last"] = repeat(step(True, pool_first=False))
+    if conv.use_bias:   # the bias added by an AddV2, which the graph optimizer does not fuse into the conv
+        parts["step_fused_addv2"] = repeat(step(True, add_bias=lambda h, b: h + b))
     if conv.groups > 1:
         # both exact forms of a grouped convolution (GroupedConv2D picks one by its shape): one
         # convolution per group, and one over all channels with a block-diagonal kernel
@@ -183,6 +196,12 @@ def print_table(result: dict[str, Any]) -> None:
     print(f"fused step / Keras-tape step: {result['fused_over_keras']:.2f}x")
     for r in result["blocks"]:
         ms = r["ms_per_batch"]
+        if "step_fused_pool_last" in ms:
+            print(f"{r['block']}: fused step with the max pool after the ReLU {ms['step_fused_pool_last']:.2f} ms "
+                  f"({ms['step_fused'] / ms['step_fused_pool_last']:.2f}x: the fused step pools first)")
+        if "step_fused_addv2" in ms:
+            print(f"{r['block']}: fused step with the bias added by AddV2 {ms['step_fused_addv2']:.2f} ms "
+                  f"({ms['step_fused'] / ms['step_fused_addv2']:.2f}x: the fused step uses BiasAdd)")
         if "step_fused_xla" in ms:
             print(f"{r['block']}: fused step under XLA {ms['step_fused_xla']:.2f} ms "
                   f"({ms['step_fused_xla'] / ms['step_fused']:.2f}x the fused step)")

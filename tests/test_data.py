@@ -387,3 +387,46 @@ def test_new_datasets_compose():
     from ffrun.app.overrides import override_problem
     assert override_problem(["data=cifar10"]) is None
     assert override_problem(["data=fashion_mnist", "data.val_size=100"]) is None
+
+
+# --- data.resize ------------------------------------------------------------------------------
+def test_resize_interpolates_between_pixel_centres(tmp_path):
+    """A 2x2 image [[0, 255], [0, 255]] widened to 2x4: the new pixels' centres sit at 0.25, 0.75,
+    1.25 and 1.75 old pixels, i.e. -0.25, 0.25, 0.75, 1.25 between the old centres 0 and 1, clamped at
+    the edges (PyTorch's bilinear interpolate, align_corners=False): 0, 0.25, 0.75, 1."""
+    image = np.array([[0, 255], [0, 255]], np.uint8)
+    np.savez(tmp_path / "d.npz", x_train=np.stack([image] * 4), y_train=np.arange(4, dtype=np.uint8),
+             x_test=np.stack([image] * 2), y_test=np.arange(2, dtype=np.uint8))
+    s = load_splits("npz", str(tmp_path / "d.npz"), val_size=1, resize=[2, 4])
+    assert s.image_shape == (2, 4) and s.input_dim == 8
+    for x in (s.x_train, s.x_val, s.x_test):
+        np.testing.assert_allclose(x, np.tile([0, 0.25, 0.75, 1.0], (len(x), 2)), atol=1e-6)
+
+
+def test_resize_of_mnist_keeps_the_pixel_range(mnist_dir):
+    s = load_splits("mnist", str(mnist_dir / "mnist.npz"), val_size=100, train_size=600, test_size=50,
+                    resize=[32, 32])
+    assert s.image_shape == (32, 32) and s.x_train.shape == (500, 1024) and s.x_test.shape == (50, 1024)
+    assert 0.0 <= s.x_train.min() and s.x_train.max() <= 1.0
+    # enlarging keeps the mean ink of an image to within the edge pixels' share (MNIST's are blank)
+    plain = load_splits("mnist", str(mnist_dir / "mnist.npz"), val_size=100, train_size=600, test_size=50)
+    np.testing.assert_allclose(s.x_train.mean(1), plain.x_train.mean(1), rtol=0.02, atol=1e-3)
+
+
+def test_resize_refuses_rows_that_are_not_images(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "flat.npz", x_train=rng.random((6, 16)), y_train=np.arange(6) % 2,
+             x_test=rng.random((2, 16)), y_test=np.arange(2))
+    with pytest.raises(DataError, match=r"^data.resize needs images \(N, H, W\[, C\]\), but .*flat.npz holds rows of 16 values$"):
+        load_splits("npz", str(tmp_path / "flat.npz"), resize=[4, 4])
+
+
+def test_a_conv_network_is_built_on_the_resized_images():
+    from ffrun.experiment.build import build_run
+    from tests.conftest import compose_config
+    cfg = compose_config(["experiment=conv_mnist", "data=digits", "data.val_size=100", "data.resize=[16,16]"])
+    run = build_run(cfg, keep_splits=True)
+    assert run.splits.image_shape == (16, 16) and run.splits.input_dim == 256
+    out = run.network.transform(run.splits.x_train[:2], run.splits.y_train[:2], run.splits.y_train[:2])
+    # conv_mnist pools by 2 after each conv: 16 -> 8 -> 4 (the 8x8 digits give 8 -> 4 -> 2)
+    assert tuple(out["conv2"].shape[1:3]) == (8, 8) and tuple(out["pool2"].shape[1:3]) == (4, 4)

@@ -76,6 +76,10 @@ def problem(args: list[str]) -> str | None:
     (["data.val_size=1438"], "data.val_size=1438 must be in [0, 1438) for digits (scikit-learn digits: 1438 training images)"),
     (["data.train_size=100", "data.val_size=100"], "data.val_size=100 must be in [0, 100) for digits"),
     (["data.val_size=0"], "eval_on=validation needs data.val_size > 0 (or eval_on=test)"),
+    (["data.resize=[0,32]"], "data.resize must be [height, width], two integers >= 1, got [0, 32]"),
+    (["data.resize=[32]"], "data.resize must be [height, width], two integers >= 1, got [32]"),
+    # the shapes through the network are those of the resized images (the digits are 8x8)
+    ([*CONV, "data.resize=[2,2]"], "model.layers.pool2.size=2 is larger than the 1x1 map it is fed"),
     # graph and protocol rules the builder met only after the folder existed
     ([DECLARED.replace("d1: {type: dense, units: 16, inputs: [input]}, n1: {type: prenorm, inputs: [d1]}",
                        "n1: {type: prenorm, inputs: [input]}")],
@@ -121,6 +125,7 @@ def test_the_default_configs_pass_the_pre_check():
     """The rules must not refuse what runs: the default experiment and a conv preset on the digits."""
     assert problem(["debug=tiny"]) is None
     assert problem(CONV) is None
+    assert problem([*CONV, "data.resize=[16,16]"]) is None
 
 
 def test_data_paths_are_checked_before_a_folder(tmp_path, monkeypatch):

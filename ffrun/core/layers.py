@@ -597,6 +597,16 @@ class FFConv2D(FFLocalLayer):
             block.append(self.bn)
         layer = conv if len(block) == 1 else keras.Sequential(block, name=f"{name}_block")
         self.conv, self.pool, self.pool_kind, self.fused = conv, pool, pool_kind, bool(fused)
+        # A max pool commutes with a per-channel bias and a ReLU (both non-decreasing: the max of
+        # relu(z + b) over a window is relu(max(z) + b)), so the fused forward pools first and adds
+        # the bias and the ReLU on a map pool^2 times smaller, forward and backward. The gradient
+        # reaches the same position: the window's max, or nothing where the ReLU is off. Not with
+        # dropout (its mask is per position) nor relu_full_grad (its gradient passes where relu's
+        # does not).
+        self.pool_first = bool(pool) and pool_kind == "max" and not dropout and activation == "relu"
+        # BiasAdd, not an AddV2: TensorFlow's graph optimizer fuses Conv2D + BiasAdd + Relu into one
+        # oneDNN convolution (one pass over the map fewer each way, where no pool comes first)
+        self.add_bias = tf.nn.bias_add
         super().__init__(layer, name, optimizer, th_pos=th_pos, th_neg=th_pos if th_neg is None else th_neg,
                          goodness=goodness, loss=loss, l2=l2, num_classes=num_classes, units=filters,
                          class_goodness=class_goodness)
@@ -616,12 +626,14 @@ class FFConv2D(FFLocalLayer):
         conv = self.conv
         dtype = conv.compute_dtype
         h = conv.convolution_op(tf.cast(x, dtype), tf.cast(conv.kernel, dtype))
+        if self.pool_first:
+            h = tf.nn.max_pool2d(h, self.pool, self.pool, "VALID")
         if conv.use_bias:
-            h = h + tf.cast(conv.bias, dtype)
+            h = self.add_bias(h, tf.cast(conv.bias, dtype))
         h = conv.activation(h)
         if self.dropout is not None:
             h = self.dropout(h, training=training)
-        if self.pool:
+        if self.pool and not self.pool_first:
             h = POOLS[self.pool_kind][1](h, self.pool, self.pool, "VALID")
         if self.bn is not None:
             h = self._batchnorm(h, training)

@@ -97,7 +97,7 @@ class Run:
 
 def load_data(data: DataConfig) -> ImageSplits:
     return load_splits(data.name, data.path, data.val_size, data.normalize, data.train_size, data.test_size,
-                       num_classes=data.num_classes)
+                       num_classes=data.num_classes, resize=data.resize)
 
 
 def build_run(cfg: DictConfig | FFRunConfig, keep_splits: bool = False) -> Run:

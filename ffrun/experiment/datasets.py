@@ -19,7 +19,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, ClassVar
+from typing import Any, BinaryIO, ClassVar, Sequence
 
 import numpy as np
 
@@ -551,17 +551,40 @@ def check_pixels(source: str, images: dict[str, np.ndarray], scale: float) -> No
                             f"(at most {MAX_PIXEL:g} after scaling)")
 
 
+def resize_images(images: np.ndarray, size: tuple[int, int], chunk: int = 10_000) -> np.ndarray:
+    """(N, H, W[, C]) images resized to ``size`` = (height, width) by bilinear interpolation with
+    half-pixel centres (PyTorch's ``interpolate(..., align_corners=False)``, torchvision's Resize of
+    a tensor when it enlarges), as float32, ``chunk`` images at a time. Each pixel is a weighted mean
+    of its neighbours, so the pixel range is kept."""
+    import tensorflow as tf     # here: the CLI's pre-checks import this module without TensorFlow
+
+    x = np.asarray(images)
+    flat_channels = x.reshape(*x.shape[:3], -1)
+    out = np.empty((len(x), *size, flat_channels.shape[-1]), np.float32)
+    for start in range(0, len(x), chunk):
+        batch = tf.convert_to_tensor(flat_channels[start:start + chunk], tf.float32)
+        out[start:start + chunk] = tf.image.resize(batch, size, method="bilinear").numpy()
+    return out[..., 0] if x.ndim == 3 else out
+
+
 def load_splits(name: str, path: str | None = None, val_size: int = 0, normalize: str = "none",
                 train_size: int | None = None, test_size: int | None = None,
-                num_classes: int | None = None) -> ImageSplits:
+                num_classes: int | None = None, resize: Sequence[int] | None = None) -> ImageSplits:
     """Load a dataset and hold out the LAST ``val_size`` training images for validation.
 
     ``num_classes`` (data.num_classes): labels must lie in [0, num_classes); None infers max label + 1.
+    ``resize`` (data.resize): (height, width) every image is resized to first (``resize_images``).
     """
     dataset = DATASETS.get(name)()
     source = dataset.source(path)
     x_train, y_train, x_test, y_test = validate_arrays(source, dataset.load(path, num_classes), num_classes)
     scale = dataset.scale if dataset.scale is not None else pixel_scale(source, x_train, x_test)
+    if resize is not None:
+        if x_train.ndim < 3:
+            raise DataError(f"data.resize needs images (N, H, W[, C]), but {source} holds rows of "
+                            f"{x_train.shape[1]} values")
+        size = (int(resize[0]), int(resize[1]))
+        x_train, x_test = resize_images(x_train, size), resize_images(x_test, size)
     image_shape = tuple(x_train.shape[1:3]) if x_train.ndim >= 3 else (int(x_train.shape[1]), 1)
     # (N, H, W, C): C channels; every trailing axis counts, so that H * W * channels == input_dim always
     channels = math.prod(x_train.shape[3:]) if x_train.ndim >= 4 else 1

@@ -202,6 +202,7 @@ class DataConfig:
     test_size: Optional[int] = None
     num_classes: int = 10
     augment: AugmentConfig = field(default_factory=AugmentConfig)   # training passes only
+    resize: Optional[List[int]] = None   # [height, width]: every image resized first (bilinear)
 
     def __post_init__(self) -> None:
         try:
@@ -212,6 +213,8 @@ class DataConfig:
         _at_least(self.train_size, 1, "data.train_size")
         _at_least(self.test_size, 1, "data.test_size")
         _at_least(self.num_classes, 2, "data.num_classes")
+        if self.resize is not None and (len(self.resize) != 2 or any(v < 1 for v in self.resize)):
+            raise ConfigError(f"data.resize must be [height, width], two integers >= 1, got {list(self.resize)}")
 
 
 @dataclass
@@ -849,12 +852,13 @@ def check_before_run(spec: FFRunConfig) -> None:
                           f"({peek.source}: {n} training images)")
     if spec.mode.name == Mode.bp:
         return
+    image = (*data.resize, peek.image[2]) if data.resize is not None else peek.image
     if spec.protocol is not None:
-        PROTOCOLS.get(spec.protocol.name).check_image(spec.protocol, peek.image, peek.source)
-    weights = check_shapes(spec, peek.image, network_classes(spec))
+        PROTOCOLS.get(spec.protocol.name).check_image(spec.protocol, image, peek.source)
+    weights = check_shapes(spec, image, network_classes(spec))
     if available is None:
         return
-    need = 8 * sum(weights.values()) + 4 * math.prod(peek.image) * (n or 0)
+    need = 8 * sum(weights.values()) + 4 * math.prod(image) * (n or 0)
     if need <= available:
         return
     node = max(weights, key=weights.get)
