@@ -5,8 +5,9 @@ the block's whole training step, fused (the default) and as a plain tape over th
 
 Run:  FFRUN_DATA_DIR=../shared/data python benchmarks/conv_breakdown.py experiment=cwcomp_mnist
       ... --rounds 5 --batches 20 --out conv_breakdown.json
-      ... --variants experiment=cwcomp_mnist   (also the step under XLA, the max pool after the ReLU,
-                                                 the bias as AddV2, and both grouped-conv forms)
+      ... --variants experiment=cwcomp_mnist   (also the step and its element-wise part under XLA,
+                                                 the max pool after the ReLU, the bias as AddV2,
+                                                 and both grouped-conv forms)
 
 Every variant of every block is traced first, then the rounds alternate over all of them (in
 reversed order every other round), so a drifting machine slows them alike; medians per variant.
@@ -112,6 +113,9 @@ def _block_parts(layer: FFConv2D, x: tf.Tensor, y: tf.Tensor, batches: int,
         return parts
     # the fused step XLA-compiled whole (convolutions included), one compiled call per batch
     parts["step_fused_xla"] = repeat(tf.function(step(True), jit_compile=True))
+    # only the element-wise part compiled (the convolutions stay oneDNN's): what XLA's fusion of
+    # its ~20 passes over the map would save
+    parts["elementwise_xla"] = repeat(tf.function(elementwise, jit_compile=True))
     if pool_first:   # the max pool after the bias and the ReLU, as the Keras layers order them
         parts["step_fused_pool_last"] = repeat(step(True, pool_first=False))
     if conv.use_bias:   # the bias added by an AddV2, which the graph optimizer does not fuse into the conv
@@ -202,6 +206,9 @@ def print_table(result: dict[str, Any]) -> None:
         if "step_fused_addv2" in ms:
             print(f"{r['block']}: fused step with the bias added by AddV2 {ms['step_fused_addv2']:.2f} ms "
                   f"({ms['step_fused'] / ms['step_fused_addv2']:.2f}x: the fused step uses BiasAdd)")
+        if "elementwise_xla" in ms:
+            print(f"{r['block']}: element-wise part under XLA {ms['elementwise_xla']:.2f} ms "
+                  f"({ms['elementwise_xla'] / ms['elementwise']:.2f}x the element-wise part)")
         if "step_fused_xla" in ms:
             print(f"{r['block']}: fused step under XLA {ms['step_fused_xla']:.2f} ms "
                   f"({ms['step_fused_xla'] / ms['step_fused']:.2f}x the fused step)")

@@ -149,4 +149,7 @@ def test_conv_breakdown_times_each_part_of_each_block(tmp_path):
                                                                "step_fused", "step_keras", "step_fused_xla")), row
     grouped = {r["block"] for r in result["blocks"] if {"fwd_kgrad_block_diagonal", "fwd_kgrad_split"} <= set(r["ms_per_batch"])}
     assert grouped == {"conv2", "conv4"}                       # the preset's grouped blocks, and only they
+    pooled = {r["block"] for r in result["blocks"] if "step_fused_pool_last" in r["ms_per_batch"]}
+    assert pooled == {"conv2", "conv4"}                        # the blocks with a max pool, and only they
+    assert all({"elementwise_xla", "step_fused_addv2"} <= set(r["ms_per_batch"]) for r in result["blocks"])
     assert "conv4" in out and "fused step / Keras-tape step" in out and "block-diagonal" in out, out
