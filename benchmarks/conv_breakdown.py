@@ -6,8 +6,8 @@ the block's whole training step, fused (the default) and as a plain tape over th
 Run:  FFRUN_DATA_DIR=../shared/data python benchmarks/conv_breakdown.py experiment=cwcomp_mnist
       ... --rounds 5 --batches 20 --out conv_breakdown.json
       ... --variants experiment=cwcomp_mnist   (also the step and its element-wise part under XLA,
-                                                 the max pool after the ReLU, the bias as AddV2,
-                                                 and both grouped-conv forms)
+                                                 the max pool after the ReLU, and both grouped-conv
+                                                 forms)
 
 Every variant of every block is traced first, then the rounds alternate over all of them (in
 reversed order every other round), so a drifting machine slows them alike; medians per variant.
@@ -77,7 +77,7 @@ def _block_parts(layer: FFConv2D, x: tf.Tensor, y: tf.Tensor, batches: int,
         with tf.GradientTape() as tape:
             tape.watch(z)
             h = tf.nn.max_pool2d(z, layer.pool, layer.pool, "VALID") if layer.pool_first else z
-            h = conv.activation(layer.add_bias(h, conv.bias) if conv.use_bias else h)
+            h = conv.activation(h + conv.bias if conv.use_bias else h)
             if layer.pool and not layer.pool_first:
                 h = tf.nn.max_pool2d(h, layer.pool, layer.pool, "VALID")
             if layer.bn is not None:
@@ -93,18 +93,18 @@ def _block_parts(layer: FFConv2D, x: tf.Tensor, y: tf.Tensor, batches: int,
         layer.optimizer.apply_gradients(zip(grads, layer.trainable_variables))
         return tf.constant(0.0)
 
-    pool_first, add_bias = layer.pool_first, layer.add_bias
+    pool_first = layer.pool_first
 
-    def step(fused: bool, pool_first: bool = pool_first, add_bias=add_bias) -> Callable[[], tf.Tensor]:
+    def step(fused: bool, pool_first: bool = pool_first) -> Callable[[], tf.Tensor]:
         def body() -> tf.Tensor:
             # read while tracing: each graph bakes in its own path, and the layer is left as it was
-            saved = layer.fused, layer.pool_first, layer.add_bias
-            layer.fused, layer.pool_first, layer.add_bias = fused, pool_first, add_bias
+            saved = layer.fused, layer.pool_first
+            layer.fused, layer.pool_first = fused, pool_first
             try:
                 layer.set_task(Task.TRAIN_POS)
                 return tf.reduce_sum(layer.ff_do_task(x, y)[0, 0, 0, :1])
             finally:
-                layer.fused, layer.pool_first, layer.add_bias = saved
+                layer.fused, layer.pool_first = saved
         return body
 
     parts = {"forward": repeat(forward), "kernel_grad": repeat(kernel_grad), "elementwise": repeat(elementwise),
@@ -118,8 +118,6 @@ def _block_parts(layer: FFConv2D, x: tf.Tensor, y: tf.Tensor, batches: int,
     parts["elementwise_xla"] = repeat(tf.function(elementwise, jit_compile=True))
     if pool_first:   # the max pool after the bias and the ReLU, as the Keras layers order them
         parts["step_fused_pool_last"] = repeat(step(True, pool_first=False))
-    if conv.use_bias:   # the bias added by an AddV2, which the graph optimizer does not fuse into the conv
-        parts["step_fused_addv2"] = repeat(step(True, add_bias=lambda h, b: h + b))
     if conv.groups > 1:
         # both exact forms of a grouped convolution (GroupedConv2D picks one by its shape): one
         # convolution per group, and one over all channels with a block-diagonal kernel
@@ -203,9 +201,6 @@ def print_table(result: dict[str, Any]) -> None:
         if "step_fused_pool_last" in ms:
             print(f"{r['block']}: fused step with the max pool after the ReLU {ms['step_fused_pool_last']:.2f} ms "
                   f"({ms['step_fused'] / ms['step_fused_pool_last']:.2f}x: the fused step pools first)")
-        if "step_fused_addv2" in ms:
-            print(f"{r['block']}: fused step with the bias added by AddV2 {ms['step_fused_addv2']:.2f} ms "
-                  f"({ms['step_fused'] / ms['step_fused_addv2']:.2f}x: the fused step uses BiasAdd)")
         if "elementwise_xla" in ms:
             print(f"{r['block']}: element-wise part under XLA {ms['elementwise_xla']:.2f} ms "
                   f"({ms['elementwise_xla'] / ms['elementwise']:.2f}x the element-wise part)")

@@ -151,5 +151,5 @@ def test_conv_breakdown_times_each_part_of_each_block(tmp_path):
     assert grouped == {"conv2", "conv4"}                       # the preset's grouped blocks, and only they
     pooled = {r["block"] for r in result["blocks"] if "step_fused_pool_last" in r["ms_per_batch"]}
     assert pooled == {"conv2", "conv4"}                        # the blocks with a max pool, and only they
-    assert all({"elementwise_xla", "step_fused_addv2"} <= set(r["ms_per_batch"]) for r in result["blocks"])
+    assert all("elementwise_xla" in r["ms_per_batch"] for r in result["blocks"])
     assert "conv4" in out and "fused step / Keras-tape step" in out and "block-diagonal" in out, out

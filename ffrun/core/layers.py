@@ -604,9 +604,6 @@ class FFConv2D(FFLocalLayer):
         # dropout (its mask is per position) nor relu_full_grad (its gradient passes where relu's
         # does not).
         self.pool_first = bool(pool) and pool_kind == "max" and not dropout and activation == "relu"
-        # BiasAdd, not an AddV2: TensorFlow's graph optimizer fuses Conv2D + BiasAdd + Relu into one
-        # oneDNN convolution (one pass over the map fewer each way, where no pool comes first)
-        self.add_bias = tf.nn.bias_add
         super().__init__(layer, name, optimizer, th_pos=th_pos, th_neg=th_pos if th_neg is None else th_neg,
                          goodness=goodness, loss=loss, l2=l2, num_classes=num_classes, units=filters,
                          class_goodness=class_goodness)
@@ -629,7 +626,9 @@ class FFConv2D(FFLocalLayer):
         if self.pool_first:
             h = tf.nn.max_pool2d(h, self.pool, self.pool, "VALID")
         if conv.use_bias:
-            h = self.add_bias(h, tf.cast(conv.bias, dtype))
+            # where no pool comes first, TensorFlow's graph optimizer runs conv + bias + ReLU as one
+            # oneDNN convolution (its remapper log: "Fuse Conv2D with BiasAdd and Relu")
+            h = h + tf.cast(conv.bias, dtype)
         h = conv.activation(h)
         if self.dropout is not None:
             h = self.dropout(h, training=training)
