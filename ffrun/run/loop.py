@@ -125,10 +125,15 @@ def train(cfg: DictConfig, run_dir: Path, console: Console | None = None,
     # --- test: once with the final weights, once with the best epoch's ------------------------
     readouts = {k: results.readout(rows, k, best.best[k], track_test) for k in acc_keys}
     if record["status"] == "completed":
+        # a deep net's test pass can take minutes: say what the process is doing
+        log.info("testing the final weights on the test set")
         test = mgr.evaluate(plan.test, prefix="test/")
         final_ranges = net.class_ranges()
-        test_best = mgr.evaluate(plan.test, prefix="test/") if best_weights.restore() else {}
         primary_epoch = readouts[primary]["best_epoch"]
+        test_best = {}
+        if best_weights.restore():
+            log.info("testing epoch %s's weights (the best on %s)", primary_epoch, plan.val_set)
+            test_best = mgr.evaluate(plan.test, prefix="test/")
         for name, (first, last) in net.class_ranges().items():   # the best epoch's, restored with its weights
             readouts[f"{name}/acc"]["range"] = [first, last]
             readouts[f"{name}/acc"]["range_final"] = list(final_ranges[name])
