@@ -153,3 +153,39 @@ def test_conv_breakdown_times_each_part_of_each_block(tmp_path):
     assert pooled == {"conv2", "conv4"}                        # the blocks with a max pool, and only they
     assert all("elementwise_xla" in r["ms_per_batch"] for r in result["blocks"])
     assert "conv4" in out and "fused step / Keras-tape step" in out and "block-diagonal" in out, out
+
+
+def test_adam_epsilon_step_ratio_against_a_hand_computed_step():
+    """Keras' step with eps 1e-7 against PyTorch's with 1e-8, written out for one weight:
+    v = 4e-12 after t = 10 steps of beta_2 = 0.999."""
+    ratio = _load("adam_epsilon.py").step_ratio(np.array([4e-12]), 10, 0.999, 1e-7, 1e-8)
+    c = (1 - 0.999 ** 10) ** 0.5
+    keras_step = c / (2e-6 + 1e-7)                    # lr * sqrt(1 - beta_2^t) * m / (sqrt(v) + eps), lr * m = 1
+    torch_step = 1 / (2e-6 / c + 1e-8)                # lr * m / (sqrt(v_hat) + eps)
+    assert ratio[0] == pytest.approx(keras_step / torch_step, rel=1e-12)
+    assert _load("adam_epsilon.py").step_ratio(np.array([1.0]), 1000, 0.999, 1e-7, 1e-8)[0] == pytest.approx(1, abs=1e-6)
+
+
+def test_adam_epsilon_reads_every_layers_second_moments_and_leaves_the_run_as_it_was(tmp_path):
+    """A one-epoch DeeperForward Tiny run on the 8x8 digits (narrow layers, AdamW), then the script."""
+    import hashlib
+    run = tmp_path / "run"
+    proc = subprocess.run(
+        ["ffrun", "experiment=deeperforward_tiny_mnist", "data=digits", "data.val_size=300", "epochs=1",
+         "model.layers.conv1.filters=10", "model.layers.conv2.filters=20", "model.layers.conv3.filters=10",
+         "model.layers.conv4.filters=10", "tensorboard.enabled=false", "progress=false", f"hydra.run.dir={run}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(run.rglob("*")) if p.is_file()}
+    out = _run("adam_epsilon.py", str(run))
+    assert "checkpoint epoch 1" in out, out
+    import json
+    import math
+    steps = math.ceil(json.loads((run / "results.json").read_text())["data"]["train_pos"] / 128)   # one epoch
+    for layer in ("conv1", "conv2", "conv3", "conv4"):
+        fields = next(ln for ln in out.splitlines() if ln.startswith(layer)).split()
+        assert fields[1] == "AdamW" and int(fields[2]) == steps and float(fields[3]) == 1e-7, fields
+        p1, p10, p50 = float(fields[4]), float(fields[6]), float(fields[8])
+        assert 0 < p1 <= p10 <= p50, fields
+        assert 0 < float(fields[9]) <= 1, fields        # a larger epsilon never takes a larger step
+    assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(run.rglob("*")) if p.is_file()} == before
