@@ -4,6 +4,7 @@ config reference generated from the schema."""
 from __future__ import annotations
 
 import csv
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -105,6 +106,21 @@ def test_each_readouts_test_at_best_is_at_its_own_best_epoch(train_tiny):
     for key, readout in readouts.items():
         assert readout["test_at_best"] == pytest.approx(rows[readout["best_epoch"]][f"test/{key}"], abs=1e-5)
     assert results["test_acc"] == readouts["goodness/acc"]["test_at_best"]
+
+
+def test_a_best_epoch_that_is_the_last_is_tested_once(train_tiny, caplog):
+    """When validation picks the last epoch, its weights are the final ones: one test pass (minutes on
+    a deep net), whose figure is both test_final and test_at_best."""
+    with caplog.at_level(logging.INFO, logger="ffrun"):
+        results, run_dir = train_tiny(["mode=sup", "track_test=true", "epochs=1"])
+    primary = results["primary"]
+    readout = results["readouts"][primary]
+    assert readout["best_epoch"] == 1
+    assert readout["test_at_best"] == readout["test_final"] == results["test_acc"]
+    assert readout["test_at_best"] == pytest.approx(read_metrics(run_dir / "metrics.csv")[-1][f"test/{primary}"], abs=1e-5)
+    messages = [record.getMessage() for record in caplog.records]
+    assert "testing the final weights on the test set" in messages
+    assert not [m for m in messages if "(the best on validation)" in m]
 
 
 def test_the_config_reference_is_up_to_date():

@@ -131,7 +131,11 @@ def train(cfg: DictConfig, run_dir: Path, console: Console | None = None,
         final_ranges = net.class_ranges()
         primary_epoch = readouts[primary]["best_epoch"]
         test_best = {}
-        if best_weights.restore():
+        if rows and primary_epoch == int(rows[-1]["epoch"]):
+            # the best epoch is the last: its weights are the final ones, tested just above (a second
+            # pass took 130 s on deeperforward_resnet17_mnist's test set on a 2-core Xeon)
+            test_best = test
+        elif best_weights.restore():
             log.info("testing epoch %s's weights (the best on %s)", primary_epoch, plan.val_set)
             test_best = mgr.evaluate(plan.test, prefix="test/")
         for name, (first, last) in net.class_ranges().items():   # the best epoch's, restored with its weights
